@@ -1,0 +1,24 @@
+// Embeds every shaders/*.wgsl file in the binary: the registry in
+// src/gpu/shaders.rs reads the generated table.
+use std::fmt::Write;
+
+fn main() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
+    println!("cargo:rerun-if-changed={}", dir.display());
+    let mut names: Vec<_> = std::fs::read_dir(&dir)
+        .expect("shaders/ directory")
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "wgsl"))
+        .collect();
+    names.sort();
+    let mut out = String::from("pub static SHADER_SOURCES: &[(&str, &str)] = &[\n");
+    for p in &names {
+        println!("cargo:rerun-if-changed={}", p.display());
+        let stem = p.file_stem().unwrap().to_string_lossy();
+        writeln!(out, "    ({stem:?}, include_str!({:?})),", p.display().to_string()).unwrap();
+    }
+    out.push_str("];\n");
+    let dest = std::path::Path::new(&std::env::var("OUT_DIR").unwrap()).join("shaders.rs");
+    std::fs::write(dest, out).unwrap();
+}

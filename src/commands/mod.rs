@@ -1,0 +1,3 @@
+//! Commands: thin wiring of the layers below, called by the CLI.
+
+pub mod devices;

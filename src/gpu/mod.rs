@@ -1,0 +1,153 @@
+//! The GPU layer: device choice and features, the allocator, the shader
+//! registry and kernel cache, the command recorder, and typed tensors.
+//! It knows nothing of transformers.
+
+pub mod alloc;
+pub mod device;
+pub mod kernel;
+pub mod recorder;
+pub mod shaders;
+pub mod tensor;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+pub use alloc::{Allocator, BufferKind, GpuBuffer, MemoryStats};
+pub use device::{Capabilities, CoopConfig, GpuOptions};
+pub use kernel::Kernel;
+pub use recorder::{Recorder, Submitted};
+pub use tensor::{DType, Tensor};
+
+use crate::error::{Error, Result};
+
+/// "1.50 GiB", "12.0 MiB", "512 B".
+pub fn format_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else if v >= 100.0 {
+        format!("{v:.0} {}", UNITS[u])
+    } else if v >= 10.0 {
+        format!("{v:.1} {}", UNITS[u])
+    } else {
+        format!("{v:.2} {}", UNITS[u])
+    }
+}
+
+/// An opened GPU: device, queue, what it can do, the allocator and caches.
+pub struct Gpu {
+    pub adapter: wgpu::Adapter,
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    pub caps: Capabilities,
+    pub alloc: Allocator,
+    pub(crate) kernels: kernel::KernelCache,
+    pub(crate) bind_groups: Mutex<HashMap<recorder::BindKey, wgpu::BindGroup>>,
+    errors: Arc<device::ErrorSink>,
+    _instance: wgpu::Instance,
+}
+
+impl Gpu {
+    /// Open the adapter that the options (or the preference order) pick.
+    pub fn open(opts: &GpuOptions) -> Result<Gpu> {
+        let backends = device::parse_backends(opts.backend.as_deref())?;
+        let instance = device::make_instance(backends);
+        let adapters = device::list_adapters(&instance, backends);
+        if adapters.is_empty() {
+            return Err(Error::NoAdapter {
+                backends: device::backends_to_string(backends),
+                hint: device::no_adapter_hint(),
+            });
+        }
+        let idx = device::choose_adapter(&adapters, opts.adapter.as_deref())?;
+        let adapter = adapters.into_iter().nth(idx).expect("index from choose_adapter");
+        let (dev, queue, features, errors) = device::open_device(&adapter)?;
+        let caps = Capabilities::from_adapter(&adapter, features);
+        let alloc = Allocator::new(dev.clone(), &caps.limits);
+        Ok(Gpu {
+            info: adapter.get_info(),
+            adapter,
+            device: dev,
+            queue,
+            caps,
+            alloc,
+            kernels: kernel::KernelCache::default(),
+            bind_groups: Mutex::new(HashMap::new()),
+            errors,
+            _instance: instance,
+        })
+    }
+
+    /// A one-line description: name, backend, type.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} ({}, {})",
+            self.info.name,
+            device::backend_name(self.info.backend),
+            device::device_type_name(self.info.device_type)
+        )
+    }
+
+    pub fn memory(&self) -> MemoryStats {
+        self.alloc.stats()
+    }
+
+    /// Report asynchronous errors (lost device, validation) as an `Error`.
+    pub fn check_errors(&self) -> Result<()> {
+        self.errors.take()
+    }
+
+    /// Block until all submitted work is done.
+    pub fn wait(&self) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::Wait {
+                submission_index: None,
+                timeout: None,
+            })
+            .map_err(|e| match e {
+                wgpu::PollError::Timeout => Error::Gpu("timed out waiting for the GPU".into()),
+                other => Error::DeviceLost(other.to_string()),
+            })?;
+        self.check_errors()
+    }
+
+    /// Release pooled buffers and the bind groups that refer to them.
+    pub fn trim(&self) -> u64 {
+        self.bind_groups
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        self.alloc.trim()
+    }
+
+    pub fn recorder(&self) -> Recorder<'_> {
+        Recorder::new(self)
+    }
+
+    /// Workgroup counts for `n` workgroups in a 1-D launch, folded into y
+    /// when x would pass the per-dimension limit. Shaders rebuild the linear
+    /// index as `wid.x + wid.y * nwg.x`.
+    pub fn grid_1d(&self, n: u32) -> [u32; 3] {
+        let max = self.caps.limits.max_compute_workgroups_per_dimension.max(1);
+        if n <= max {
+            [n.max(1), 1, 1]
+        } else {
+            let y = n.div_ceil(max);
+            [n.div_ceil(y), y, 1]
+        }
+    }
+}
+
+impl Gpu {
+    /// Bind groups currently cached (tests check that steady state adds none).
+    pub fn bind_group_count(&self) -> usize {
+        self.bind_groups.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}

@@ -1,0 +1,11 @@
+//! boomgpu: boomerang distillation on any GPU through wgpu.
+//!
+//! Layers, bottom to top: `gpu` (device, buffers, kernels, recorder),
+//! `ops` (one WGSL kernel and one Rust launcher per op, with CPU references).
+
+pub mod commands;
+pub mod error;
+pub mod gpu;
+pub mod ops;
+
+pub use error::{Error, Result};

@@ -1,0 +1,56 @@
+//! The `boomgpu` binary as a user runs it.
+
+use std::process::Command;
+
+fn boomgpu() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_boomgpu"))
+}
+
+#[test]
+fn devices_lists_the_adapter_in_use() {
+    let out = boomgpu().arg("devices").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("<- boomgpu uses this"), "{stdout}");
+    assert!(stdout.contains("max storage binding"), "{stdout}");
+    assert!(stdout.contains("cooperative matrices"), "{stdout}");
+
+    let out = boomgpu().args(["devices", "--json"]).output().unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let adapters = v["adapters"].as_array().unwrap();
+    assert!(!adapters.is_empty());
+    let sel = v["selected"].as_u64().unwrap() as usize;
+    assert_eq!(adapters[sel]["selected"], true);
+    assert!(adapters[sel]["limits"]["max_storage_buffer_binding_size"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn no_vulkan_driver_gives_an_actionable_error() {
+    // Point the Vulkan loader at a driver list that does not exist.
+    let out = boomgpu()
+        .arg("devices")
+        .env("BOOMGPU_BACKEND", "vulkan")
+        .env("VK_DRIVER_FILES", "/nonexistent/boomgpu_icd.json")
+        .env("VK_ICD_FILENAMES", "/nonexistent/boomgpu_icd.json")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("no GPU adapter found"), "{stderr}");
+    assert!(stderr.contains("mesa-vulkan-drivers"), "{stderr}");
+}
+
+#[test]
+fn unknown_adapter_and_backend_are_errors() {
+    let out = boomgpu().args(["devices", "--adapter", "no-such-gpu-xyz"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("no adapter matches 'no-such-gpu-xyz'") && stderr.contains("[0]"), "{stderr}");
+    let out = boomgpu().args(["devices", "--backend", "glide"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown backend"));
+    // By index works.
+    let out = boomgpu().args(["devices", "--adapter", "0"]).output().unwrap();
+    assert!(out.status.success());
+}

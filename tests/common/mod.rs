@@ -1,0 +1,69 @@
+//! Shared test harness: one device per test binary, random data, and
+//! tolerance checks that say where and by how much results differ.
+#![allow(dead_code)]
+
+use std::sync::OnceLock;
+
+use boomgpu::gpu::{Gpu, GpuOptions};
+
+/// The device every test in this binary shares (lavapipe on CI).
+pub fn gpu() -> &'static Gpu {
+    static GPU: OnceLock<Gpu> = OnceLock::new();
+    GPU.get_or_init(|| match Gpu::open(&GpuOptions::from_env()) {
+        Ok(g) => {
+            eprintln!("tests run on {}", g.describe());
+            g
+        }
+        Err(e) => panic!("cannot open a GPU for the tests: {e}"),
+    })
+}
+
+/// Small deterministic generator (xorshift64*), so failures reproduce.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    /// Uniform in [-1, 1).
+    pub fn uniform(&mut self) -> f32 {
+        ((self.next_u64() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+    pub fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|_| self.uniform() * scale).collect()
+    }
+    pub fn below(&mut self, n: u32) -> u32 {
+        (self.next_u64() % n as u64) as u32
+    }
+}
+
+/// Assert |got - want| <= atol + rtol·|want| elementwise, reporting the worst.
+#[track_caller]
+pub fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths differ");
+    let mut worst = (0usize, 0f32);
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let err = (g - w).abs();
+        let excess = err - (atol + rtol * w.abs());
+        if !(excess <= 0.0) && (excess > worst.1 || worst.1 == 0.0 || g.is_nan()) {
+            worst = (i, excess.max(f32::MIN_POSITIVE));
+        }
+    }
+    if worst.1 > 0.0 {
+        let i = worst.0;
+        panic!(
+            "{what}: element {i} is {} but should be {} (|diff| {}, atol {atol}, rtol {rtol})",
+            got[i],
+            want[i],
+            (got[i] - want[i]).abs()
+        );
+    }
+}
