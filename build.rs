@@ -16,7 +16,12 @@ fn main() {
     for p in &names {
         println!("cargo:rerun-if-changed={}", p.display());
         let stem = p.file_stem().unwrap().to_string_lossy();
-        writeln!(out, "    ({stem:?}, include_str!({:?})),", p.display().to_string()).unwrap();
+        writeln!(
+            out,
+            "    ({stem:?}, include_str!({:?})),",
+            p.display().to_string()
+        )
+        .unwrap();
     }
     out.push_str("];\n");
     let dest = std::path::Path::new(&std::env::var("OUT_DIR").unwrap()).join("shaders.rs");

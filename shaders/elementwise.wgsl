@@ -15,8 +15,10 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 @group(0) @binding(4) var<storage, read_write> x: array<f32>;
 
+//#include _common
+
 fn linear_index(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return gid.x + gid.y * nwg.x * 256u;
+    return folded_index(gid, nwg, 256u);
 }
 
 // out = alpha * a + beta * b

@@ -8,7 +8,10 @@ pub enum Error {
     /// No usable GPU adapter was found for the requested backends.
     NoAdapter { backends: String, hint: String },
     /// `--adapter` named something that does not exist.
-    AdapterNotFound { wanted: String, available: Vec<String> },
+    AdapterNotFound {
+        wanted: String,
+        available: Vec<String>,
+    },
     /// A backend name that boomgpu does not know.
     UnknownBackend(String),
     /// A buffer would exceed a device limit or the memory budget.
@@ -31,7 +34,10 @@ pub enum Error {
     Shape(String),
     /// Anything wrong with user input (files, arguments).
     Invalid(String),
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -10,7 +10,11 @@ fn boomgpu() -> Command {
 fn devices_lists_the_adapter_in_use() {
     let out = boomgpu().arg("devices").output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("<- boomgpu uses this"), "{stdout}");
     assert!(stdout.contains("max storage binding"), "{stdout}");
     assert!(stdout.contains("cooperative matrices"), "{stdout}");
@@ -22,7 +26,12 @@ fn devices_lists_the_adapter_in_use() {
     assert!(!adapters.is_empty());
     let sel = v["selected"].as_u64().unwrap() as usize;
     assert_eq!(adapters[sel]["selected"], true);
-    assert!(adapters[sel]["limits"]["max_storage_buffer_binding_size"].as_u64().unwrap() > 0);
+    assert!(
+        adapters[sel]["limits"]["max_storage_buffer_binding_size"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
 }
 
 #[test]
@@ -43,14 +52,26 @@ fn no_vulkan_driver_gives_an_actionable_error() {
 
 #[test]
 fn unknown_adapter_and_backend_are_errors() {
-    let out = boomgpu().args(["devices", "--adapter", "no-such-gpu-xyz"]).output().unwrap();
+    let out = boomgpu()
+        .args(["devices", "--adapter", "no-such-gpu-xyz"])
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(stderr.contains("no adapter matches 'no-such-gpu-xyz'") && stderr.contains("[0]"), "{stderr}");
-    let out = boomgpu().args(["devices", "--backend", "glide"]).output().unwrap();
+    assert!(
+        stderr.contains("no adapter matches 'no-such-gpu-xyz'") && stderr.contains("[0]"),
+        "{stderr}"
+    );
+    let out = boomgpu()
+        .args(["devices", "--backend", "glide"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown backend"));
     // By index works.
-    let out = boomgpu().args(["devices", "--adapter", "0"]).output().unwrap();
+    let out = boomgpu()
+        .args(["devices", "--adapter", "0"])
+        .output()
+        .unwrap();
     assert!(out.status.success());
 }

@@ -65,7 +65,10 @@ fn allocator_accounts_and_reuses() {
     drop(a);
     let s2 = g.memory();
     assert_eq!(s2.live_bytes, 0, "freed tensors are no longer live");
-    assert_eq!(s2.device_bytes, 4000, "freed buffers stay pooled on the device");
+    assert_eq!(
+        s2.device_bytes, 4000,
+        "freed buffers stay pooled on the device"
+    );
     assert_eq!(s2.peak_live_bytes, 4000);
 
     // A repeated step allocates nothing after its first run.
@@ -86,9 +89,16 @@ fn allocator_accounts_and_reuses() {
         step(&g);
     }
     let after = g.memory();
-    assert_eq!(after.buffers_created, before.buffers_created, "steady-state steps create no buffers");
+    assert_eq!(
+        after.buffers_created, before.buffers_created,
+        "steady-state steps create no buffers"
+    );
     assert_eq!(after.device_bytes, before.device_bytes);
-    assert_eq!(g.bind_group_count(), bind_groups_before, "bind groups are cached");
+    assert_eq!(
+        g.bind_group_count(),
+        bind_groups_before,
+        "bind groups are cached"
+    );
     assert!(after.reuses > before.reuses);
 
     // trim gives pooled memory back.
@@ -107,7 +117,10 @@ fn budget_refuses_with_tensor_name() {
     let err = Tensor::empty(&g, "kv_cache.layer3", &[1 << 20], DType::F32).unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, Error::OverLimit { .. }));
-    assert!(msg.contains("kv_cache.layer3") && msg.contains("budget"), "{msg}");
+    assert!(
+        msg.contains("kv_cache.layer3") && msg.contains("budget"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -115,11 +128,20 @@ fn binding_limit_is_checked_before_allocating() {
     let g = gpu();
     let limit = g.caps.max_binding();
     let before = g.memory().buffers_created;
-    let err = Tensor::empty(g, "embed_tokens.weight", &[(limit / 4 + 1) as usize], DType::F32).unwrap_err();
+    let err = Tensor::empty(
+        g,
+        "embed_tokens.weight",
+        &[(limit / 4 + 1) as usize],
+        DType::F32,
+    )
+    .unwrap_err();
     let msg = err.to_string();
     assert!(msg.contains("embed_tokens.weight"), "{msg}");
     assert!(msg.contains("max_storage_buffer_binding_size"), "{msg}");
-    assert!(msg.contains(&limit.to_string()), "message gives the limit: {msg}");
+    assert!(
+        msg.contains(&limit.to_string()),
+        "message gives the limit: {msg}"
+    );
     assert_eq!(g.memory().buffers_created, before);
 }
 
@@ -143,7 +165,13 @@ fn upload_and_read_every_dtype() {
     let z = g.zeros("z", &[5, 3], DType::F32).unwrap();
     assert_eq!(g.read_f32(&z).unwrap(), vec![0.0; 15]);
     // Views and reshapes share storage.
-    let t = g.upload_f32("m", &[4, 64], &(0..256).map(|i| i as f32).collect::<Vec<_>>()).unwrap();
+    let t = g
+        .upload_f32(
+            "m",
+            &[4, 64],
+            &(0..256).map(|i| i as f32).collect::<Vec<_>>(),
+        )
+        .unwrap();
     let row = t.view(128, &[64]).unwrap();
     assert_eq!(g.read_f32(&row).unwrap()[0], 128.0);
     assert!(t.reshape(&[3, 64]).is_err());
@@ -177,7 +205,9 @@ fn missing_binding_is_an_error_not_a_crash() {
     let k = g.kernel("elementwise", "mul").unwrap();
     let a = g.upload_f32("a", &[4], &[1.0; 4]).unwrap();
     let mut rec = g.recorder();
-    let err = rec.dispatch(&k, &[("a", &a)], &[0u8; 16], [1, 1, 1]).unwrap_err();
+    let err = rec
+        .dispatch(&k, &[("a", &a)], &[0u8; 16], [1, 1, 1])
+        .unwrap_err();
     assert!(err.to_string().contains("'b'"), "{err}");
     assert!(g.kernel("elementwise", "no_such_entry").is_err());
     assert!(g.kernel("no_such_shader", "main").is_err());

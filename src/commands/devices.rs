@@ -15,10 +15,22 @@ fn feature_names(f: wgpu::Features) -> Vec<&'static str> {
         (wgpu::Features::SHADER_F16, "SHADER_F16"),
         (wgpu::Features::SUBGROUP, "SUBGROUP"),
         (wgpu::Features::TIMESTAMP_QUERY, "TIMESTAMP_QUERY"),
-        (wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS, "TIMESTAMP_QUERY_INSIDE_ENCODERS"),
-        (wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES, "TIMESTAMP_QUERY_INSIDE_PASSES"),
-        (wgpu::Features::SHADER_FLOAT32_ATOMIC, "SHADER_FLOAT32_ATOMIC"),
-        (wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX, "EXPERIMENTAL_COOPERATIVE_MATRIX"),
+        (
+            wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS,
+            "TIMESTAMP_QUERY_INSIDE_ENCODERS",
+        ),
+        (
+            wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES,
+            "TIMESTAMP_QUERY_INSIDE_PASSES",
+        ),
+        (
+            wgpu::Features::SHADER_FLOAT32_ATOMIC,
+            "SHADER_FLOAT32_ATOMIC",
+        ),
+        (
+            wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX,
+            "EXPERIMENTAL_COOPERATIVE_MATRIX",
+        ),
     ] {
         if f.contains(flag) {
             out.push(name);
@@ -75,7 +87,11 @@ pub fn run(opts: &GpuOptions, as_json: bool) -> Result<String> {
     }
     let mut s = String::new();
     for (i, (a, v)) in adapters.iter().zip(&list).enumerate() {
-        let mark = if i == chosen { "  <- boomgpu uses this" } else { "" };
+        let mark = if i == chosen {
+            "  <- boomgpu uses this"
+        } else {
+            ""
+        };
         s.push_str(&format!("[{i}] {}{mark}\n", adapter_label(a)));
         let feats: Vec<&str> = v["features"]
             .as_array()
@@ -83,7 +99,11 @@ pub fn run(opts: &GpuOptions, as_json: bool) -> Result<String> {
             .unwrap_or_default();
         s.push_str(&format!(
             "    features: {}\n",
-            if feats.is_empty() { "none of the optional ones".to_string() } else { feats.join(", ") }
+            if feats.is_empty() {
+                "none of the optional ones".to_string()
+            } else {
+                feats.join(", ")
+            }
         ));
         let l = &v["limits"];
         let g = |k: &str| l[k].as_u64().unwrap_or(0);
@@ -107,7 +127,11 @@ pub fn run(opts: &GpuOptions, as_json: bool) -> Result<String> {
             .unwrap_or_default();
         s.push_str(&format!(
             "    cooperative matrices: {}\n",
-            if coop.is_empty() { "none".to_string() } else { coop.join(", ") }
+            if coop.is_empty() {
+                "none".to_string()
+            } else {
+                coop.join(", ")
+            }
         ));
     }
     Ok(s)

@@ -92,7 +92,11 @@ impl GpuBuffer {
 
 impl std::fmt::Debug for GpuBuffer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "GpuBuffer#{}({} bytes, {:?})", self.id, self.size, self.kind)
+        write!(
+            f,
+            "GpuBuffer#{}({} bytes, {:?})",
+            self.id, self.size, self.kind
+        )
     }
 }
 
@@ -160,7 +164,11 @@ impl Allocator {
     }
 
     pub fn stats(&self) -> MemoryStats {
-        self.shared.pool.lock().unwrap_or_else(|e| e.into_inner()).stats
+        self.shared
+            .pool
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .stats
     }
 
     /// Restart the peak counters from the current values.
@@ -225,7 +233,8 @@ impl Allocator {
             });
         }
         let mut size = rounded_size(bytes);
-        if kind == BufferKind::Storage && size > self.shared.max_binding.min(self.shared.max_buffer) {
+        if kind == BufferKind::Storage && size > self.shared.max_binding.min(self.shared.max_buffer)
+        {
             // Near the limit, give up pooling slack rather than fail.
             size = bytes.div_ceil(4) * 4;
         }

@@ -19,8 +19,12 @@ impl GpuOptions {
     /// Options from the environment alone (used by tests and benches).
     pub fn from_env() -> Self {
         GpuOptions {
-            adapter: std::env::var("BOOMGPU_ADAPTER").ok().filter(|s| !s.is_empty()),
-            backend: std::env::var("BOOMGPU_BACKEND").ok().filter(|s| !s.is_empty()),
+            adapter: std::env::var("BOOMGPU_ADAPTER")
+                .ok()
+                .filter(|s| !s.is_empty()),
+            backend: std::env::var("BOOMGPU_BACKEND")
+                .ok()
+                .filter(|s| !s.is_empty()),
         }
     }
 }
@@ -38,10 +42,12 @@ pub fn parse_backends(spec: Option<&str>) -> Result<wgpu::Backends> {
             "metal" | "mtl" => wgpu::Backends::METAL,
             "dx12" | "d3d12" => wgpu::Backends::DX12,
             "gl" | "gles" | "opengl" => wgpu::Backends::GL,
-            "all" => wgpu::Backends::VULKAN
-                | wgpu::Backends::METAL
-                | wgpu::Backends::DX12
-                | wgpu::Backends::GL,
+            "all" => {
+                wgpu::Backends::VULKAN
+                    | wgpu::Backends::METAL
+                    | wgpu::Backends::DX12
+                    | wgpu::Backends::GL
+            }
             _ => return Err(Error::UnknownBackend(part)),
         };
     }
@@ -201,7 +207,11 @@ pub struct CoopConfig {
 
 impl std::fmt::Display for CoopConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}x{}x{} {}->{}", self.m, self.n, self.k, self.ab, self.cr)
+        write!(
+            f,
+            "{}x{}x{} {}->{}",
+            self.m, self.n, self.k, self.ab, self.cr
+        )
     }
 }
 

@@ -73,10 +73,11 @@ impl Gpu {
         let src = shaders::source(shader)?;
         let (naga_module, info) = shaders::parse_and_validate(shader, &src)?;
         let module = scoped(self, shader, || {
-            self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some(shader),
-                source: wgpu::ShaderSource::Wgsl(src.clone().into()),
-            })
+            self.device
+                .create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some(shader),
+                    source: wgpu::ShaderSource::Wgsl(src.clone().into()),
+                })
         })?;
         let entry = Arc::new(ModuleEntry {
             module,

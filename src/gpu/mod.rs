@@ -67,7 +67,10 @@ impl Gpu {
             });
         }
         let idx = device::choose_adapter(&adapters, opts.adapter.as_deref())?;
-        let adapter = adapters.into_iter().nth(idx).expect("index from choose_adapter");
+        let adapter = adapters
+            .into_iter()
+            .nth(idx)
+            .expect("index from choose_adapter");
         let (dev, queue, features, errors) = device::open_device(&adapter)?;
         let caps = Capabilities::from_adapter(&adapter, features);
         let alloc = Allocator::new(dev.clone(), &caps.limits);
@@ -148,6 +151,9 @@ impl Gpu {
 impl Gpu {
     /// Bind groups currently cached (tests check that steady state adds none).
     pub fn bind_group_count(&self) -> usize {
-        self.bind_groups.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.bind_groups
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
     }
 }

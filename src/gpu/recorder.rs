@@ -118,8 +118,8 @@ impl<'g> Recorder<'g> {
                         params.len()
                     )));
                 }
-                let align = (self.gpu.caps.limits.min_uniform_buffer_offset_alignment as usize)
-                    .max(16);
+                let align =
+                    (self.gpu.caps.limits.min_uniform_buffer_offset_alignment as usize).max(16);
                 let off = self.params.len().div_ceil(align) * align;
                 self.params.resize(off, 0);
                 self.params.extend_from_slice(params);
@@ -170,13 +170,23 @@ impl<'g> Recorder<'g> {
     }
 
     /// Copy bytes between tensors' buffers (offsets in bytes, multiples of 4).
-    pub fn copy(&mut self, src: &Tensor, src_offset: u64, dst: &Tensor, dst_offset: u64, size: u64) -> Result<()> {
+    pub fn copy(
+        &mut self,
+        src: &Tensor,
+        src_offset: u64,
+        dst: &Tensor,
+        dst_offset: u64,
+        size: u64,
+    ) -> Result<()> {
         if size % 4 != 0 || src_offset % 4 != 0 || dst_offset % 4 != 0 {
             return Err(Error::Gpu(format!(
                 "copy of {size} bytes at {src_offset}->{dst_offset}: offsets and size must be multiples of 4"
             )));
         }
-        let (so, dob) = (src.byte_offset() + src_offset, dst.byte_offset() + dst_offset);
+        let (so, dob) = (
+            src.byte_offset() + src_offset,
+            dst.byte_offset() + dst_offset,
+        );
         if so + size > src.buffer().size() || dob + size > dst.buffer().size() {
             return Err(Error::Gpu("copy runs past the end of a buffer".into()));
         }
@@ -200,7 +210,12 @@ impl<'g> Recorder<'g> {
         });
     }
 
-    fn bind_group(&self, kernel: &Kernel, bound: &[Bound], params: Option<&GpuBuffer>) -> wgpu::BindGroup {
+    fn bind_group(
+        &self,
+        kernel: &Kernel,
+        bound: &[Bound],
+        params: Option<&GpuBuffer>,
+    ) -> wgpu::BindGroup {
         let key: BindKey = (
             kernel.id,
             bound
@@ -244,11 +259,14 @@ impl<'g> Recorder<'g> {
                 }),
             });
         }
-        let bg = self.gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: None,
-            layout: &kernel.layout,
-            entries: &entries,
-        });
+        let bg = self
+            .gpu
+            .device
+            .create_bind_group(&wgpu::BindGroupDescriptor {
+                label: None,
+                layout: &kernel.layout,
+                entries: &entries,
+            });
         // A long-running program that keeps making new buffers would grow
         // this without end; stale entries are cheap to rebuild.
         if cache.len() > 16384 {
@@ -265,7 +283,9 @@ impl<'g> Recorder<'g> {
             None
         } else {
             let size = self.params.len() as u64 + PARAM_WINDOW;
-            let buf = gpu.alloc.alloc("kernel parameters", size, BufferKind::Uniform)?;
+            let buf = gpu
+                .alloc
+                .alloc("kernel parameters", size, BufferKind::Uniform)?;
             let mut bytes = self.params.clone();
             bytes.resize(bytes.len().div_ceil(4) * 4, 0);
             gpu.queue.write_buffer(buf.raw(), 0, &bytes);
@@ -280,7 +300,10 @@ impl<'g> Recorder<'g> {
                 ty: wgpu::QueryType::Timestamp,
                 count: 2,
             });
-            (Some(qs), Some(gpu.alloc.alloc("timestamps", 16, BufferKind::Query)?))
+            (
+                Some(qs),
+                Some(gpu.alloc.alloc("timestamps", 16, BufferKind::Query)?),
+            )
         } else {
             (None, None)
         };
@@ -303,7 +326,13 @@ impl<'g> Recorder<'g> {
                     dst_offset,
                     size,
                 } => {
-                    enc.copy_buffer_to_buffer(src.raw(), *src_offset, dst.raw(), *dst_offset, *size);
+                    enc.copy_buffer_to_buffer(
+                        src.raw(),
+                        *src_offset,
+                        dst.raw(),
+                        *dst_offset,
+                        *size,
+                    );
                     i += 1;
                 }
                 Cmd::Clear { buf, offset, size } => {
@@ -316,13 +345,16 @@ impl<'g> Recorder<'g> {
                         j += 1;
                     }
                     let last_pass = seen_dispatch + (j - i) == n_dispatch;
-                    let tw = query_set.as_ref().map(|qs| wgpu::ComputePassTimestampWrites {
-                        query_set: qs,
-                        beginning_of_pass_write_index: if first_pass { Some(0) } else { None },
-                        end_of_pass_write_index: if last_pass { Some(1) } else { None },
-                    });
+                    let tw = query_set
+                        .as_ref()
+                        .map(|qs| wgpu::ComputePassTimestampWrites {
+                            query_set: qs,
+                            beginning_of_pass_write_index: if first_pass { Some(0) } else { None },
+                            end_of_pass_write_index: if last_pass { Some(1) } else { None },
+                        });
                     let tw = tw.filter(|t| {
-                        t.beginning_of_pass_write_index.is_some() || t.end_of_pass_write_index.is_some()
+                        t.beginning_of_pass_write_index.is_some()
+                            || t.end_of_pass_write_index.is_some()
                     });
                     let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
                         label: None,
@@ -338,7 +370,8 @@ impl<'g> Recorder<'g> {
                         else {
                             unreachable!()
                         };
-                        let bg = self.bind_group(kernel, bound, param_offset.and(params_buf.as_ref()));
+                        let bg =
+                            self.bind_group(kernel, bound, param_offset.and(params_buf.as_ref()));
                         pass.set_pipeline(&kernel.pipeline);
                         match param_offset {
                             Some(o) => pass.set_bind_group(0, &bg, &[*o]),
@@ -396,7 +429,9 @@ impl Submitted<'_> {
             return Ok(None);
         };
         let gpu = self.gpu;
-        let rb = gpu.alloc.alloc("timestamp readback", 16, BufferKind::Readback)?;
+        let rb = gpu
+            .alloc
+            .alloc("timestamp readback", 16, BufferKind::Readback)?;
         let mut enc = gpu
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
@@ -405,6 +440,8 @@ impl Submitted<'_> {
         let bytes = super::tensor::map_read(gpu, &rb, 16)?;
         let ts: &[u64] = bytemuck::cast_slice(&bytes);
         let ticks = ts[1].saturating_sub(ts[0]);
-        Ok(Some(ticks as f64 * gpu.queue.get_timestamp_period() as f64 * 1e-9))
+        Ok(Some(
+            ticks as f64 * gpu.queue.get_timestamp_period() as f64 * 1e-9,
+        ))
     }
 }

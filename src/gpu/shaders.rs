@@ -92,7 +92,10 @@ pub fn targets_of(src: &str) -> Targets {
 
 /// Parse and validate WGSL with naga, with every capability the engine may
 /// request (the device still refuses what the adapter lacks).
-pub fn parse_and_validate(name: &str, src: &str) -> Result<(naga::Module, naga::valid::ModuleInfo)> {
+pub fn parse_and_validate(
+    name: &str,
+    src: &str,
+) -> Result<(naga::Module, naga::valid::ModuleInfo)> {
     let module = naga::front::wgsl::parse_str(src).map_err(|e| Error::Shader {
         name: name.to_string(),
         message: format!("parse error:\n{}", e.emit_to_string(src)),

@@ -165,7 +165,13 @@ pub(crate) fn map_read(gpu: &Gpu, buf: &GpuBuffer, len: u64) -> Result<Vec<u8>> 
 
 impl Gpu {
     /// Upload raw bytes as a tensor of `dtype`.
-    pub fn upload_bytes(&self, name: &str, shape: &[usize], dtype: DType, bytes: &[u8]) -> Result<Tensor> {
+    pub fn upload_bytes(
+        &self,
+        name: &str,
+        shape: &[usize],
+        dtype: DType,
+        bytes: &[u8],
+    ) -> Result<Tensor> {
         let want = numel(shape) * dtype.size();
         if bytes.len() != want {
             return Err(Error::Shape(format!(
@@ -230,7 +236,9 @@ impl Gpu {
         let rb = self.alloc.alloc("readback", padded, BufferKind::Readback)?;
         let mut enc = self
             .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("readback") });
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("readback"),
+            });
         let copy = padded.min(t.buf.size() - t.offset);
         enc.copy_buffer_to_buffer(t.buf.raw(), t.offset, rb.raw(), 0, copy);
         self.queue.submit(Some(enc.finish()));
@@ -251,14 +259,19 @@ impl Gpu {
                 .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
                 .collect(),
             DType::U32 => {
-                return Err(Error::Shape("read_f32 of a u32 tensor; use read_u32".into()))
+                return Err(Error::Shape(
+                    "read_f32 of a u32 tensor; use read_u32".into(),
+                ))
             }
         })
     }
 
     pub fn read_u32(&self, t: &Tensor) -> Result<Vec<u32>> {
         if t.dtype != DType::U32 {
-            return Err(Error::Shape(format!("read_u32 of a {} tensor", t.dtype.name())));
+            return Err(Error::Shape(format!(
+                "read_u32 of a {} tensor",
+                t.dtype.name()
+            )));
         }
         Ok(bytemuck::pod_collect_to_vec(&self.read_bytes(t)?))
     }

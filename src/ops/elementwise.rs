@@ -29,7 +29,11 @@ fn check_f32(op: &str, ts: &[&Tensor]) -> Result<()> {
     let n = ts[0].numel();
     for t in &ts[1..] {
         if t.numel() != n {
-            shape_bail!("{op}: element counts differ: {:?} vs {:?}", ts[0].shape(), t.shape());
+            shape_bail!(
+                "{op}: element counts differ: {:?} vs {:?}",
+                ts[0].shape(),
+                t.shape()
+            );
         }
     }
     Ok(())
@@ -62,7 +66,14 @@ fn launch(
 pub fn axpby(rec: &mut Recorder, alpha: f32, a: &Tensor, beta: f32, b: &Tensor) -> Result<Tensor> {
     check_f32("axpby", &[a, b])?;
     let out = Tensor::empty(rec.gpu(), "axpby.out", a.shape(), DType::F32)?;
-    launch(rec, "axpby", &[("a", a), ("b", b), ("out", &out)], a.numel(), alpha, beta)?;
+    launch(
+        rec,
+        "axpby",
+        &[("a", a), ("b", b), ("out", &out)],
+        a.numel(),
+        alpha,
+        beta,
+    )?;
     Ok(out)
 }
 
@@ -75,7 +86,14 @@ pub fn add(rec: &mut Recorder, a: &Tensor, b: &Tensor) -> Result<Tensor> {
 pub fn mul(rec: &mut Recorder, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     check_f32("mul", &[a, b])?;
     let out = Tensor::empty(rec.gpu(), "mul.out", a.shape(), DType::F32)?;
-    launch(rec, "mul", &[("a", a), ("b", b), ("out", &out)], a.numel(), 1.0, 0.0)?;
+    launch(
+        rec,
+        "mul",
+        &[("a", a), ("b", b), ("out", &out)],
+        a.numel(),
+        1.0,
+        0.0,
+    )?;
     Ok(out)
 }
 
@@ -88,7 +106,14 @@ pub fn scale_inplace(rec: &mut Recorder, x: &Tensor, alpha: f32) -> Result<()> {
 /// x ← x + alpha·a
 pub fn add_inplace(rec: &mut Recorder, x: &Tensor, alpha: f32, a: &Tensor) -> Result<()> {
     check_f32("add_inplace", &[x, a])?;
-    launch(rec, "add_inplace", &[("x", x), ("a", a)], x.numel(), alpha, 0.0)
+    launch(
+        rec,
+        "add_inplace",
+        &[("x", x), ("a", a)],
+        x.numel(),
+        alpha,
+        0.0,
+    )
 }
 
 pub mod cpu {

@@ -67,3 +67,29 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32)
         );
     }
 }
+
+/// Central finite differences of a scalar function at `x`:
+/// dL/dx_i ≈ (L(x + eps·e_i) − L(x − eps·e_i)) / 2eps, evaluated in f64.
+/// Backward kernels are checked against this applied to the CPU reference
+/// (typically L = Σ_j w_j·y_j(x) with fixed random weights w, so that
+/// dL/dy = w is the upstream gradient).
+pub fn finite_diff(f: impl Fn(&[f32]) -> f64, x: &[f32], eps: f32) -> Vec<f32> {
+    let mut xs = x.to_vec();
+    (0..x.len())
+        .map(|i| {
+            let orig = xs[i];
+            xs[i] = orig + eps;
+            let up = f(&xs);
+            xs[i] = orig - eps;
+            let down = f(&xs);
+            xs[i] = orig;
+            ((up - down) / (2.0 * eps as f64)) as f32
+        })
+        .collect()
+}
+
+/// Σ_i w_i·y_i in f64: the scalar that turns a vector output into a loss
+/// for finite-difference checks.
+pub fn dot64(w: &[f32], y: &[f32]) -> f64 {
+    w.iter().zip(y).map(|(a, b)| *a as f64 * *b as f64).sum()
+}
