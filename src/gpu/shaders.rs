@@ -125,6 +125,16 @@ pub struct Translation {
 /// Validate `src` and translate it to every back end its targets name.
 pub fn translate_all(name: &str, src: &str) -> Result<Translation> {
     let (module, info) = parse_and_validate(name, src)?;
+    // Back ends need `override` constants resolved: use their defaults, as
+    // a pipeline created without constants would.
+    let constants = naga::back::PipelineConstants::default();
+    let (module, info) =
+        naga::back::pipeline_constants::process_overrides(&module, &info, None, &constants)
+            .map_err(|e| Error::Shader {
+                name: name.to_string(),
+                message: format!("override constants: {e}"),
+            })?;
+    let (module, info) = (module.into_owned(), info.into_owned());
     let targets = targets_of(src);
     let fail = |backend: &str, e: String| Error::Shader {
         name: name.to_string(),

@@ -1,0 +1,269 @@
+//! Matrix multiplication: C = alpha·op(A)·op(B) + beta·C, batched.
+//!
+//! A is f32; B (usually a weight) is f32, bf16 or f16 and is read in its
+//! stored dtype; accumulation and C are f32. Either operand may be
+//! transposed, so a Linear layer y = x·Wᵀ (W stored [out, in]) and both of
+//! its gradients, dx = dy·W and dW = dyᵀ·x, are single calls without copies.
+//! `beta = 1` accumulates into C (gradient accumulation).
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::error::Result;
+use crate::gpu::{DType, Recorder, Tensor};
+use crate::shape_bail;
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    lda: u32,
+    ldb: u32,
+    ldc: u32,
+    stride_a: u32,
+    stride_b: u32,
+    stride_c: u32,
+    alpha: f32,
+    beta: f32,
+    _pad: u32,
+}
+
+/// How to combine the operands.
+#[derive(Clone, Copy, Debug)]
+pub struct Gemm {
+    pub trans_a: bool,
+    pub trans_b: bool,
+    pub alpha: f32,
+    /// 0 overwrites C; 1 adds to it.
+    pub beta: f32,
+}
+
+impl Gemm {
+    pub fn new(trans_a: bool, trans_b: bool) -> Self {
+        Gemm {
+            trans_a,
+            trans_b,
+            alpha: 1.0,
+            beta: 0.0,
+        }
+    }
+    pub fn accumulate(mut self) -> Self {
+        self.beta = 1.0;
+        self
+    }
+}
+
+/// The resolved problem: `batch` products of op(A) [m, k] and op(B) [k, n].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub batch: usize,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub stride_a: usize,
+    pub stride_b: usize,
+    /// Shape of C.
+    pub out_shape: Vec<usize>,
+}
+
+fn split(shape: &[usize]) -> (usize, usize, usize, &[usize]) {
+    let r = shape.len();
+    let lead = &shape[..r - 2];
+    (lead.iter().product(), shape[r - 2], shape[r - 1], lead)
+}
+
+/// Work out M, N, K and the batching from the operand shapes.
+pub fn problem(a: &[usize], b: &[usize], trans_a: bool, trans_b: bool) -> Result<Problem> {
+    if a.len() < 2 || b.len() < 2 {
+        shape_bail!("matmul needs operands of at least 2 dimensions, got {a:?} and {b:?}");
+    }
+    let (ba, ra, ca, lead_a) = split(a);
+    let (bb, rb, cb, lead_b) = split(b);
+    let (kb, n) = if trans_b { (cb, rb) } else { (rb, cb) };
+    if bb == 1 && !trans_a {
+        // One weight for all: fold A's leading dimensions into M.
+        let m = ba * ra;
+        if ca != kb {
+            shape_bail!(
+                "matmul: inner dimensions differ: A {a:?}{} has K = {ca}, B {b:?}{} has K = {kb}",
+                if trans_a { "ᵀ" } else { "" },
+                if trans_b { "ᵀ" } else { "" }
+            );
+        }
+        let mut out_shape = lead_a.to_vec();
+        out_shape.extend([ra, n]);
+        return Ok(Problem {
+            batch: 1,
+            m,
+            n,
+            k: ca,
+            stride_a: 0,
+            stride_b: 0,
+            out_shape,
+        });
+    }
+    let (m, ka) = if trans_a { (ca, ra) } else { (ra, ca) };
+    if ka != kb {
+        shape_bail!(
+            "matmul: inner dimensions differ: A {a:?}{} has K = {ka}, B {b:?}{} has K = {kb}",
+            if trans_a { "ᵀ" } else { "" },
+            if trans_b { "ᵀ" } else { "" }
+        );
+    }
+    if ba != bb && ba != 1 && bb != 1 {
+        shape_bail!("matmul: batch sizes {ba} and {bb} differ ({a:?} and {b:?})");
+    }
+    let batch = ba.max(bb);
+    let mut out_shape = if ba >= bb {
+        lead_a.to_vec()
+    } else {
+        lead_b.to_vec()
+    };
+    out_shape.extend([m, n]);
+    Ok(Problem {
+        batch,
+        m,
+        n,
+        k: ka,
+        stride_a: if ba == 1 { 0 } else { ra * ca },
+        stride_b: if bb == 1 { 0 } else { rb * cb },
+        out_shape,
+    })
+}
+
+fn dtype_code(d: DType) -> Result<f64> {
+    Ok(match d {
+        DType::F32 => 0.0,
+        DType::BF16 => 1.0,
+        DType::F16 => 2.0,
+        DType::U32 => shape_bail!("matmul: B must be f32, bf16 or f16, not u32"),
+    })
+}
+
+/// C = op(A)·op(B) into a new tensor.
+pub fn matmul(
+    rec: &mut Recorder,
+    a: &Tensor,
+    b: &Tensor,
+    trans_a: bool,
+    trans_b: bool,
+) -> Result<Tensor> {
+    let pr = problem(a.shape(), b.shape(), trans_a, trans_b)?;
+    let c = Tensor::empty(rec.gpu(), "matmul.out", &pr.out_shape, DType::F32)?;
+    matmul_into(rec, a, b, &c, Gemm::new(trans_a, trans_b))?;
+    Ok(c)
+}
+
+/// C = alpha·op(A)·op(B) + beta·C into an existing tensor.
+pub fn matmul_into(rec: &mut Recorder, a: &Tensor, b: &Tensor, c: &Tensor, g: Gemm) -> Result<()> {
+    let pr = problem(a.shape(), b.shape(), g.trans_a, g.trans_b)?;
+    if a.dtype() != DType::F32 || c.dtype() != DType::F32 {
+        shape_bail!(
+            "matmul: A and C must be f32 (A is {}, C is {})",
+            a.dtype().name(),
+            c.dtype().name()
+        );
+    }
+    if c.numel() != pr.batch * pr.m * pr.n {
+        shape_bail!(
+            "matmul: C has shape {:?}, the product has shape {:?}",
+            c.shape(),
+            pr.out_shape
+        );
+    }
+    if pr.m == 0 || pr.n == 0 {
+        return Ok(());
+    }
+    // Row strides are the stored last dimensions in every layout.
+    let lda = a.dim(-1);
+    let ldb = b.dim(-1);
+    let p = Params {
+        m: pr.m as u32,
+        n: pr.n as u32,
+        k: pr.k as u32,
+        lda: lda as u32,
+        ldb: ldb as u32,
+        ldc: pr.n as u32,
+        stride_a: pr.stride_a as u32,
+        stride_b: pr.stride_b as u32,
+        stride_c: (pr.m * pr.n) as u32,
+        alpha: g.alpha,
+        beta: g.beta,
+        _pad: 0,
+    };
+    let gpu = rec.gpu();
+    let k = gpu.kernel_with(
+        "matmul",
+        "matmul",
+        &[
+            ("TRANS_A", g.trans_a as u32 as f64),
+            ("TRANS_B", g.trans_b as u32 as f64),
+            ("B_DTYPE", dtype_code(b.dtype())?),
+        ],
+    )?;
+    let groups = [
+        (pr.n as u32).div_ceil(64),
+        (pr.m as u32).div_ceil(64),
+        pr.batch as u32,
+    ];
+    rec.dispatch(
+        &k,
+        &[("a", a), ("b", b), ("c", c)],
+        bytemuck::bytes_of(&p),
+        groups,
+    )
+}
+
+pub mod cpu {
+    /// op(A)·op(B) for one batch entry, accumulated in f64. A is [m, k]
+    /// ([k, m] if trans_a), B is [k, n] ([n, k] if trans_b).
+    pub fn matmul(
+        a: &[f32],
+        b: &[f32],
+        m: usize,
+        n: usize,
+        k: usize,
+        trans_a: bool,
+        trans_b: bool,
+    ) -> Vec<f32> {
+        let mut c = vec![0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let mut s = 0f64;
+                for t in 0..k {
+                    let av = if trans_a { a[t * m + i] } else { a[i * k + t] };
+                    let bv = if trans_b { b[j * k + t] } else { b[t * n + j] };
+                    s += av as f64 * bv as f64;
+                }
+                c[i * n + j] = s as f32;
+            }
+        }
+        c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::problem;
+
+    #[test]
+    fn shapes_resolve() {
+        // Linear layer: [B, T, K] · Wᵀ with W [N, K] folds B·T into M.
+        let p = problem(&[2, 5, 8], &[3, 8], false, true).unwrap();
+        assert_eq!((p.batch, p.m, p.n, p.k), (1, 10, 3, 8));
+        assert_eq!(p.out_shape, vec![2, 5, 3]);
+        // Weight gradient: dyᵀ·x = [N, M]·[M, K].
+        let p = problem(&[10, 3], &[10, 8], true, false).unwrap();
+        assert_eq!((p.batch, p.m, p.n, p.k), (1, 3, 8, 10));
+        // Batched.
+        let p = problem(&[4, 5, 6], &[4, 6, 7], false, false).unwrap();
+        assert_eq!(
+            (p.batch, p.m, p.n, p.k, p.stride_a, p.stride_b),
+            (4, 5, 7, 6, 30, 42)
+        );
+        assert!(problem(&[4, 5, 6], &[3, 6, 7], false, false).is_err());
+        assert!(problem(&[5, 6], &[7, 8], false, false).is_err());
+        assert!(problem(&[5], &[5, 8], false, false).is_err());
+    }
+}

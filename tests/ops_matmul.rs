@@ -1,0 +1,188 @@
+//! matmul and gemv against CPU references, every transpose and weight dtype,
+//! awkward shapes, batching, accumulation, and gradients by finite differences.
+
+mod common;
+
+use boomgpu::gpu::Tensor;
+use boomgpu::ops::matmul::{self, cpu, Gemm};
+use common::*;
+
+fn upload_b(dtype: &str, shape: &[usize], vals: &[f32]) -> (Tensor, Vec<f32>) {
+    let g = gpu();
+    match dtype {
+        "bf16" => {
+            let h: Vec<half::bf16> = vals.iter().map(|&v| half::bf16::from_f32(v)).collect();
+            let r = h.iter().map(|v| v.to_f32()).collect();
+            (g.upload_bf16("b", shape, &h).unwrap(), r)
+        }
+        "f16" => {
+            let h: Vec<half::f16> = vals.iter().map(|&v| half::f16::from_f32(v)).collect();
+            let r = h.iter().map(|v| v.to_f32()).collect();
+            (g.upload_f16("b", shape, &h).unwrap(), r)
+        }
+        _ => (g.upload_f32("b", shape, vals).unwrap(), vals.to_vec()),
+    }
+}
+
+#[test]
+fn matmul_matches_cpu_for_all_layouts_and_dtypes() {
+    let g = gpu();
+    let mut rng = Rng::new(7);
+    let shapes = [
+        (1, 1, 1),
+        (7, 33, 129),
+        (65, 64, 17),
+        (129, 7, 64),
+        (33, 130, 3),
+    ];
+    for &(m, n, k) in &shapes {
+        for trans_a in [false, true] {
+            for trans_b in [false, true] {
+                for dtype in ["f32", "bf16", "f16"] {
+                    let a = rng.vec(m * k, 1.0);
+                    let bv = rng.vec(k * n, 1.0);
+                    let a_shape = if trans_a { [k, m] } else { [m, k] };
+                    let b_shape = if trans_b { [n, k] } else { [k, n] };
+                    let ta = g.upload_f32("a", &a_shape, &a).unwrap();
+                    let (tb, b_used) = upload_b(dtype, &b_shape, &bv);
+                    let mut rec = g.recorder();
+                    let c = matmul::matmul(&mut rec, &ta, &tb, trans_a, trans_b).unwrap();
+                    rec.run().unwrap();
+                    assert_eq!(c.shape(), &[m, n]);
+                    let want = cpu::matmul(&a, &b_used, m, n, k, trans_a, trans_b);
+                    let what = format!("{m}x{n}x{k} ta={trans_a} tb={trans_b} {dtype}");
+                    assert_close(
+                        &what,
+                        &g.read_f32(&c).unwrap(),
+                        &want,
+                        1e-5 * k as f32,
+                        1e-5,
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn linear_layer_folds_leading_dims_and_batches() {
+    let g = gpu();
+    let mut rng = Rng::new(8);
+    // [2, 5, 12] · Wᵀ, W [9, 12] → [2, 5, 9]
+    let x = rng.vec(2 * 5 * 12, 1.0);
+    let w = rng.vec(9 * 12, 1.0);
+    let tx = g.upload_f32("x", &[2, 5, 12], &x).unwrap();
+    let tw = g.upload_f32("w", &[9, 12], &w).unwrap();
+    // Batched with a batched B: [3, 4, 6] · [3, 6, 5]
+    let a3 = rng.vec(3 * 4 * 6, 1.0);
+    let b3 = rng.vec(3 * 6 * 5, 1.0);
+    let ta3 = g.upload_f32("a3", &[3, 4, 6], &a3).unwrap();
+    let tb3 = g.upload_f32("b3", &[3, 6, 5], &b3).unwrap();
+    // Broadcast A over a batched B: [4, 6] · [3, 6, 5]
+    let a2 = rng.vec(4 * 6, 1.0);
+    let ta2 = g.upload_f32("a2", &[4, 6], &a2).unwrap();
+    let mut rec = g.recorder();
+    let y = matmul::matmul(&mut rec, &tx, &tw, false, true).unwrap();
+    let c3 = matmul::matmul(&mut rec, &ta3, &tb3, false, false).unwrap();
+    let c2 = matmul::matmul(&mut rec, &ta2, &tb3, false, false).unwrap();
+    rec.run().unwrap();
+    assert_eq!(y.shape(), &[2, 5, 9]);
+    assert_close(
+        "linear",
+        &g.read_f32(&y).unwrap(),
+        &cpu::matmul(&x, &w, 10, 9, 12, false, true),
+        1e-4,
+        1e-5,
+    );
+    assert_eq!(c3.shape(), &[3, 4, 5]);
+    assert_eq!(c2.shape(), &[3, 4, 5]);
+    let got3 = g.read_f32(&c3).unwrap();
+    let got2 = g.read_f32(&c2).unwrap();
+    for bi in 0..3 {
+        let bslice = &b3[bi * 30..(bi + 1) * 30];
+        let want = cpu::matmul(&a3[bi * 24..(bi + 1) * 24], bslice, 4, 5, 6, false, false);
+        assert_close("batched", &got3[bi * 20..(bi + 1) * 20], &want, 1e-5, 1e-5);
+        let want = cpu::matmul(&a2, bslice, 4, 5, 6, false, false);
+        assert_close(
+            "broadcast A",
+            &got2[bi * 20..(bi + 1) * 20],
+            &want,
+            1e-5,
+            1e-5,
+        );
+    }
+}
+
+#[test]
+fn alpha_beta_accumulate() {
+    let g = gpu();
+    let mut rng = Rng::new(9);
+    let (m, n, k) = (17, 23, 31);
+    let a = rng.vec(m * k, 1.0);
+    let b = rng.vec(k * n, 1.0);
+    let c0 = rng.vec(m * n, 1.0);
+    let ta = g.upload_f32("a", &[m, k], &a).unwrap();
+    let tb = g.upload_f32("b", &[k, n], &b).unwrap();
+    let tc = g.upload_f32("c", &[m, n], &c0).unwrap();
+    let mut rec = g.recorder();
+    let mut gm = Gemm::new(false, false).accumulate();
+    gm.alpha = 0.5;
+    matmul::matmul_into(&mut rec, &ta, &tb, &tc, gm).unwrap();
+    rec.run().unwrap();
+    let prod = cpu::matmul(&a, &b, m, n, k, false, false);
+    let want: Vec<f32> = prod.iter().zip(&c0).map(|(p, c)| 0.5 * p + c).collect();
+    assert_close("accumulate", &g.read_f32(&tc).unwrap(), &want, 1e-4, 1e-5);
+}
+
+#[test]
+fn shape_errors_are_reported() {
+    let g = gpu();
+    let a = g.upload_f32("a", &[3, 4], &[0.0; 12]).unwrap();
+    let b = g.upload_f32("b", &[5, 6], &[0.0; 30]).unwrap();
+    let mut rec = g.recorder();
+    let e = matmul::matmul(&mut rec, &a, &b, false, false).unwrap_err();
+    assert!(e.to_string().contains("inner dimensions"), "{e}");
+    let ids = g.upload_u32("ids", &[4, 5], &[0; 20]).unwrap();
+    assert!(matmul::matmul(&mut rec, &a, &ids, false, false).is_err());
+    let c = g.upload_f32("c", &[2, 2], &[0.0; 4]).unwrap();
+    assert!(matmul::matmul_into(
+        &mut rec,
+        &a,
+        &g.upload_f32("b", &[4, 6], &[0.0; 24]).unwrap(),
+        &c,
+        Gemm::new(false, false)
+    )
+    .is_err());
+}
+
+/// The Linear layer y = x·Wᵀ and its gradients dx = dy·W, dW = dyᵀ·x, all
+/// through matmul, against finite differences of the CPU forward.
+#[test]
+fn linear_gradients_match_finite_differences() {
+    let g = gpu();
+    let mut rng = Rng::new(10);
+    let (t, i, o) = (5, 7, 6);
+    let x = rng.vec(t * i, 1.0);
+    let w = rng.vec(o * i, 1.0);
+    let dy = rng.vec(t * o, 1.0);
+    let fd_x = finite_diff(
+        |x| dot64(&dy, &cpu::matmul(x, &w, t, o, i, false, true)),
+        &x,
+        1e-2,
+    );
+    let fd_w = finite_diff(
+        |w| dot64(&dy, &cpu::matmul(&x, w, t, o, i, false, true)),
+        &w,
+        1e-2,
+    );
+    let tx = g.upload_f32("x", &[t, i], &x).unwrap();
+    let tw = g.upload_f32("w", &[o, i], &w).unwrap();
+    let tdy = g.upload_f32("dy", &[t, o], &dy).unwrap();
+    let mut rec = g.recorder();
+    let dx = matmul::matmul(&mut rec, &tdy, &tw, false, false).unwrap();
+    let dw = matmul::matmul(&mut rec, &tdy, &tx, true, false).unwrap();
+    rec.run().unwrap();
+    assert_eq!(dw.shape(), &[o, i]);
+    assert_close("dx", &g.read_f32(&dx).unwrap(), &fd_x, 1e-3, 1e-3);
+    assert_close("dw", &g.read_f32(&dw).unwrap(), &fd_w, 1e-3, 1e-3);
+}
