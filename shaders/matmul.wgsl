@@ -37,6 +37,10 @@ struct Params {
 @group(0) @binding(1) var<storage, read> a: array<f32>;
 @group(0) @binding(2) var<storage, read> b: array<u32>;
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
+// The same tensors seen as 4-wide vectors by the vectorised direct path.
+@group(0) @binding(4) var<storage, read> a4: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read> b4: array<vec4<u32>>;
+@group(0) @binding(6) var<storage, read> b2: array<vec2<u32>>;
 
 const BM: u32 = 64u;
 const BN: u32 = 64u;
@@ -160,6 +164,271 @@ fn matmul(
                 }
                 c[ci] = v;
             }
+        }
+    }
+}
+
+// Direct path for CPU adapters (lavapipe), where barriers and workgroup
+// memory cost more than they save: each invocation computes a 4×4 block of
+// C straight from global memory. Edge rows and columns are clamped on load
+// and skipped on store, so any shape works.
+fn load_a(e: u32) -> f32 {
+    return a[e];
+}
+
+fn a_index(base: u32, row: u32, kk: u32) -> u32 {
+    if TRANS_A {
+        return base + kk * p.lda + row;
+    }
+    return base + row * p.lda + kk;
+}
+
+fn b_index(base: u32, kk: u32, col: u32) -> u32 {
+    if TRANS_B {
+        return base + col * p.ldb + kk;
+    }
+    return base + kk * p.ldb + col;
+}
+
+@compute @workgroup_size(8, 8)
+fn matmul_direct(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let row0 = gid.y * 4u;
+    let col0 = gid.x * 4u;
+    if row0 >= p.m || col0 >= p.n {
+        return;
+    }
+    let base_a = gid.z * p.stride_a;
+    let base_b = gid.z * p.stride_b;
+    let base_c = gid.z * p.stride_c;
+    var rows: array<u32, 4>;
+    var cols: array<u32, 4>;
+    for (var i = 0u; i < 4u; i++) {
+        rows[i] = min(row0 + i, p.m - 1u);
+        cols[i] = min(col0 + i, p.n - 1u);
+    }
+    var acc: array<f32, 16>;
+    for (var i = 0u; i < 16u; i++) {
+        acc[i] = 0.0;
+    }
+    for (var kk = 0u; kk < p.k; kk++) {
+        var av: array<f32, 4>;
+        var bv: array<f32, 4>;
+        for (var i = 0u; i < 4u; i++) {
+            av[i] = load_a(a_index(base_a, rows[i], kk));
+            bv[i] = load_b(b_index(base_b, kk, cols[i]));
+        }
+        for (var i = 0u; i < 4u; i++) {
+            for (var j = 0u; j < 4u; j++) {
+                acc[i * 4u + j] = fma(av[i], bv[j], acc[i * 4u + j]);
+            }
+        }
+    }
+    for (var i = 0u; i < 4u; i++) {
+        let gm = row0 + i;
+        if gm >= p.m {
+            break;
+        }
+        for (var j = 0u; j < 4u; j++) {
+            let gn = col0 + j;
+            if gn < p.n {
+                let ci = base_c + gm * p.ldc + gn;
+                var v = p.alpha * acc[i * 4u + j];
+                if p.beta != 0.0 {
+                    v += p.beta * c[ci];
+                }
+                c[ci] = v;
+            }
+        }
+    }
+}
+
+// Four consecutive elements of B starting at e (a multiple of 4).
+fn load_b4(e: u32) -> vec4<f32> {
+    if B_DTYPE == 1u {
+        let w = b2[e >> 2u];
+        return vec4<f32>(bf16_unpack2(w.x), bf16_unpack2(w.y));
+    } else if B_DTYPE == 2u {
+        let w = b2[e >> 2u];
+        return vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y));
+    }
+    return bitcast<vec4<f32>>(b4[e >> 2u]);
+}
+
+// Vectorised direct path: 4×4 blocks of A and B are loaded as four vec4
+// each (along whichever axis is contiguous in memory) and multiplied as
+// mat4x4, so the layout only decides where a transpose goes. Needs K, and
+// the contiguous axes of A and B, to be multiples of 4 (the launcher
+// checks and falls back to matmul_direct otherwise).
+@compute @workgroup_size(8, 8)
+fn matmul_direct4(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let row0 = gid.y * 4u;
+    let col0 = gid.x * 4u;
+    if row0 >= p.m || col0 >= p.n {
+        return;
+    }
+    let base_a = gid.z * p.stride_a;
+    let base_b = gid.z * p.stride_b;
+    let base_c = gid.z * p.stride_c;
+    var rows: array<u32, 4>;
+    var cols: array<u32, 4>;
+    for (var i = 0u; i < 4u; i++) {
+        rows[i] = min(row0 + i, p.m - 1u);
+        cols[i] = min(col0 + i, p.n - 1u);
+    }
+    var acc = mat4x4<f32>();
+    for (var kk = 0u; kk < p.k; kk += 4u) {
+        var am: mat4x4<f32>;
+        var bm: mat4x4<f32>;
+        if TRANS_A {
+            // Rows of A's storage are columns of the block.
+            am = mat4x4<f32>(
+                a4[(base_a + kk * p.lda + row0) >> 2u],
+                a4[(base_a + (kk + 1u) * p.lda + row0) >> 2u],
+                a4[(base_a + (kk + 2u) * p.lda + row0) >> 2u],
+                a4[(base_a + (kk + 3u) * p.lda + row0) >> 2u],
+            );
+        } else {
+            am = transpose(mat4x4<f32>(
+                a4[(base_a + rows[0] * p.lda + kk) >> 2u],
+                a4[(base_a + rows[1] * p.lda + kk) >> 2u],
+                a4[(base_a + rows[2] * p.lda + kk) >> 2u],
+                a4[(base_a + rows[3] * p.lda + kk) >> 2u],
+            ));
+        }
+        if TRANS_B {
+            bm = mat4x4<f32>(
+                load_b4(base_b + cols[0] * p.ldb + kk),
+                load_b4(base_b + cols[1] * p.ldb + kk),
+                load_b4(base_b + cols[2] * p.ldb + kk),
+                load_b4(base_b + cols[3] * p.ldb + kk),
+            );
+        } else {
+            bm = transpose(mat4x4<f32>(
+                load_b4(base_b + kk * p.ldb + col0),
+                load_b4(base_b + (kk + 1u) * p.ldb + col0),
+                load_b4(base_b + (kk + 2u) * p.ldb + col0),
+                load_b4(base_b + (kk + 3u) * p.ldb + col0),
+            ));
+        }
+        acc += am * bm;
+    }
+    for (var j = 0u; j < 4u; j++) {
+        let gn = col0 + j;
+        if gn >= p.n {
+            break;
+        }
+        let col = acc[j];
+        for (var i = 0u; i < 4u; i++) {
+            let gm = row0 + i;
+            if gm < p.m {
+                let ci = base_c + gm * p.ldc + gn;
+                var v = p.alpha * col[i];
+                if p.beta != 0.0 {
+                    v += p.beta * c[ci];
+                }
+                c[ci] = v;
+            }
+        }
+    }
+}
+
+// One 4×4 block of op(A) at (row0, kk): columns of the returned matrix are
+// the block's columns.
+fn block_a(base: u32, row0: u32, kk: u32) -> mat4x4<f32> {
+    if TRANS_A {
+        return mat4x4<f32>(
+            a4[(base + kk * p.lda + row0) >> 2u],
+            a4[(base + (kk + 1u) * p.lda + row0) >> 2u],
+            a4[(base + (kk + 2u) * p.lda + row0) >> 2u],
+            a4[(base + (kk + 3u) * p.lda + row0) >> 2u],
+        );
+    }
+    let last = p.m - 1u;
+    return transpose(mat4x4<f32>(
+        a4[(base + min(row0, last) * p.lda + kk) >> 2u],
+        a4[(base + min(row0 + 1u, last) * p.lda + kk) >> 2u],
+        a4[(base + min(row0 + 2u, last) * p.lda + kk) >> 2u],
+        a4[(base + min(row0 + 3u, last) * p.lda + kk) >> 2u],
+    ));
+}
+
+// One 4×4 block of op(B) at (kk, col0).
+fn block_b(base: u32, kk: u32, col0: u32) -> mat4x4<f32> {
+    if TRANS_B {
+        let last = p.n - 1u;
+        return mat4x4<f32>(
+            load_b4(base + min(col0, last) * p.ldb + kk),
+            load_b4(base + min(col0 + 1u, last) * p.ldb + kk),
+            load_b4(base + min(col0 + 2u, last) * p.ldb + kk),
+            load_b4(base + min(col0 + 3u, last) * p.ldb + kk),
+        );
+    }
+    return transpose(mat4x4<f32>(
+        load_b4(base + kk * p.ldb + col0),
+        load_b4(base + (kk + 1u) * p.ldb + col0),
+        load_b4(base + (kk + 2u) * p.ldb + col0),
+        load_b4(base + (kk + 3u) * p.ldb + col0),
+    ));
+}
+
+fn store_block(base: u32, row0: u32, col0: u32, blk: mat4x4<f32>) {
+    for (var j = 0u; j < 4u; j++) {
+        let gn = col0 + j;
+        if gn >= p.n {
+            break;
+        }
+        let col = blk[j];
+        for (var i = 0u; i < 4u; i++) {
+            let gm = row0 + i;
+            if gm < p.m {
+                let ci = base + gm * p.ldc + gn;
+                var v = p.alpha * col[i];
+                if p.beta != 0.0 {
+                    v += p.beta * c[ci];
+                }
+                c[ci] = v;
+            }
+        }
+    }
+}
+
+// 8×8 per invocation: four 4×4 accumulators, half the loads per FMA of
+// matmul_direct4.
+@compute @workgroup_size(8, 8)
+fn matmul_direct8(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let row0 = gid.y * 8u;
+    let col0 = gid.x * 8u;
+    if row0 >= p.m || col0 >= p.n {
+        return;
+    }
+    let base_a = gid.z * p.stride_a;
+    let base_b = gid.z * p.stride_b;
+    let base_c = gid.z * p.stride_c;
+    // With TRANS_A the second row block must exist (m is a multiple of 4).
+    let row1 = select(row0 + 4u, row0, TRANS_A && row0 + 4u >= p.m);
+    let col1 = select(col0 + 4u, col0, !TRANS_B && col0 + 4u >= p.n);
+    var c00 = mat4x4<f32>();
+    var c01 = mat4x4<f32>();
+    var c10 = mat4x4<f32>();
+    var c11 = mat4x4<f32>();
+    for (var kk = 0u; kk < p.k; kk += 4u) {
+        let a0 = block_a(base_a, row0, kk);
+        let a1 = block_a(base_a, row1, kk);
+        let b0 = block_b(base_b, kk, col0);
+        let b1 = block_b(base_b, kk, col1);
+        c00 += a0 * b0;
+        c01 += a0 * b1;
+        c10 += a1 * b0;
+        c11 += a1 * b1;
+    }
+    store_block(base_c, row0, col0, c00);
+    if col0 + 4u < p.n {
+        store_block(base_c, row0, col0 + 4u, c01);
+    }
+    if row0 + 4u < p.m {
+        store_block(base_c, row0 + 4u, col0, c10);
+        if col0 + 4u < p.n {
+            store_block(base_c, row0 + 4u, col0 + 4u, c11);
         }
     }
 }

@@ -3,8 +3,10 @@
 
 mod common;
 
-use boomgpu::gpu::Tensor;
-use boomgpu::ops::matmul::{self, cpu, Gemm};
+use boomgpu::gpu::{DType, Tensor};
+use boomgpu::ops::matmul::{self, cpu, Gemm, Path};
+
+const PATHS: [Path; 4] = [Path::Tiled, Path::Direct, Path::Direct4, Path::Direct8];
 use common::*;
 
 fn upload_b(dtype: &str, shape: &[usize], vals: &[f32]) -> (Tensor, Vec<f32>) {
@@ -84,6 +86,10 @@ fn linear_layer_folds_leading_dims_and_batches() {
     let mut rec = g.recorder();
     let y = matmul::matmul(&mut rec, &tx, &tw, false, true).unwrap();
     let c3 = matmul::matmul(&mut rec, &ta3, &tb3, false, false).unwrap();
+    let c3b = Tensor::empty(g, "c3b", &[3, 4, 5], DType::F32).unwrap();
+    let mut gm = Gemm::new(false, false);
+    gm.path = Some(Path::Tiled);
+    matmul::matmul_into(&mut rec, &ta3, &tb3, &c3b, gm).unwrap();
     let c2 = matmul::matmul(&mut rec, &ta2, &tb3, false, false).unwrap();
     rec.run().unwrap();
     assert_eq!(y.shape(), &[2, 5, 9]);
@@ -98,6 +104,13 @@ fn linear_layer_folds_leading_dims_and_batches() {
     assert_eq!(c2.shape(), &[3, 4, 5]);
     let got3 = g.read_f32(&c3).unwrap();
     let got2 = g.read_f32(&c2).unwrap();
+    assert_close(
+        "batched tiled",
+        &g.read_f32(&c3b).unwrap(),
+        &got3,
+        1e-5,
+        1e-5,
+    );
     for bi in 0..3 {
         let bslice = &b3[bi * 30..(bi + 1) * 30];
         let want = cpu::matmul(&a3[bi * 24..(bi + 1) * 24], bslice, 4, 5, 6, false, false);
@@ -123,15 +136,24 @@ fn alpha_beta_accumulate() {
     let c0 = rng.vec(m * n, 1.0);
     let ta = g.upload_f32("a", &[m, k], &a).unwrap();
     let tb = g.upload_f32("b", &[k, n], &b).unwrap();
-    let tc = g.upload_f32("c", &[m, n], &c0).unwrap();
-    let mut rec = g.recorder();
-    let mut gm = Gemm::new(false, false).accumulate();
-    gm.alpha = 0.5;
-    matmul::matmul_into(&mut rec, &ta, &tb, &tc, gm).unwrap();
-    rec.run().unwrap();
     let prod = cpu::matmul(&a, &b, m, n, k, false, false);
     let want: Vec<f32> = prod.iter().zip(&c0).map(|(p, c)| 0.5 * p + c).collect();
-    assert_close("accumulate", &g.read_f32(&tc).unwrap(), &want, 1e-4, 1e-5);
+    for path in PATHS {
+        let tc = g.upload_f32("c", &[m, n], &c0).unwrap();
+        let mut rec = g.recorder();
+        let mut gm = Gemm::new(false, false).accumulate();
+        gm.alpha = 0.5;
+        gm.path = Some(path);
+        matmul::matmul_into(&mut rec, &ta, &tb, &tc, gm).unwrap();
+        rec.run().unwrap();
+        assert_close(
+            &format!("accumulate {path:?}"),
+            &g.read_f32(&tc).unwrap(),
+            &want,
+            1e-4,
+            1e-5,
+        );
+    }
 }
 
 #[test]

@@ -37,6 +37,8 @@ pub struct Gemm {
     pub alpha: f32,
     /// 0 overwrites C; 1 adds to it.
     pub beta: f32,
+    /// Force a kernel (tests compare them); None picks by device.
+    pub path: Option<Path>,
 }
 
 impl Gemm {
@@ -46,6 +48,7 @@ impl Gemm {
             trans_b,
             alpha: 1.0,
             beta: 0.0,
+            path: None,
         }
     }
     pub fn accumulate(mut self) -> Self {
@@ -132,6 +135,63 @@ pub fn problem(a: &[usize], b: &[usize], trans_a: bool, trans_b: bool) -> Result
     })
 }
 
+/// Which kernel computes the product.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Path {
+    /// Tiles staged in workgroup memory: the path for GPUs.
+    Tiled,
+    /// Straight from global memory, 4×4 per invocation: faster on CPU
+    /// adapters, where barriers are expensive.
+    Direct,
+    /// Direct, with 4-wide vector loads multiplied as 4×4 matrices; used
+    /// instead of `Direct` when the contiguous dimensions are multiples of 4.
+    Direct4,
+    /// Like `Direct4` with 8×8 outputs per invocation.
+    Direct8,
+}
+
+impl Path {
+    fn entry(self) -> &'static str {
+        match self {
+            Path::Tiled => "matmul",
+            Path::Direct => "matmul_direct",
+            Path::Direct4 => "matmul_direct4",
+            Path::Direct8 => "matmul_direct8",
+        }
+    }
+    /// Columns and rows of C per workgroup.
+    fn tile(self) -> [u32; 2] {
+        match self {
+            Path::Tiled => [64, 64],
+            Path::Direct | Path::Direct4 => [32, 32],
+            Path::Direct8 => [64, 64],
+        }
+    }
+}
+
+/// The device's default path; `BOOMGPU_MATMUL=tiled|direct` overrides it
+/// (`direct` vectorises where the shapes allow).
+pub fn choose_path(gpu: &crate::gpu::Gpu) -> Path {
+    match std::env::var("BOOMGPU_MATMUL").as_deref() {
+        Ok("tiled") => Path::Tiled,
+        Ok("direct") => Path::Direct,
+        _ if gpu.info.device_type == wgpu::DeviceType::Cpu => Path::Direct,
+        _ => Path::Tiled,
+    }
+}
+
+/// Can the vectorised path load every block as whole vec4s?
+fn vec4_ok(pr: &Problem, lda: usize, ldb: usize, g: Gemm) -> bool {
+    let m4 = |x: usize| x % 4 == 0;
+    m4(pr.k)
+        && m4(lda)
+        && m4(ldb)
+        && m4(pr.stride_a)
+        && m4(pr.stride_b)
+        && (!g.trans_a || m4(pr.m))
+        && (g.trans_b || m4(pr.n))
+}
+
 fn dtype_code(d: DType) -> Result<f64> {
     Ok(match d {
         DType::F32 => 0.0,
@@ -193,23 +253,44 @@ pub fn matmul_into(rec: &mut Recorder, a: &Tensor, b: &Tensor, c: &Tensor, g: Ge
         _pad: 0,
     };
     let gpu = rec.gpu();
+    let path = match g.path {
+        Some(Path::Direct4 | Path::Direct8) if !vec4_ok(&pr, lda, ldb, g) => Path::Direct,
+        Some(p) => p,
+        None => match choose_path(gpu) {
+            Path::Direct if vec4_ok(&pr, lda, ldb, g) => {
+                match std::env::var("BOOMGPU_MATMUL_TILE").as_deref() {
+                    Ok("4") => Path::Direct4,
+                    _ => Path::Direct8,
+                }
+            }
+            p => p,
+        },
+    };
     let k = gpu.kernel_with(
         "matmul",
-        "matmul",
+        path.entry(),
         &[
             ("TRANS_A", g.trans_a as u32 as f64),
             ("TRANS_B", g.trans_b as u32 as f64),
             ("B_DTYPE", dtype_code(b.dtype())?),
         ],
     )?;
+    let tile = path.tile();
     let groups = [
-        (pr.n as u32).div_ceil(64),
-        (pr.m as u32).div_ceil(64),
+        (pr.n as u32).div_ceil(tile[0]),
+        (pr.m as u32).div_ceil(tile[1]),
         pr.batch as u32,
     ];
     rec.dispatch(
         &k,
-        &[("a", a), ("b", b), ("c", c)],
+        &[
+            ("a", a),
+            ("b", b),
+            ("c", c),
+            ("a4", a),
+            ("b4", b),
+            ("b2", b),
+        ],
         bytemuck::bytes_of(&p),
         groups,
     )

@@ -1,0 +1,66 @@
+use boomgpu::gpu::{DType, Tensor};
+use boomgpu::ops::matmul;
+
+use crate::harness::{Bench, Bound};
+
+fn random_tensor(b: &Bench, name: &str, shape: &[usize], dtype: DType) -> Option<Tensor> {
+    let n: usize = shape.iter().product();
+    // Values in [-1, 1): the speed does not depend on them.
+    let vals: Vec<f32> = (0..n)
+        .map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0)
+        .collect();
+    let t = match dtype {
+        DType::BF16 => {
+            let h: Vec<half::bf16> = vals.iter().map(|&v| half::bf16::from_f32(v)).collect();
+            b.gpu.upload_bf16(name, shape, &h)
+        }
+        DType::F16 => {
+            let h: Vec<half::f16> = vals.iter().map(|&v| half::f16::from_f32(v)).collect();
+            b.gpu.upload_f16(name, shape, &h)
+        }
+        _ => b.gpu.upload_f32(name, shape, &vals),
+    };
+    match t {
+        Ok(t) => Some(t),
+        Err(e) => {
+            println!("{name}: {e}");
+            None
+        }
+    }
+}
+
+pub fn run(b: &mut Bench) {
+    // (M, N, K): the MLP up-projection of Qwen3-4B over 2048 tokens, and a cube.
+    let shapes: Vec<(usize, usize, usize)> = if b.small() {
+        vec![(256, 512, 576), (512, 512, 512)]
+    } else {
+        vec![(2048, 9728, 2560), (4096, 4096, 4096)]
+    };
+    for (m, n, k) in shapes {
+        for (dtype, tb) in [(DType::F32, true), (DType::BF16, true), (DType::F32, false)] {
+            let name = format!(
+                "matmul {m}x{n}x{k} B {}{}",
+                dtype.name(),
+                if tb { "ᵀ" } else { "" }
+            );
+            if !b.wants(&name) {
+                continue;
+            }
+            let Some(a) = random_tensor(b, "a", &[m, k], DType::F32) else {
+                return;
+            };
+            let b_shape = if tb { [n, k] } else { [k, n] };
+            let Some(w) = random_tensor(b, "w", &b_shape, dtype) else {
+                return;
+            };
+            let Ok(c) = Tensor::empty(&b.gpu, "c", &[m, n], DType::F32) else {
+                return;
+            };
+            let flops = 2.0 * (m * n * k) as f64;
+            let bytes = (4 * m * k + dtype.size() * n * k + 4 * m * n) as f64;
+            b.run(&name, flops, bytes, Bound::F32, |rec| {
+                matmul::matmul_into(rec, &a, &w, &c, matmul::Gemm::new(false, tb))
+            });
+        }
+    }
+}
