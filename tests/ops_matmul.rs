@@ -36,6 +36,10 @@ fn matmul_matches_cpu_for_all_layouts_and_dtypes() {
         (65, 64, 17),
         (129, 7, 64),
         (33, 130, 3),
+        // Multiples of 4 (and not of 8), so the vectorised paths run.
+        (36, 68, 20),
+        (8, 8, 8),
+        (4, 12, 4),
     ];
     for &(m, n, k) in &shapes {
         for trans_a in [false, true] {
