@@ -24,5 +24,6 @@ fn main() {
     };
     elementwise::run(&mut b);
     matmul::run(&mut b);
+    matmul::run_gemv(&mut b);
     b.finish();
 }

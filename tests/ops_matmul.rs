@@ -212,3 +212,59 @@ fn linear_gradients_match_finite_differences() {
     assert_close("dx", &g.read_f32(&dx).unwrap(), &fd_x, 1e-3, 1e-3);
     assert_close("dw", &g.read_f32(&dw).unwrap(), &fd_w, 1e-3, 1e-3);
 }
+
+#[test]
+fn gemv_matches_matmul_reference() {
+    use boomgpu::ops::gemv;
+    let g = gpu();
+    let mut rng = Rng::new(11);
+    // K multiple of 8 (vector loads), of 4 only, and odd (scalar loads).
+    for &(rows, n, k) in &[
+        (1, 1, 8),
+        (1, 33, 64),
+        (3, 17, 36),
+        (4, 9, 7),
+        (2, 130, 129),
+        (1, 70, 2560),
+    ] {
+        for dtype in ["f32", "bf16", "f16"] {
+            let x = rng.vec(rows * k, 1.0);
+            let w = rng.vec(n * k, 1.0);
+            let tx = g.upload_f32("x", &[rows, k], &x).unwrap();
+            let (tw, w_used) = upload_b(dtype, &[n, k], &w);
+            let y0 = rng.vec(rows * n, 1.0);
+            let want = cpu::matmul(&x, &w_used, rows, n, k, false, true);
+            let want2: Vec<f32> = want.iter().zip(&y0).map(|(a, b)| 2.0 * a + b).collect();
+            for path in [gemv::GemvPath::Cooperative, gemv::GemvPath::PerOutput] {
+                let ty = g.upload_f32("y", &[rows, n], &y0).unwrap();
+                let y = Tensor::empty(g, "y", &[rows, n], DType::F32).unwrap();
+                let mut rec = g.recorder();
+                gemv::gemv_into_with(&mut rec, &tx, &tw, &y, 1.0, 0.0, path).unwrap();
+                gemv::gemv_into_with(&mut rec, &tx, &tw, &ty, 2.0, 1.0, path).unwrap();
+                rec.run().unwrap();
+                let what = format!("gemv {rows}x{n}x{k} {dtype} {path:?}");
+                assert_close(
+                    &what,
+                    &g.read_f32(&y).unwrap(),
+                    &want,
+                    1e-5 * k as f32,
+                    1e-5,
+                );
+                assert_close(
+                    &what,
+                    &g.read_f32(&ty).unwrap(),
+                    &want2,
+                    2e-5 * k as f32,
+                    1e-5,
+                );
+            }
+        }
+    }
+    let x = g.upload_f32("x", &[5, 8], &[0.0; 40]).unwrap();
+    let w = g.upload_f32("w", &[3, 8], &[0.0; 24]).unwrap();
+    let mut rec = g.recorder();
+    assert!(gemv::gemv(&mut rec, &x, &w)
+        .unwrap_err()
+        .to_string()
+        .contains("1 to 4 rows"));
+}

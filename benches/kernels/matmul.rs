@@ -64,3 +64,35 @@ pub fn run(b: &mut Bench) {
         }
     }
 }
+
+/// Decode: one token through a weight, bandwidth-bound.
+pub fn run_gemv(b: &mut Bench) {
+    use boomgpu::ops::gemv;
+    let shapes: Vec<(usize, usize)> = if b.small() {
+        vec![(1536, 576), (49152, 576)]
+    } else {
+        vec![(9728, 2560), (2560, 9728), (151936, 2560)]
+    };
+    for (n, k) in shapes {
+        for dtype in [DType::BF16, DType::F32] {
+            let name = format!("gemv 1x{n}x{k} W {}", dtype.name());
+            if !b.wants(&name) {
+                continue;
+            }
+            let Some(x) = random_tensor(b, "x", &[1, k], DType::F32) else {
+                return;
+            };
+            let Some(w) = random_tensor(b, "w", &[n, k], dtype) else {
+                continue;
+            };
+            let Ok(y) = Tensor::empty(&b.gpu, "y", &[1, n], DType::F32) else {
+                return;
+            };
+            let flops = 2.0 * (n * k) as f64;
+            let bytes = (dtype.size() * n * k + 4 * k + 4 * n) as f64;
+            b.run(&name, flops, bytes, Bound::Memory, |rec| {
+                gemv::gemv_into(rec, &x, &w, &y, 1.0, 0.0)
+            });
+        }
+    }
+}

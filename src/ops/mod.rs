@@ -1,2 +1,3 @@
 pub mod elementwise;
+pub mod gemv;
 pub mod matmul;
