@@ -1,1 +1,10 @@
+pub mod bias_add;
+pub mod cast;
+pub mod colsum;
 pub mod elementwise;
+pub mod embedding;
+pub mod gelu;
+pub mod layernorm;
+pub mod rmsnorm;
+pub mod rope;
+pub mod swiglu;
