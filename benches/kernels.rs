@@ -11,6 +11,8 @@ mod harness;
 
 #[path = "kernels/elementwise.rs"]
 mod elementwise;
+#[path = "kernels/ops_a.rs"]
+mod ops_a;
 
 fn main() {
     let mut b = match harness::Bench::from_args() {
@@ -21,5 +23,6 @@ fn main() {
         }
     };
     elementwise::run(&mut b);
+    ops_a::run(&mut b);
     b.finish();
 }

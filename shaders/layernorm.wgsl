@@ -6,6 +6,8 @@
 // Backward (g = dL/dy, xh = (x-mean)*rstd):
 //   dx = rstd * (g*w - mean(g*w) - xh * mean(g*w*xh))
 //   dw = sum over rows of g*xh,  db = sum over rows of g   (per-chunk partials)
+// With `accumulate`, dx is added into (Pythia's parallel residual sums the
+// gradients of both norms and of the residual path).
 
 struct Params {
     rows: u32,
@@ -13,7 +15,7 @@ struct Params {
     tpr: u32,
     eps: f32,
     chunk: u32,
-    _p0: u32,
+    accumulate: u32,   // backward: 1 adds into dx instead of overwriting
     _p1: u32,
     _p2: u32,
 }
@@ -149,7 +151,12 @@ fn layernorm_bwd_dx(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
     for (var c = lane; c < p.n; c += p.tpr) {
         let gw = dy[base + c] * w[c];
         let xh = (x[base + c] - mean) * r;
-        dx[base + c] = r * (gw - tot.x - xh * tot.y);
+        let v = r * (gw - tot.x - xh * tot.y);
+        if p.accumulate == 1u {
+            dx[base + c] = dx[base + c] + v;
+        } else {
+            dx[base + c] = v;
+        }
     }
 }
 

@@ -11,6 +11,8 @@
 // Backward (g = dL/dy):
 //   dx = rstd * (g*w) - x * rstd^3 / n * sum(g*w*x)
 //   dw = sum over rows of g * x * rstd   (per-chunk partials, then colsum)
+// With `accumulate`, dx is added into (residual streams sum gradients).
+// rmsnorm_residual_fwd fuses the residual add: h = x + res, y = norm(h).
 
 struct Params {
     rows: u32,
@@ -18,7 +20,7 @@ struct Params {
     tpr: u32,
     eps: f32,
     chunk: u32,
-    _p0: u32,
+    accumulate: u32,   // backward: 1 adds into dx instead of overwriting
     _p1: u32,
     _p2: u32,
 }
@@ -33,6 +35,8 @@ struct Params {
 @group(0) @binding(7) var<storage, read> rstd: array<f32>;
 @group(0) @binding(8) var<storage, read_write> dx: array<f32>;
 @group(0) @binding(9) var<storage, read_write> dw_part: array<f32>;
+@group(0) @binding(10) var<storage, read> res: array<f32>;
+@group(0) @binding(11) var<storage, read_write> h: array<f32>;
 
 //#include _common
 
@@ -118,6 +122,34 @@ fn rmsnorm_fwd_bf16(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
     }
 }
 
+// h = x + res, then y = w * (h * rstd(h)). Each invocation reads back only
+// the h values it wrote itself, so no barrier is needed between the passes.
+@compute @workgroup_size(256)
+fn rmsnorm_residual_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                        @builtin(local_invocation_index) lid: u32) {
+    let row = row_of(wid, nwg, lid);
+    let lane = lid % p.tpr;
+    let base = row * p.n;
+    var ss = 0.0;
+    if row < p.rows {
+        for (var c = lane; c < p.n; c += p.tpr) {
+            let v = x[base + c] + res[base + c];
+            h[base + c] = v;
+            ss += v * v;
+        }
+    }
+    let r = inverseSqrt(row_sum(ss, lid) / f32(p.n) + p.eps);
+    if row >= p.rows {
+        return;
+    }
+    for (var c = lane; c < p.n; c += p.tpr) {
+        y[base + c] = w[c] * (h[base + c] * r);
+    }
+    if lane == 0u {
+        rstd_out[row] = r;
+    }
+}
+
 @compute @workgroup_size(256)
 fn rmsnorm_bwd_dx(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                   @builtin(local_invocation_index) lid: u32) {
@@ -137,7 +169,12 @@ fn rmsnorm_bwd_dx(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
     let r = rstd[row];
     let k = r * r * r * total / f32(p.n);
     for (var c = lane; c < p.n; c += p.tpr) {
-        dx[base + c] = r * (dy[base + c] * w[c]) - k * x[base + c];
+        let v = r * (dy[base + c] * w[c]) - k * x[base + c];
+        if p.accumulate == 1u {
+            dx[base + c] = dx[base + c] + v;
+        } else {
+            dx[base + c] = v;
+        }
     }
 }
 

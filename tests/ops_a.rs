@@ -146,6 +146,45 @@ fn rmsnorm_backward_matches_cpu_and_is_deterministic() {
     }
 }
 
+#[test]
+fn rmsnorm_fused_residual_and_accumulating_backward() {
+    let g = gpu();
+    let mut rng = Rng::new(15);
+    for &(rows, n) in &[(5usize, 7usize), (37, 33), (3, 300)] {
+        let x = rng.vec(rows * n, 2.0);
+        let r = rng.vec(rows * n, 2.0);
+        let w = rng.vec(n, 1.5);
+        let dy = rng.vec(rows * n, 1.0);
+        let base = rng.vec(rows * n, 1.0);
+        let (tx, tr, tw, tdy) = (
+            up(&x, &[rows, n]),
+            up(&r, &[rows, n]),
+            up(&w, &[n]),
+            up(&dy, &[rows, n]),
+        );
+        let acc = up(&base, &[rows, n]);
+        let mut rec = g.recorder();
+        let (h, y, saved) = rmsnorm::rmsnorm_residual_fwd(&mut rec, &tx, &tr, &tw, 1e-6).unwrap();
+        let dw = rmsnorm::rmsnorm_backward_acc(&mut rec, &tdy, &h, &tw, &saved, &acc).unwrap();
+        rec.run().unwrap();
+        let hs: Vec<f32> = x.iter().zip(&r).map(|(a, b)| a + b).collect();
+        let what = format!("rmsnorm residual [{rows},{n}]");
+        assert_eq!(read(&h), hs, "{what} h");
+        let (want, _) = rmsnorm::cpu::rmsnorm(&hs, &w, 1e-6);
+        assert_close(&what, &read(&y), &want, 1e-5, 1e-5);
+        let (wdx, wdw) = rmsnorm::cpu::rmsnorm_backward(&dy, &hs, &w, 1e-6);
+        let wacc: Vec<f32> = base.iter().zip(&wdx).map(|(a, b)| a + b).collect();
+        assert_close(
+            &format!("{what} dx accumulated"),
+            &read(&acc),
+            &wacc,
+            1e-5,
+            1e-4,
+        );
+        assert_close(&format!("{what} dw"), &read(&dw), &wdw, 1e-4, 1e-4);
+    }
+}
+
 // -------------------------------------------------------------- layernorm
 
 #[test]
@@ -236,6 +275,20 @@ fn layernorm_backward_matches_cpu_and_is_deterministic() {
         assert_close(&format!("{what} db"), &read(&db), &wdb, 1e-4, 1e-5);
         assert_eq!(bits(&read(&dw)), bits(&read(&dw2)), "{what}: dw run to run");
         assert_eq!(bits(&read(&db)), bits(&read(&db2)), "{what}: db run to run");
+        // Accumulating into an existing gradient.
+        let base = rng.vec(rows * n, 1.0);
+        let acc = up(&base, &[rows, n]);
+        let mut rec = g.recorder();
+        layernorm::layernorm_backward_acc(&mut rec, &tdy, &tx, &tw, &saved, &acc).unwrap();
+        rec.run().unwrap();
+        let wacc: Vec<f32> = base.iter().zip(&wdx).map(|(a, b)| a + b).collect();
+        assert_close(
+            &format!("{what} dx accumulated"),
+            &read(&acc),
+            &wacc,
+            2e-5,
+            1e-4,
+        );
     }
 }
 

@@ -3,9 +3,9 @@
 //! is rows). Used for bias gradients and, through [`sum_partials`], to finish
 //! the per-chunk weight-gradient partials of the norm backward kernels.
 //!
-//! The sum is taken in two levels: rows are cut into chunks of
-//! [`chunk_rows`]`(rows)` consecutive rows, one partial row per chunk, then
-//! the partial rows are added in order. Every invocation adds in a fixed
+//! Rows are cut into chunks of [`chunk_rows`] consecutive rows, one partial
+//! row per chunk, and the partial rows are summed the same way until at
+//! most 16 remain, which one pass adds in order. Every invocation adds in a fixed
 //! order, so results are bit-identical run to run (no float atomics).
 
 use bytemuck::{Pod, Zeroable};
@@ -26,16 +26,25 @@ struct Params {
 /// Columns per workgroup of the partial-sum kernels (here and in the norms).
 pub const COLS_PER_GROUP: usize = 256;
 
-/// Rows added by one invocation in the first level: about √rows, so that
-/// both levels are short, and at least 16 so small inputs take one level.
-pub fn chunk_rows(rows: usize) -> usize {
-    let s = (rows as f64).sqrt().ceil() as usize;
-    s.max(16)
+/// Workgroups a first-level pass aims for: enough to fill a large GPU
+/// (about 1000 workgroups of 256), so long sums over few columns (the
+/// per-head norm weight: 65,536 rows of 128) still run wide.
+const TARGET_GROUPS: usize = 1024;
+
+/// Rows added by one invocation in the first level for `[rows, n]`:
+/// chosen from the shape alone (so the summation order is fixed), at
+/// least 8.
+pub fn chunk_rows(rows: usize, n: usize) -> usize {
+    let col_groups = n.div_ceil(COLS_PER_GROUP).max(1);
+    let chunks = TARGET_GROUPS
+        .div_ceil(col_groups)
+        .clamp(1, rows.div_ceil(8).max(1));
+    rows.div_ceil(chunks).max(1)
 }
 
-/// Number of first-level partial rows for `rows` rows.
-pub fn num_chunks(rows: usize) -> usize {
-    rows.div_ceil(chunk_rows(rows)).max(1)
+/// Number of first-level partial rows for `[rows, n]`.
+pub fn num_chunks(rows: usize, n: usize) -> usize {
+    rows.div_ceil(chunk_rows(rows, n)).max(1)
 }
 
 fn pass(rec: &mut Recorder, x: &Tensor, rows: usize, n: usize, chunk: usize) -> Result<Tensor> {
@@ -71,14 +80,17 @@ pub fn colsum_n(rec: &mut Recorder, x: &Tensor, n: usize) -> Result<Tensor> {
     if n == 0 || !x.numel().is_multiple_of(n) {
         shape_bail!("colsum: {:?} is not a whole number of rows of {n}", x);
     }
-    let rows = x.numel() / n;
-    let out = if rows <= 16 {
-        pass(rec, x, rows, n, rows.max(1))?
-    } else {
-        let part = pass(rec, x, rows, n, chunk_rows(rows))?;
-        sum_partials(rec, &part)?
-    };
-    out.reshape(&[n])
+    reduce(rec, x, x.numel() / n, n)
+}
+
+/// Up to 16 rows: one pass; otherwise partial rows, then their sum.
+fn reduce(rec: &mut Recorder, x: &Tensor, rows: usize, n: usize) -> Result<Tensor> {
+    if rows <= 16 {
+        return pass(rec, x, rows, n, rows.max(1))?.reshape(&[n]);
+    }
+    let chunk = chunk_rows(rows, n);
+    let part = pass(rec, x, rows, n, chunk)?;
+    reduce(rec, &part, rows.div_ceil(chunk), n)
 }
 
 /// Σ over rows of `x` (`[.., n]`, summed over everything but the last dim).
@@ -89,14 +101,13 @@ pub fn colsum(rec: &mut Recorder, x: &Tensor) -> Result<Tensor> {
     colsum_n(rec, x, x.dim(-1))
 }
 
-/// Add the rows of a `[chunks, n]` partial-sum matrix in order → `[n]`
-/// (one invocation per column; `chunks` is small, about √rows).
+/// Sum the rows of a `[chunks, n]` matrix of partial sums → `[n]` (how
+/// the norm backward kernels finish their weight gradients).
 pub fn sum_partials(rec: &mut Recorder, partials: &Tensor) -> Result<Tensor> {
     if partials.shape().len() != 2 || partials.dtype() != DType::F32 {
         shape_bail!("sum_partials: expects f32 [chunks, n], got {:?}", partials);
     }
-    let (rows, n) = (partials.dim(0), partials.dim(1));
-    pass(rec, partials, rows, n, rows.max(1))?.reshape(&[n])
+    reduce(rec, partials, partials.dim(0), partials.dim(1))
 }
 
 pub mod cpu {

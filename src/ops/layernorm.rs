@@ -50,7 +50,8 @@ pub fn layernorm_fwd(
             tpr,
             eps,
             chunk: 0,
-            _pad: [0; 3],
+            accumulate: 0,
+            _pad: [0; 2],
         };
         let k = gpu.kernel("layernorm", entry)?;
         rec.dispatch(
@@ -80,22 +81,28 @@ pub fn layernorm(
     Ok(layernorm_fwd(rec, x, w, b, eps)?.0)
 }
 
-/// Backward of LayerNorm: (dx, dw, db) from dy, the forward input x, the
-/// f32 weight and the saved statistics.
-pub fn layernorm_backward(
+fn backward(
     rec: &mut Recorder,
     dy: &Tensor,
     x: &Tensor,
     w: &Tensor,
     saved: &LayerNormSaved,
-) -> Result<(Tensor, Tensor, Tensor)> {
+    dx: &Tensor,
+    accumulate: bool,
+) -> Result<(Tensor, Tensor)> {
     let n = w.numel();
     let rows = norm_rows("layernorm_backward", x, n)?;
     if w.dtype() != DType::F32 {
         shape_bail!("layernorm_backward: weight must be f32, got {:?}", w);
     }
-    if dy.dtype() != DType::F32 || dy.numel() != x.numel() {
-        shape_bail!("layernorm_backward: dy {:?} does not match x {:?}", dy, x);
+    for (what, t) in [("dy", dy), ("dx", dx)] {
+        if t.dtype() != DType::F32 || t.numel() != x.numel() {
+            shape_bail!(
+                "layernorm_backward: {what} {:?} does not match x {:?}",
+                t,
+                x
+            );
+        }
     }
     if saved.stats.numel() != 2 * rows || saved.stats.dtype() != DType::F32 {
         shape_bail!(
@@ -104,9 +111,8 @@ pub fn layernorm_backward(
         );
     }
     let gpu = rec.gpu();
-    let dx = Tensor::empty(gpu, "layernorm.dx", x.shape(), DType::F32)?;
-    let chunk = colsum::chunk_rows(rows);
-    let chunks = colsum::num_chunks(rows);
+    let chunk = colsum::chunk_rows(rows, n);
+    let chunks = colsum::num_chunks(rows, n);
     let pw = Tensor::empty(gpu, "layernorm.dw_part", &[chunks, n], DType::F32)?;
     let pb = Tensor::empty(gpu, "layernorm.db_part", &[chunks, n], DType::F32)?;
     let (tpr, groups) = row_launch(rec, rows, n);
@@ -116,7 +122,8 @@ pub fn layernorm_backward(
         tpr,
         eps: 0.0,
         chunk: chunk as u32,
-        _pad: [0; 3],
+        accumulate: accumulate as u32,
+        _pad: [0; 2],
     };
     if rows > 0 {
         let k = gpu.kernel("layernorm", "layernorm_bwd_dx")?;
@@ -127,7 +134,7 @@ pub fn layernorm_backward(
                 ("x", x),
                 ("w", w),
                 ("stats", &saved.stats),
-                ("dx", &dx),
+                ("dx", dx),
             ],
             bytemuck::bytes_of(&p),
             groups,
@@ -149,7 +156,33 @@ pub fn layernorm_backward(
     )?;
     let dw = colsum::sum_partials(rec, &pw)?.reshape(w.shape())?;
     let db = colsum::sum_partials(rec, &pb)?.reshape(w.shape())?;
+    Ok((dw, db))
+}
+
+/// Backward of LayerNorm: (dx, dw, db) from dy, the forward input x, the
+/// f32 weight and the saved statistics.
+pub fn layernorm_backward(
+    rec: &mut Recorder,
+    dy: &Tensor,
+    x: &Tensor,
+    w: &Tensor,
+    saved: &LayerNormSaved,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let dx = Tensor::empty(rec.gpu(), "layernorm.dx", x.shape(), DType::F32)?;
+    let (dw, db) = backward(rec, dy, x, w, saved, &dx, false)?;
     Ok((dx, dw, db))
+}
+
+/// Backward of LayerNorm adding its dx into `dx_acc`; returns (dw, db).
+pub fn layernorm_backward_acc(
+    rec: &mut Recorder,
+    dy: &Tensor,
+    x: &Tensor,
+    w: &Tensor,
+    saved: &LayerNormSaved,
+    dx_acc: &Tensor,
+) -> Result<(Tensor, Tensor)> {
+    backward(rec, dy, x, w, saved, dx_acc, true)
 }
 
 pub mod cpu {

@@ -24,7 +24,8 @@ pub(crate) struct NormParams {
     pub tpr: u32,
     pub eps: f32,
     pub chunk: u32,
-    pub _pad: [u32; 3],
+    pub accumulate: u32,
+    pub _pad: [u32; 2],
 }
 
 /// Invocations per row for rows of `n` (power of two, at most 256): about
@@ -86,7 +87,8 @@ pub fn rmsnorm_fwd(
             tpr,
             eps,
             chunk: 0,
-            _pad: [0; 3],
+            accumulate: 0,
+            _pad: [0; 2],
         };
         let k = gpu.kernel("rmsnorm", entry)?;
         rec.dispatch(
@@ -104,22 +106,78 @@ pub fn rmsnorm(rec: &mut Recorder, x: &Tensor, w: &Tensor, eps: f32) -> Result<T
     Ok(rmsnorm_fwd(rec, x, w, eps)?.0)
 }
 
-/// Backward of RMSNorm: (dx, dw) from dy, the forward input x, the f32
-/// weight and the saved rstd.
-pub fn rmsnorm_backward(
+/// h = x + residual, then y = w · (h · rsqrt(mean(h²) + eps)), in one
+/// pass (f32 weight). Returns (h, y, saved); backward takes h as its x.
+pub fn rmsnorm_residual_fwd(
+    rec: &mut Recorder,
+    x: &Tensor,
+    residual: &Tensor,
+    w: &Tensor,
+    eps: f32,
+) -> Result<(Tensor, Tensor, RmsNormSaved)> {
+    let n = w.numel();
+    let rows = norm_rows("rmsnorm_residual", x, n)?;
+    if w.dtype() != DType::F32 {
+        shape_bail!("rmsnorm_residual: weight must be f32, got {:?}", w);
+    }
+    if residual.dtype() != DType::F32 || residual.numel() != x.numel() {
+        shape_bail!(
+            "rmsnorm_residual: residual {:?} does not match x {:?}",
+            residual,
+            x
+        );
+    }
+    let gpu = rec.gpu();
+    let h = Tensor::empty(gpu, "rmsnorm.h", x.shape(), DType::F32)?;
+    let y = Tensor::empty(gpu, "rmsnorm.y", x.shape(), DType::F32)?;
+    let rstd = Tensor::empty(gpu, "rmsnorm.rstd", &[rows], DType::F32)?;
+    if rows > 0 {
+        let (tpr, groups) = row_launch(rec, rows, n);
+        let p = NormParams {
+            rows: rows as u32,
+            n: n as u32,
+            tpr,
+            eps,
+            chunk: 0,
+            accumulate: 0,
+            _pad: [0; 2],
+        };
+        let k = gpu.kernel("rmsnorm", "rmsnorm_residual_fwd")?;
+        rec.dispatch(
+            &k,
+            &[
+                ("x", x),
+                ("res", residual),
+                ("w", w),
+                ("h", &h),
+                ("y", &y),
+                ("rstd_out", &rstd),
+            ],
+            bytemuck::bytes_of(&p),
+            groups,
+        )?;
+    }
+    Ok((h, y, RmsNormSaved { rstd }))
+}
+
+fn backward(
     rec: &mut Recorder,
     dy: &Tensor,
     x: &Tensor,
     w: &Tensor,
     saved: &RmsNormSaved,
-) -> Result<(Tensor, Tensor)> {
+    dx: &Tensor,
+    accumulate: bool,
+) -> Result<Tensor> {
     let n = w.numel();
     let rows = norm_rows("rmsnorm_backward", x, n)?;
     if w.dtype() != DType::F32 {
         shape_bail!("rmsnorm_backward: weight must be f32, got {:?}", w);
     }
-    if dy.dtype() != DType::F32 || dy.numel() != x.numel() {
-        shape_bail!("rmsnorm_backward: dy {:?} does not match x {:?}", dy, x);
+    for (what, t) in [("dy", dy), ("dx", dx)] {
+        if t.dtype() != DType::F32 || t.numel() != x.numel() {
+            shape_bail!("rmsnorm_backward: {what} {:?} does not match x {:?}", t, x);
+        }
     }
     if saved.rstd.numel() != rows || saved.rstd.dtype() != DType::F32 {
         shape_bail!(
@@ -128,9 +186,8 @@ pub fn rmsnorm_backward(
         );
     }
     let gpu = rec.gpu();
-    let dx = Tensor::empty(gpu, "rmsnorm.dx", x.shape(), DType::F32)?;
-    let chunk = colsum::chunk_rows(rows);
-    let chunks = colsum::num_chunks(rows);
+    let chunk = colsum::chunk_rows(rows, n);
+    let chunks = colsum::num_chunks(rows, n);
     let part = Tensor::empty(gpu, "rmsnorm.dw_part", &[chunks, n], DType::F32)?;
     let (tpr, groups) = row_launch(rec, rows, n);
     let p = NormParams {
@@ -139,7 +196,8 @@ pub fn rmsnorm_backward(
         tpr,
         eps: 0.0,
         chunk: chunk as u32,
-        _pad: [0; 3],
+        accumulate: accumulate as u32,
+        _pad: [0; 2],
     };
     if rows > 0 {
         let k = gpu.kernel("rmsnorm", "rmsnorm_bwd_dx")?;
@@ -150,7 +208,7 @@ pub fn rmsnorm_backward(
                 ("x", x),
                 ("w", w),
                 ("rstd", &saved.rstd),
-                ("dx", &dx),
+                ("dx", dx),
             ],
             bytemuck::bytes_of(&p),
             groups,
@@ -169,8 +227,34 @@ pub fn rmsnorm_backward(
         bytemuck::bytes_of(&p),
         [col_groups, chunks as u32, 1],
     )?;
-    let dw = colsum::sum_partials(rec, &part)?.reshape(w.shape())?;
+    colsum::sum_partials(rec, &part)?.reshape(w.shape())
+}
+
+/// Backward of RMSNorm: (dx, dw) from dy, the forward input x, the f32
+/// weight and the saved rstd.
+pub fn rmsnorm_backward(
+    rec: &mut Recorder,
+    dy: &Tensor,
+    x: &Tensor,
+    w: &Tensor,
+    saved: &RmsNormSaved,
+) -> Result<(Tensor, Tensor)> {
+    let dx = Tensor::empty(rec.gpu(), "rmsnorm.dx", x.shape(), DType::F32)?;
+    let dw = backward(rec, dy, x, w, saved, &dx, false)?;
     Ok((dx, dw))
+}
+
+/// Backward of RMSNorm adding its dx into `dx_acc` (a residual stream's
+/// gradient); returns dw.
+pub fn rmsnorm_backward_acc(
+    rec: &mut Recorder,
+    dy: &Tensor,
+    x: &Tensor,
+    w: &Tensor,
+    saved: &RmsNormSaved,
+    dx_acc: &Tensor,
+) -> Result<Tensor> {
+    backward(rec, dy, x, w, saved, dx_acc, true)
 }
 
 pub mod cpu {
