@@ -13,6 +13,8 @@ mod harness;
 mod elementwise;
 #[path = "kernels/matmul.rs"]
 mod matmul;
+#[path = "kernels/ops_a.rs"]
+mod ops_a;
 
 fn main() {
     let mut b = match harness::Bench::from_args() {
@@ -25,5 +27,6 @@ fn main() {
     elementwise::run(&mut b);
     matmul::run(&mut b);
     matmul::run_gemv(&mut b);
+    ops_a::run(&mut b);
     b.finish();
 }

@@ -1,3 +1,14 @@
+//! Ops: one WGSL file and one launcher per op, each with a CPU reference.
+
+pub mod bias_add;
+pub mod cast;
+pub mod colsum;
 pub mod elementwise;
+pub mod embedding;
+pub mod gelu;
 pub mod gemv;
+pub mod layernorm;
 pub mod matmul;
+pub mod rmsnorm;
+pub mod rope;
+pub mod swiglu;

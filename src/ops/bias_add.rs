@@ -1,0 +1,108 @@
+//! Bias add: `y = x + b` with `b` `[n]` (f32 or bf16) broadcast over the
+//! rows of `x` `[.., n]`. Backward: dx = dy, db = column sums of dy,
+//! summed deterministically ([`bias_add_backward`], via `colsum`).
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::error::Result;
+use crate::gpu::{DType, Recorder, Tensor};
+use crate::ops::colsum;
+use crate::shape_bail;
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    total: u32,
+    n: u32,
+    _pad: [u32; 2],
+}
+
+fn check(op: &str, x: &Tensor, b: &Tensor) -> Result<()> {
+    if x.dtype() != DType::F32 {
+        shape_bail!("{op}: x must be f32, got {:?}", x);
+    }
+    if !matches!(b.dtype(), DType::F32 | DType::BF16) {
+        shape_bail!("{op}: bias must be f32 or bf16, got {:?}", b);
+    }
+    let n = b.numel();
+    if x.shape().is_empty() || n == 0 || x.dim(-1) != n {
+        shape_bail!(
+            "{op}: bias {:?} does not match the last dim of x {:?}",
+            b.shape(),
+            x.shape()
+        );
+    }
+    if x.numel() > u32::MAX as usize {
+        shape_bail!("{op}: x {:?} is too large for one launch", x.shape());
+    }
+    Ok(())
+}
+
+fn launch(
+    rec: &mut Recorder,
+    entry: &str,
+    args: &[(&str, &Tensor)],
+    total: usize,
+    n: usize,
+) -> Result<()> {
+    if total == 0 {
+        return Ok(());
+    }
+    let gpu = rec.gpu();
+    let k = gpu.kernel("bias_add", entry)?;
+    let p = Params {
+        total: total as u32,
+        n: n as u32,
+        _pad: [0; 2],
+    };
+    rec.dispatch(
+        &k,
+        args,
+        bytemuck::bytes_of(&p),
+        gpu.grid_1d((total as u32).div_ceil(256)),
+    )
+}
+
+/// y = x + b (new tensor).
+pub fn bias_add(rec: &mut Recorder, x: &Tensor, b: &Tensor) -> Result<Tensor> {
+    check("bias_add", x, b)?;
+    let out = Tensor::empty(rec.gpu(), "bias_add.out", x.shape(), DType::F32)?;
+    let (entry, bname) = if b.dtype() == DType::BF16 {
+        ("bias_add_bf16", "b_bf16")
+    } else {
+        ("bias_add", "b")
+    };
+    launch(
+        rec,
+        entry,
+        &[("x", x), (bname, b), ("out", &out)],
+        x.numel(),
+        b.numel(),
+    )?;
+    Ok(out)
+}
+
+/// x ← x + b.
+pub fn bias_add_inplace(rec: &mut Recorder, x: &Tensor, b: &Tensor) -> Result<()> {
+    check("bias_add_inplace", x, b)?;
+    let (entry, bname) = if b.dtype() == DType::BF16 {
+        ("bias_add_inplace_bf16", "b_bf16")
+    } else {
+        ("bias_add_inplace", "b")
+    };
+    launch(rec, entry, &[("xio", x), (bname, b)], x.numel(), b.numel())
+}
+
+/// db = Σ over rows of dy `[.., n]` → `[n]` (dx is dy itself).
+pub fn bias_add_backward(rec: &mut Recorder, dy: &Tensor) -> Result<Tensor> {
+    colsum::colsum(rec, dy)
+}
+
+pub mod cpu {
+    pub fn bias_add(x: &[f32], b: &[f32]) -> Vec<f32> {
+        x.iter()
+            .enumerate()
+            .map(|(i, v)| v + b[i % b.len()])
+            .collect()
+    }
+}

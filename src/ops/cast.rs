@@ -1,0 +1,70 @@
+//! dtype conversions: f32 ↔ bf16 (round to nearest even, as
+//! `half::bf16::from_f32`) and f32 ↔ f16 (as `half::f16::from_f32`:
+//! nearest even, overflow to ±inf, subnormals kept). The 16-bit formats are
+//! packed in pairs into u32 words, so no shader-f16 feature is needed.
+//! No backward (casts sit outside the trained graph).
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::error::Result;
+use crate::gpu::{DType, Recorder, Tensor};
+use crate::shape_bail;
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    n: u32,
+    _pad: [u32; 3],
+}
+
+/// `x` converted to `to` (same shape). Supported: f32 → bf16, f32 → f16,
+/// bf16 → f32, f16 → f32. Casting to the tensor's own dtype returns a
+/// handle to the same storage.
+pub fn cast(rec: &mut Recorder, x: &Tensor, to: DType) -> Result<Tensor> {
+    let from = x.dtype();
+    if from == to {
+        return Ok(x.clone());
+    }
+    let (entry, src, dst) = match (from, to) {
+        (DType::F32, DType::BF16) => ("f32_to_bf16", "src_f32", "dst_u32"),
+        (DType::F32, DType::F16) => ("f32_to_f16", "src_f32", "dst_u32"),
+        (DType::BF16, DType::F32) => ("bf16_to_f32", "src_u32", "dst_f32"),
+        (DType::F16, DType::F32) => ("f16_to_f32", "src_u32", "dst_f32"),
+        _ => shape_bail!(
+            "cast: {} → {} is not supported (only f32 ↔ bf16 and f32 ↔ f16)",
+            from.name(),
+            to.name()
+        ),
+    };
+    let n = x.numel();
+    if n >= u32::MAX as usize {
+        shape_bail!("cast: {:?} is too large for one launch", x.shape());
+    }
+    let gpu = rec.gpu();
+    let out = Tensor::empty(gpu, "cast.out", x.shape(), to)?;
+    if n == 0 {
+        return Ok(out);
+    }
+    let k = gpu.kernel("cast", entry)?;
+    let p = Params {
+        n: n as u32,
+        _pad: [0; 3],
+    };
+    let words = n.div_ceil(2) as u32;
+    rec.dispatch(
+        &k,
+        &[(src, x), (dst, &out)],
+        bytemuck::bytes_of(&p),
+        gpu.grid_1d(words.div_ceil(256)),
+    )?;
+    Ok(out)
+}
+
+pub mod cpu {
+    pub fn to_bf16(x: &[f32]) -> Vec<half::bf16> {
+        x.iter().map(|&v| half::bf16::from_f32(v)).collect()
+    }
+    pub fn to_f16(x: &[f32]) -> Vec<half::f16> {
+        x.iter().map(|&v| half::f16::from_f32(v)).collect()
+    }
+}
