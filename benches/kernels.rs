@@ -9,6 +9,8 @@
 
 mod harness;
 
+#[path = "kernels/attention.rs"]
+mod attention;
 #[path = "kernels/elementwise.rs"]
 mod elementwise;
 
@@ -21,5 +23,6 @@ fn main() {
         }
     };
     elementwise::run(&mut b);
+    attention::run(&mut b);
     b.finish();
 }

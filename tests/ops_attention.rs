@@ -153,6 +153,11 @@ fn forward_decode_from_kv_cache() {
         let c = base.with_kv_splits(splits);
         check_forward(&format!("decode splits {splits}"), &c, &d);
     }
+    // Sequence 1 fully masked: its rows are empty in every split.
+    let mut m = d.mask.clone().unwrap();
+    m[48..].fill(0);
+    let d = Data { mask: Some(m), ..d };
+    check_forward("decode empty splits 3", &base.with_kv_splits(3), &d);
     // Long enough that the automatic choice splits the keys.
     let c = AttnConfig::new(1, 1, 300, 4, 1, 16);
     check_forward("decode tk300 auto", &c, &data(&mut rng, &c, None));

@@ -150,27 +150,27 @@ impl AttnConfig {
         if c.batch == 0 || c.q_len == 0 || c.kv_len == 0 || c.q_heads == 0 || c.kv_heads == 0 {
             shape_bail!("attention: empty shape {c:?}");
         }
-        if c.q_heads % c.kv_heads != 0 {
+        if !c.q_heads.is_multiple_of(c.kv_heads) {
             shape_bail!(
                 "attention: {} query heads are not a multiple of {} kv heads",
                 c.q_heads,
                 c.kv_heads
             );
         }
-        if c.head_dim == 0 || c.head_dim % 4 != 0 || c.head_dim > MAX_HEAD_DIM {
+        if c.head_dim == 0 || !c.head_dim.is_multiple_of(4) || c.head_dim > MAX_HEAD_DIM {
             shape_bail!(
                 "attention: head_dim {} must be a multiple of 4 and at most {MAX_HEAD_DIM}",
                 c.head_dim
             );
         }
-        if c.q_row_stride < c.q_heads * c.head_dim || c.q_row_stride % 4 != 0 {
+        if c.q_row_stride < c.q_heads * c.head_dim || !c.q_row_stride.is_multiple_of(4) {
             shape_bail!(
                 "attention: q row stride {} must be a multiple of 4 and at least {}",
                 c.q_row_stride,
                 c.q_heads * c.head_dim
             );
         }
-        if c.kv_row_stride < c.kv_heads * c.head_dim || c.kv_row_stride % 4 != 0 {
+        if c.kv_row_stride < c.kv_heads * c.head_dim || !c.kv_row_stride.is_multiple_of(4) {
             shape_bail!(
                 "attention: kv row stride {} must be a multiple of 4 and at least {}",
                 c.kv_row_stride,
