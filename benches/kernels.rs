@@ -9,6 +9,8 @@
 
 mod harness;
 
+#[path = "kernels/attention.rs"]
+mod attention;
 #[path = "kernels/elementwise.rs"]
 mod elementwise;
 #[path = "kernels/matmul.rs"]
@@ -28,5 +30,6 @@ fn main() {
     matmul::run(&mut b);
     matmul::run_gemv(&mut b);
     ops_a::run(&mut b);
+    attention::run(&mut b);
     b.finish();
 }

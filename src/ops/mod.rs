@@ -1,5 +1,6 @@
 //! Ops: one WGSL file and one launcher per op, each with a CPU reference.
 
+pub mod attention;
 pub mod bias_add;
 pub mod cast;
 pub mod colsum;
