@@ -11,6 +11,8 @@ mod harness;
 
 #[path = "kernels/elementwise.rs"]
 mod elementwise;
+#[path = "kernels/ops_c.rs"]
+mod ops_c;
 
 fn main() {
     let mut b = match harness::Bench::from_args() {
@@ -21,5 +23,6 @@ fn main() {
         }
     };
     elementwise::run(&mut b);
+    ops_c::run(&mut b);
     b.finish();
 }

@@ -94,12 +94,42 @@ fn check_distill(rows: usize, cols: usize, tau: f32, seed: u64, near: bool) {
     assert_close(&format!("ce {what}"), &rd(&out.ce), &want_ce, 2e-6, 1e-6);
     assert_close(&format!("kl {what}"), &rd(&out.kl), &want_kl, KL_ATOL, 2e-6);
     assert_close(&format!("ds {what}"), &rd(&ds), &want_ds, 1e-8, 1e-4);
-    assert_close(&format!("fwd ce {what}"), &rd(&fwd.ce), &want_ce, 2e-6, 1e-6);
-    assert_close(&format!("fwd kl {what}"), &rd(&fwd.kl), &want_kl, KL_ATOL, 2e-6);
+    assert_close(
+        &format!("fwd ce {what}"),
+        &rd(&fwd.ce),
+        &want_ce,
+        2e-6,
+        1e-6,
+    );
+    assert_close(
+        &format!("fwd kl {what}"),
+        &rd(&fwd.kl),
+        &want_kl,
+        KL_ATOL,
+        2e-6,
+    );
     assert_close(&format!("nll {what}"), &rd(&nll), &want_nll, 2e-6, 1e-6);
-    assert_close(&format!("inplace ce {what}"), &rd(&inpl.ce), &want_ce, 2e-6, 1e-6);
-    assert_close(&format!("inplace kl {what}"), &rd(&inpl.kl), &want_kl, KL_ATOL, 2e-6);
-    assert_close(&format!("inplace ds {what}"), &rd(&ts2), &want_ds, 1e-8, 1e-4);
+    assert_close(
+        &format!("inplace ce {what}"),
+        &rd(&inpl.ce),
+        &want_ce,
+        2e-6,
+        1e-6,
+    );
+    assert_close(
+        &format!("inplace kl {what}"),
+        &rd(&inpl.kl),
+        &want_kl,
+        KL_ATOL,
+        2e-6,
+    );
+    assert_close(
+        &format!("inplace ds {what}"),
+        &rd(&ts2),
+        &want_ds,
+        1e-8,
+        1e-4,
+    );
 }
 
 #[test]
@@ -143,7 +173,11 @@ fn cosine_backward_matches_finite_differences() {
     let a = rng.vec(rows * cols, 1.0);
     let b = rng.vec(rows * cols, 1.0);
     let mask = [1, 0, 1, 1];
-    let fd = finite_diff(|x| cosine::cpu::loss(x, &b, &mask, cols, 2.0, 3.0), &a, 1e-3);
+    let fd = finite_diff(
+        |x| cosine::cpu::loss(x, &b, &mask, cols, 2.0, 3.0),
+        &a,
+        1e-3,
+    );
     let an = cosine::cpu::backward(&a, &b, &mask, cols, cosine::EPS, 2.0, 3.0);
     assert_close("cosine d/da FD", &an, &fd, 2e-4, 1e-3);
     // Row 1 is masked: no gradient at all.
@@ -181,11 +215,41 @@ fn cosine_gpu_matches_cpu() {
         rec.run().unwrap();
         let what = format!("{rows}x{cols}");
         let want_acc: Vec<f32> = base.iter().zip(&want_g).map(|(x, y)| x + y).collect();
-        assert_close(&format!("cos val {what}"), &g.read_f32(&v).unwrap(), &want_v, 1e-6, 1e-5);
-        assert_close(&format!("cos fwd {what}"), &g.read_f32(&v2).unwrap(), &want_v, 1e-6, 1e-5);
-        assert_close(&format!("cos acc val {what}"), &g.read_f32(&v3).unwrap(), &want_v, 1e-6, 1e-5);
-        assert_close(&format!("cos grad {what}"), &g.read_f32(&ga).unwrap(), &want_g, 1e-7, 1e-4);
-        assert_close(&format!("cos acc {what}"), &g.read_f32(&acc).unwrap(), &want_acc, 1e-6, 1e-4);
+        assert_close(
+            &format!("cos val {what}"),
+            &g.read_f32(&v).unwrap(),
+            &want_v,
+            1e-6,
+            1e-5,
+        );
+        assert_close(
+            &format!("cos fwd {what}"),
+            &g.read_f32(&v2).unwrap(),
+            &want_v,
+            1e-6,
+            1e-5,
+        );
+        assert_close(
+            &format!("cos acc val {what}"),
+            &g.read_f32(&v3).unwrap(),
+            &want_v,
+            1e-6,
+            1e-5,
+        );
+        assert_close(
+            &format!("cos grad {what}"),
+            &g.read_f32(&ga).unwrap(),
+            &want_g,
+            1e-7,
+            1e-4,
+        );
+        assert_close(
+            &format!("cos acc {what}"),
+            &g.read_f32(&acc).unwrap(),
+            &want_acc,
+            1e-6,
+            1e-4,
+        );
     }
 }
 
@@ -221,7 +285,9 @@ fn adamw_gpu_matches_cpu() {
             let tm = g.zeros("m", &[n], boomgpu::gpu::DType::F32).unwrap();
             let tv = g.zeros("v", &[n], boomgpu::gpu::DType::F32).unwrap();
             let scale = 0.37f32;
-            let ts = g.upload_f32("scale", &[4], &[scale, 9.0, 9.0, 9.0]).unwrap();
+            let ts = g
+                .upload_f32("scale", &[4], &[scale, 9.0, 9.0, 9.0])
+                .unwrap();
             for step in 1..=3u64 {
                 let grad = rng.vec(n, 2.0);
                 let tg = g.upload_f32("g", &[n], &grad).unwrap();
@@ -233,9 +299,27 @@ fn adamw_gpu_matches_cpu() {
                 adamw::cpu::adamw_step(&mut p, &grad, &mut m, &mut v, &cfg, step, s);
             }
             let what = format!("n={n} scaled={scaled}");
-            assert_close(&format!("adamw p {what}"), &g.read_f32(&tp).unwrap(), &p, 1e-6, 1e-5);
-            assert_close(&format!("adamw m {what}"), &g.read_f32(&tm).unwrap(), &m, 1e-7, 1e-5);
-            assert_close(&format!("adamw v {what}"), &g.read_f32(&tv).unwrap(), &v, 1e-8, 1e-5);
+            assert_close(
+                &format!("adamw p {what}"),
+                &g.read_f32(&tp).unwrap(),
+                &p,
+                1e-6,
+                1e-5,
+            );
+            assert_close(
+                &format!("adamw m {what}"),
+                &g.read_f32(&tm).unwrap(),
+                &m,
+                1e-7,
+                1e-5,
+            );
+            assert_close(
+                &format!("adamw v {what}"),
+                &g.read_f32(&tv).unwrap(),
+                &v,
+                1e-8,
+                1e-5,
+            );
         }
     }
     let t = g.upload_f32("t", &[3], &[0.0; 3]).unwrap();
@@ -266,15 +350,33 @@ fn grad_norm_and_clipped_step() {
         let out = g.read_f32(gn.out()).unwrap();
         let (norm, scale) = adamw::cpu::grad_norm(&slices, max_norm);
         let what = format!("max_norm={max_norm}");
-        assert_close(&format!("norm {what}"), &out[1..2], &[norm as f32], 0.0, 1e-5);
+        assert_close(
+            &format!("norm {what}"),
+            &out[1..2],
+            &[norm as f32],
+            0.0,
+            1e-5,
+        );
         assert_close(&format!("scale {what}"), &out[0..1], &[scale], 0.0, 1e-5);
-        assert_close(&format!("sumsq {what}"), &out[2..3], &[(norm * norm) as f32], 0.0, 2e-5);
+        assert_close(
+            &format!("sumsq {what}"),
+            &out[2..3],
+            &[(norm * norm) as f32],
+            0.0,
+            2e-5,
+        );
     }
     let per: Vec<f32> = grads
         .iter()
         .map(|x| x.iter().map(|&v| v as f64 * v as f64).sum::<f64>() as f32)
         .collect();
-    assert_close("per-tensor sumsq", &g.read_f32(gn.per_tensor()).unwrap(), &per, 1e-7, 1e-5);
+    assert_close(
+        "per-tensor sumsq",
+        &g.read_f32(gn.per_tensor()).unwrap(),
+        &per,
+        1e-7,
+        1e-5,
+    );
     assert!(adamw::cpu::grad_norm(&slices, 1.0).1 < 0.1, "test clips");
 
     // Tiny gradients: the 1e-6 in max_norm / (norm + 1e-6) matters.
@@ -323,10 +425,26 @@ fn reductions_match_cpu() {
         let what = format!("{rows}x{cols}");
         assert_eq!(s.shape(), &[rows]);
         let tol = 1e-6 * (cols as f32).sqrt() * 3.0;
-        assert_close(&format!("row_sum {what}"), &g.read_f32(&s).unwrap(), &reduce::cpu::row_sum(&x, cols), tol, 1e-5);
-        assert_eq!(g.read_f32(&mx).unwrap(), reduce::cpu::row_max(&x, cols), "row_max {what}");
+        assert_close(
+            &format!("row_sum {what}"),
+            &g.read_f32(&s).unwrap(),
+            &reduce::cpu::row_sum(&x, cols),
+            tol,
+            1e-5,
+        );
+        assert_eq!(
+            g.read_f32(&mx).unwrap(),
+            reduce::cpu::row_max(&x, cols),
+            "row_max {what}"
+        );
         let tol = 1e-6 * ((rows * cols) as f32).sqrt() * 3.0;
-        assert_close(&format!("sum {what}"), &g.read_f32(&total).unwrap(), &[reduce::cpu::sum(&x)], tol, 1e-5);
+        assert_close(
+            &format!("sum {what}"),
+            &g.read_f32(&total).unwrap(),
+            &[reduce::cpu::sum(&x)],
+            tol,
+            1e-5,
+        );
     }
     // A vector reduces to [1]; a long sum is deterministic run to run.
     let x = rng.vec(300_001, 1.0);
@@ -373,7 +491,13 @@ fn softmax_gpu_matches_cpu() {
         assert_close(&format!("softmax {what}"), &got_y, &want_y, 1e-9, 1e-5);
         // backward from the GPU's own y, so only the backward is compared
         let want_dx = softmax::cpu::softmax_backward(&got_y, &dy, cols);
-        assert_close(&format!("softmax_bwd {what}"), &g.read_f32(&dx).unwrap(), &want_dx, 1e-8, 1e-4);
+        assert_close(
+            &format!("softmax_bwd {what}"),
+            &g.read_f32(&dx).unwrap(),
+            &want_dx,
+            1e-8,
+            1e-4,
+        );
     }
 }
 

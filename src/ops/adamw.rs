@@ -180,7 +180,9 @@ impl GradNorm {
         offsets.push(0u32);
         for &n in sizes {
             if n > u32::MAX as usize {
-                shape_bail!("grad_norm: a tensor of {n} elements exceeds 32-bit indexing; split it");
+                shape_bail!(
+                    "grad_norm: a tensor of {n} elements exceeds 32-bit indexing; split it"
+                );
             }
             total += n.div_ceil(CHUNK);
             offsets.push(total as u32);
@@ -189,7 +191,12 @@ impl GradNorm {
             sizes: sizes.to_vec(),
             partials: Tensor::empty(gpu, "grad_norm.partials", &[total.max(1)], DType::F32)?,
             segs: gpu.upload_u32("grad_norm.segs", &[offsets.len()], &offsets)?,
-            per_tensor: Tensor::empty(gpu, "grad_norm.per_tensor", &[sizes.len().max(1)], DType::F32)?,
+            per_tensor: Tensor::empty(
+                gpu,
+                "grad_norm.per_tensor",
+                &[sizes.len().max(1)],
+                DType::F32,
+            )?,
             out: Tensor::empty(gpu, "grad_norm.out", &[4], DType::F32)?,
             offsets,
         })

@@ -44,7 +44,7 @@ fn check(op: &str, a: &Tensor, b: &Tensor, mask: &Tensor) -> Result<(usize, usiz
         );
     }
     let cols = a.dim(-1);
-    let rows = if cols == 0 { 0 } else { a.numel() / cols };
+    let rows = a.numel().checked_div(cols).unwrap_or(0);
     if mask.dtype() != DType::U32 || mask.numel() != rows {
         shape_bail!("{op}: mask must be u32 with one entry per row ({rows}), got {mask:?}");
     }
@@ -116,7 +116,13 @@ pub fn cosine_loss(
     launch(
         rec,
         "cosine_fwd_bwd",
-        &[("a", a), ("b", b), ("mask", mask), ("val", &val), ("ga", &ga)],
+        &[
+            ("a", a),
+            ("b", b),
+            ("mask", mask),
+            ("val", &val),
+            ("ga", &ga),
+        ],
         rows,
         cols,
         scale_of(weight, n_counted),
@@ -144,7 +150,13 @@ pub fn cosine_loss_accumulate(
     launch(
         rec,
         "cosine_fwd_bwd",
-        &[("a", a), ("b", b), ("mask", mask), ("val", &val), ("ga", grad)],
+        &[
+            ("a", a),
+            ("b", b),
+            ("mask", mask),
+            ("val", &val),
+            ("ga", grad),
+        ],
         rows,
         cols,
         scale_of(weight, n_counted),
@@ -156,10 +168,12 @@ pub fn cosine_loss_accumulate(
 /// Plain references in f64.
 pub mod cpu {
     fn dots(a: &[f32], b: &[f32]) -> (f64, f64, f64) {
-        a.iter().zip(b).fold((0.0, 0.0, 0.0), |(aa, bb, ab), (&x, &y)| {
-            let (x, y) = (x as f64, y as f64);
-            (aa + x * x, bb + y * y, ab + x * y)
-        })
+        a.iter()
+            .zip(b)
+            .fold((0.0, 0.0, 0.0), |(aa, bb, ab), (&x, &y)| {
+                let (x, y) = (x as f64, y as f64);
+                (aa + x * x, bb + y * y, ab + x * y)
+            })
     }
 
     /// Per-row `1 − cos` (0 where mask is 0), torch's formula with `eps`.
@@ -180,7 +194,14 @@ pub mod cpu {
     }
 
     /// `weight · Σ forward / n_counted`.
-    pub fn loss(a: &[f32], b: &[f32], mask: &[u32], cols: usize, weight: f32, n_counted: f32) -> f64 {
+    pub fn loss(
+        a: &[f32],
+        b: &[f32],
+        mask: &[u32],
+        cols: usize,
+        weight: f32,
+        n_counted: f32,
+    ) -> f64 {
         let v = forward(a, b, mask, cols, super::EPS);
         weight as f64 * v.iter().map(|&x| x as f64).sum::<f64>() / n_counted as f64
     }

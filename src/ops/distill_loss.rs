@@ -109,7 +109,7 @@ fn check_rows(op: &str, s: &Tensor, targets: &Tensor) -> Result<(usize, usize)> 
         shape_bail!("{op}: student logits must be f32 [rows, vocab], got {s:?}");
     }
     let cols = s.dim(-1);
-    let rows = if cols == 0 { 0 } else { s.numel() / cols };
+    let rows = s.numel().checked_div(cols).unwrap_or(0);
     if targets.dtype() != DType::U32 || targets.numel() != rows {
         shape_bail!("{op}: targets must be u32 with one entry per row ({rows}), got {targets:?}");
     }
@@ -152,12 +152,7 @@ fn row_outputs(rec: &Recorder, rows: usize) -> Result<LossRows> {
     })
 }
 
-fn launch(
-    rec: &mut Recorder,
-    entry: &str,
-    args: &[(&str, &Tensor)],
-    p: &Params,
-) -> Result<()> {
+fn launch(rec: &mut Recorder, entry: &str, args: &[(&str, &Tensor)], p: &Params) -> Result<()> {
     if p.rows == 0 || p.cols == 0 {
         return Ok(());
     }
@@ -322,7 +317,13 @@ pub mod cpu {
             let k: f64 = lp
                 .iter()
                 .zip(&lq)
-                .map(|(&a, &b)| if a.exp() > 0.0 { a.exp() * (a - b) } else { 0.0 })
+                .map(|(&a, &b)| {
+                    if a.exp() > 0.0 {
+                        a.exp() * (a - b)
+                    } else {
+                        0.0
+                    }
+                })
                 .sum();
             kl.push(k as f32);
         }

@@ -1,7 +1,7 @@
-pub mod elementwise;
 pub mod adamw;
 pub mod argmax;
 pub mod cosine;
 pub mod distill_loss;
+pub mod elementwise;
 pub mod reduce;
 pub mod softmax;

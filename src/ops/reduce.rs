@@ -27,7 +27,10 @@ pub(crate) fn rows_of(op: &str, x: &Tensor) -> Result<(usize, usize, Vec<usize>)
     }
     let cols = x.dim(-1);
     if cols == 0 {
-        shape_bail!("{op}: cannot reduce an empty last dimension ({:?})", x.shape());
+        shape_bail!(
+            "{op}: cannot reduce an empty last dimension ({:?})",
+            x.shape()
+        );
     }
     if x.numel() > u32::MAX as usize {
         shape_bail!("{op}: {x:?} exceeds 32-bit indexing; split it");
