@@ -537,3 +537,63 @@ fn argmax_lowest_index_on_ties_both_paths() {
     rec.run().unwrap();
     assert_eq!(g.read_u32(&a).unwrap(), vec![0, 0]);
 }
+
+#[test]
+fn distill_teacher_minus_inf_logits() {
+    // Teacher logits of -inf (masked words): p = 0 there, no NaN anywhere.
+    let g = gpu();
+    let mut rng = Rng::new(81);
+    let (rows, cols) = (3, 37);
+    let s = rng.vec(rows * cols, 3.0);
+    let mut t = rng.vec(rows * cols, 3.0);
+    for i in (0..rows * cols).step_by(4) {
+        t[i] = f32::NEG_INFINITY;
+    }
+    let targets = vec![1, NO_TARGET, 36];
+    let cfg = DistillLoss {
+        tau: 2.0,
+        ..DistillLoss::reference(2.0, 3.0)
+    };
+    let (want_ce, want_kl) = distill_loss::cpu::forward(&s, &t, &targets, cols, cfg.tau);
+    let want_ds = distill_loss::cpu::backward(&s, &t, &targets, cols, &cfg);
+    assert!(want_kl.iter().all(|k| k.is_finite()));
+    let ts = g.upload_f32("s", &[rows, cols], &s).unwrap();
+    let tt = g.upload_f32("t", &[rows, cols], &t).unwrap();
+    let ty = g.upload_u32("y", &[rows], &targets).unwrap();
+    let mut rec = g.recorder();
+    let (out, ds) = distill_loss::distill_loss(&mut rec, &ts, &tt, &ty, &cfg).unwrap();
+    rec.run().unwrap();
+    assert_close(
+        "ce -inf",
+        &g.read_f32(&out.ce).unwrap(),
+        &want_ce,
+        2e-6,
+        1e-6,
+    );
+    assert_close(
+        "kl -inf",
+        &g.read_f32(&out.kl).unwrap(),
+        &want_kl,
+        2e-6,
+        2e-6,
+    );
+    assert_close("ds -inf", &g.read_f32(&ds).unwrap(), &want_ds, 1e-8, 1e-4);
+}
+
+#[test]
+fn many_rows_fold_the_grid() {
+    // More rows than one grid dimension holds (65535 workgroups); every
+    // row kernel uses the same folded_group index, one is checked here.
+    let g = gpu();
+    let mut rng = Rng::new(91);
+    let (rows, cols) = (65_535 + 9, 3);
+    let s = rng.vec(rows * cols, 2.0);
+    let targets: Vec<u32> = (0..rows).map(|r| (r % 4) as u32).collect();
+    let ts = g.upload_f32("s", &[rows, cols], &s).unwrap();
+    let ty = g.upload_u32("y", &[rows], &targets).unwrap();
+    let mut rec = g.recorder();
+    let nll = distill_loss::cross_entropy(&mut rec, &ts, &ty).unwrap();
+    rec.run().unwrap();
+    let want = distill_loss::cpu::cross_entropy(&s, &targets, cols);
+    assert_close("nll folded", &g.read_f32(&nll).unwrap(), &want, 2e-6, 1e-6);
+}
