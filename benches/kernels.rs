@@ -17,6 +17,8 @@ mod elementwise;
 mod matmul;
 #[path = "kernels/ops_a.rs"]
 mod ops_a;
+#[path = "kernels/ops_c.rs"]
+mod ops_c;
 
 fn main() {
     let mut b = match harness::Bench::from_args() {
@@ -31,5 +33,6 @@ fn main() {
     matmul::run_gemv(&mut b);
     ops_a::run(&mut b);
     attention::run(&mut b);
+    ops_c::run(&mut b);
     b.finish();
 }

@@ -1,0 +1,397 @@
+// Fused distillation loss over vocabulary rows: per row, cross-entropy of
+// the student logits s against a target id, KL(p_t || q_s) at temperature
+// tau with p_t = softmax(t / tau), q_s = softmax(s / tau), and the gradient
+// of   w_ce * sum(ce) / n_ce + w_kl * tau^2 * sum(kl) / n_kl   w.r.t. s:
+//   ds = ce_scale * (softmax(s) - onehot(y)) + kl_scale * (q_s - p_t)
+// with ce_scale = w_ce / n_ce (0 on rows without a target) and
+// kl_scale = w_kl * tau / n_kl  (tau^2 times the 1/tau of d(s/tau)/ds).
+//
+// One workgroup per row. Pass 1 streams s and t once and keeps, per
+// invocation, an online state: the student max m with sum(exp(s - m)) and
+// sum(exp((s - m) / tau)), the teacher max mt with zt = sum(exp((t - mt) / tau))
+// and w = sum(exp((t - mt) / tau) * (t - s) / tau). A workgroup tree merges
+// the states; then KL = w / zt - log(sum exp(t/tau)) + log(sum exp(s/tau))
+// and CE = log(sum exp(s)) - s[y]. Pass 2 streams s and t again and writes
+// the gradient (in place over s in the *_inplace variant). No softmax of
+// the batch is ever stored.
+//
+// Targets >= cols (u32::MAX marks "no target") contribute no CE and no
+// CE gradient on that row.
+
+struct Params {
+    rows: u32,
+    cols: u32,
+    inv_tau: f32,
+    // 1 when tau == 1: the tempered student sums equal the plain ones.
+    tau_is_one: u32,
+    ce_scale: f32,
+    kl_scale: f32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> s: array<f32>;
+@group(0) @binding(2) var<storage, read> t: array<f32>;
+@group(0) @binding(3) var<storage, read> targets: array<u32>;
+@group(0) @binding(4) var<storage, read_write> ce: array<f32>;
+@group(0) @binding(5) var<storage, read_write> kl: array<f32>;
+@group(0) @binding(6) var<storage, read_write> ds: array<f32>;
+// In-place variant: student logits in, gradient out, one binding.
+@group(0) @binding(7) var<storage, read_write> sg: array<f32>;
+
+//#include _common
+
+const WG: u32 = 256u;
+// A finite "minus infinity": exp(NEG - x) is 0 and NEG - NEG is 0, never NaN.
+const NEG: f32 = -3.0e38;
+
+struct St {
+    m: f32,
+    z1: f32,
+    z2: f32,
+    mt: f32,
+    zt: f32,
+    w: f32,
+}
+
+var<workgroup> red: array<St, 256>;
+
+fn st_init() -> St {
+    return St(NEG, 0.0, 0.0, NEG, 0.0, 0.0);
+}
+
+fn max4(v: vec4<f32>) -> f32 {
+    return max(max(v.x, v.y), max(v.z, v.w));
+}
+
+fn sum4(v: vec4<f32>) -> f32 {
+    return (v.x + v.y) + (v.z + v.w);
+}
+
+// Student part only (plain cross-entropy).
+fn upd_s4(a: St, sv: vec4<f32>) -> St {
+    var r = a;
+    r.m = max(a.m, max4(sv));
+    r.z1 = a.z1 * exp(a.m - r.m) + sum4(exp(sv - r.m));
+    return r;
+}
+
+// Fold four (student, teacher) logit pairs into the running state.
+fn upd4(a: St, sv: vec4<f32>, tv: vec4<f32>) -> St {
+    var r = upd_s4(a, sv);
+    if p.tau_is_one == 1u {
+        r.z2 = r.z1;
+    } else {
+        r.z2 = a.z2 * exp((a.m - r.m) * p.inv_tau) + sum4(exp((sv - r.m) * p.inv_tau));
+    }
+    r.mt = max(a.mt, max4(tv));
+    let ft = exp((a.mt - r.mt) * p.inv_tau);
+    let et = exp((tv - r.mt) * p.inv_tau);
+    r.zt = a.zt * ft + sum4(et);
+    // p_t = 0 entries (teacher logit -inf) contribute nothing, not 0 * inf.
+    let d = select(vec4<f32>(0.0), et * (tv - sv), et > vec4<f32>(0.0));
+    r.w = a.w * ft + sum4(d) * p.inv_tau;
+    return r;
+}
+
+fn upd_s1(a: St, x: f32) -> St {
+    var r = a;
+    r.m = max(a.m, x);
+    r.z1 = a.z1 * exp(a.m - r.m) + exp(x - r.m);
+    return r;
+}
+
+fn upd1(a: St, x: f32, y: f32) -> St {
+    var r = upd_s1(a, x);
+    if p.tau_is_one == 1u {
+        r.z2 = r.z1;
+    } else {
+        r.z2 = a.z2 * exp((a.m - r.m) * p.inv_tau) + exp((x - r.m) * p.inv_tau);
+    }
+    r.mt = max(a.mt, y);
+    let ft = exp((a.mt - r.mt) * p.inv_tau);
+    let et = exp((y - r.mt) * p.inv_tau);
+    r.zt = a.zt * ft + et;
+    let d = select(0.0, et * (y - x), et > 0.0);
+    r.w = a.w * ft + d * p.inv_tau;
+    return r;
+}
+
+fn combine(a: St, b: St) -> St {
+    var r: St;
+    r.m = max(a.m, b.m);
+    r.z1 = a.z1 * exp(a.m - r.m) + b.z1 * exp(b.m - r.m);
+    if p.tau_is_one == 1u {
+        r.z2 = r.z1;
+    } else {
+        r.z2 = a.z2 * exp((a.m - r.m) * p.inv_tau) + b.z2 * exp((b.m - r.m) * p.inv_tau);
+    }
+    r.mt = max(a.mt, b.mt);
+    let ga = exp((a.mt - r.mt) * p.inv_tau);
+    let gb = exp((b.mt - r.mt) * p.inv_tau);
+    r.zt = a.zt * ga + b.zt * gb;
+    r.w = a.w * ga + b.w * gb;
+    return r;
+}
+
+// Merge every invocation's state; all invocations get the row's state.
+fn reduce_state(v: St, lid: u32) -> St {
+    red[lid] = v;
+    workgroupBarrier();
+    for (var k = WG / 2u; k > 0u; k = k / 2u) {
+        if lid < k {
+            red[lid] = combine(red[lid], red[lid + k]);
+        }
+        workgroupBarrier();
+    }
+    return red[0];
+}
+
+// What pass 2 needs, from the merged state.
+struct Fin {
+    m: f32,
+    lz1: f32,
+    lz2: f32,
+    mt: f32,
+    lzt: f32,
+    kl: f32,
+}
+
+fn finish(r: St) -> Fin {
+    var f: Fin;
+    f.m = r.m;
+    f.lz1 = log(r.z1);
+    f.lz2 = log(r.z2);
+    f.mt = r.mt;
+    f.lzt = log(r.zt);
+    // KL = sum p (log p - log q) = w / zt - (mt - m) / tau - log zt + log z2
+    f.kl = r.w / r.zt - (r.mt - r.m) * p.inv_tau - f.lzt + f.lz2;
+    return f;
+}
+
+fn grad4(f: Fin, sv: vec4<f32>, tv: vec4<f32>, idx: vec4<u32>, y: u32, cs: f32) -> vec4<f32> {
+    let sm = exp(sv - f.m - f.lz1);
+    var q = sm;
+    if p.tau_is_one != 1u {
+        q = exp((sv - f.m) * p.inv_tau - f.lz2);
+    }
+    let pt = exp((tv - f.mt) * p.inv_tau - f.lzt);
+    let hot = select(vec4<f32>(0.0), vec4<f32>(1.0), idx == vec4<u32>(y));
+    return cs * (sm - hot) + p.kl_scale * (q - pt);
+}
+
+fn grad1(f: Fin, x: f32, y_t: f32, idx: u32, y: u32, cs: f32) -> f32 {
+    let sm = exp(x - f.m - f.lz1);
+    var q = sm;
+    if p.tau_is_one != 1u {
+        q = exp((x - f.m) * p.inv_tau - f.lz2);
+    }
+    let pt = exp((y_t - f.mt) * p.inv_tau - f.lzt);
+    let hot = select(0.0, 1.0, idx == y);
+    return cs * (sm - hot) + p.kl_scale * (q - pt);
+}
+
+// Pass 1 over s (read-only binding) and t.
+fn pass1_s(base: u32, lid: u32) -> St {
+    var a = st_init();
+    let n = p.cols;
+    var i = lid;
+    loop {
+        if i + 3u * WG >= n {
+            break;
+        }
+        let j = base + i;
+        let sv = vec4<f32>(s[j], s[j + WG], s[j + 2u * WG], s[j + 3u * WG]);
+        let tv = vec4<f32>(t[j], t[j + WG], t[j + 2u * WG], t[j + 3u * WG]);
+        a = upd4(a, sv, tv);
+        i += 4u * WG;
+    }
+    for (; i < n; i += WG) {
+        a = upd1(a, s[base + i], t[base + i]);
+    }
+    return a;
+}
+
+// Pass 1 over sg (the in-place binding) and t.
+fn pass1_sg(base: u32, lid: u32) -> St {
+    var a = st_init();
+    let n = p.cols;
+    var i = lid;
+    loop {
+        if i + 3u * WG >= n {
+            break;
+        }
+        let j = base + i;
+        let sv = vec4<f32>(sg[j], sg[j + WG], sg[j + 2u * WG], sg[j + 3u * WG]);
+        let tv = vec4<f32>(t[j], t[j + WG], t[j + 2u * WG], t[j + 3u * WG]);
+        a = upd4(a, sv, tv);
+        i += 4u * WG;
+    }
+    for (; i < n; i += WG) {
+        a = upd1(a, sg[base + i], t[base + i]);
+    }
+    return a;
+}
+
+fn wg_offsets(i: u32) -> vec4<u32> {
+    return vec4<u32>(i, i + WG, i + 2u * WG, i + 3u * WG);
+}
+
+// CE + KL per row, and the gradient into ds.
+@compute @workgroup_size(256)
+fn distill_fwd_bwd(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let row = folded_group(wid, nwg);
+    if row >= p.rows {
+        return;
+    }
+    let base = row * p.cols;
+    let y = targets[row];
+    let has_y = y < p.cols;
+    var s_y = 0.0;
+    if lid == 0u && has_y {
+        s_y = s[base + y];
+    }
+    let f = finish(reduce_state(pass1_s(base, lid), lid));
+    if lid == 0u {
+        ce[row] = select(0.0, f.m + f.lz1 - s_y, has_y);
+        kl[row] = f.kl;
+    }
+    let cs = select(0.0, p.ce_scale, has_y);
+    let n = p.cols;
+    var i = lid;
+    loop {
+        if i + 3u * WG >= n {
+            break;
+        }
+        let j = base + i;
+        let sv = vec4<f32>(s[j], s[j + WG], s[j + 2u * WG], s[j + 3u * WG]);
+        let tv = vec4<f32>(t[j], t[j + WG], t[j + 2u * WG], t[j + 3u * WG]);
+        let g = grad4(f, sv, tv, wg_offsets(i), y, cs);
+        ds[j] = g.x;
+        ds[j + WG] = g.y;
+        ds[j + 2u * WG] = g.z;
+        ds[j + 3u * WG] = g.w;
+        i += 4u * WG;
+    }
+    for (; i < n; i += WG) {
+        ds[base + i] = grad1(f, s[base + i], t[base + i], i, y, cs);
+    }
+}
+
+// Same, with the gradient written over the student logits.
+@compute @workgroup_size(256)
+fn distill_fwd_bwd_inplace(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let row = folded_group(wid, nwg);
+    if row >= p.rows {
+        return;
+    }
+    let base = row * p.cols;
+    let y = targets[row];
+    let has_y = y < p.cols;
+    var s_y = 0.0;
+    if lid == 0u && has_y {
+        s_y = sg[base + y];
+    }
+    let st = pass1_sg(base, lid);
+    // Every read of this row happens before any write of it below.
+    storageBarrier();
+    let f = finish(reduce_state(st, lid));
+    if lid == 0u {
+        ce[row] = select(0.0, f.m + f.lz1 - s_y, has_y);
+        kl[row] = f.kl;
+    }
+    let cs = select(0.0, p.ce_scale, has_y);
+    let n = p.cols;
+    var i = lid;
+    loop {
+        if i + 3u * WG >= n {
+            break;
+        }
+        let j = base + i;
+        let sv = vec4<f32>(sg[j], sg[j + WG], sg[j + 2u * WG], sg[j + 3u * WG]);
+        let tv = vec4<f32>(t[j], t[j + WG], t[j + 2u * WG], t[j + 3u * WG]);
+        let g = grad4(f, sv, tv, wg_offsets(i), y, cs);
+        sg[j] = g.x;
+        sg[j + WG] = g.y;
+        sg[j + 2u * WG] = g.z;
+        sg[j + 3u * WG] = g.w;
+        i += 4u * WG;
+    }
+    for (; i < n; i += WG) {
+        sg[base + i] = grad1(f, sg[base + i], t[base + i], i, y, cs);
+    }
+}
+
+// CE + KL per row, no gradient (evaluation with a teacher).
+@compute @workgroup_size(256)
+fn distill_fwd(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let row = folded_group(wid, nwg);
+    if row >= p.rows {
+        return;
+    }
+    let base = row * p.cols;
+    let y = targets[row];
+    let has_y = y < p.cols;
+    var s_y = 0.0;
+    if lid == 0u && has_y {
+        s_y = s[base + y];
+    }
+    let f = finish(reduce_state(pass1_s(base, lid), lid));
+    if lid == 0u {
+        ce[row] = select(0.0, f.m + f.lz1 - s_y, has_y);
+        kl[row] = f.kl;
+    }
+}
+
+// Plain cross-entropy (no teacher, no gradient): per-row negative
+// log-likelihood of the target into ce, 0 on rows without a target.
+@compute @workgroup_size(256)
+fn ce_fwd(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let row = folded_group(wid, nwg);
+    if row >= p.rows {
+        return;
+    }
+    let base = row * p.cols;
+    let y = targets[row];
+    let has_y = y < p.cols;
+    var s_y = 0.0;
+    if lid == 0u && has_y {
+        s_y = s[base + y];
+    }
+    var a = st_init();
+    let n = p.cols;
+    var i = lid;
+    loop {
+        if i + 3u * WG >= n {
+            break;
+        }
+        let j = base + i;
+        a = upd_s4(a, vec4<f32>(s[j], s[j + WG], s[j + 2u * WG], s[j + 3u * WG]));
+        i += 4u * WG;
+    }
+    for (; i < n; i += WG) {
+        a = upd_s1(a, s[base + i]);
+    }
+    // The teacher fields stay empty; with tau_is_one set, combine skips z2.
+    let r = reduce_state(a, lid);
+    if lid == 0u {
+        ce[row] = select(0.0, r.m + log(r.z1) - s_y, has_y);
+    }
+}
