@@ -1,0 +1,9 @@
+//! Models: configuration, checkpoints, tokenizers, references to local
+//! folders or hub ids.
+
+pub mod config;
+pub mod source;
+pub mod tokenizer;
+pub mod weights;
+
+pub use config::{Family, ModelConfig};
