@@ -404,6 +404,21 @@ impl<'g> Recorder<'g> {
         })
     }
 
+    /// Submit what has been recorded so far and keep recording. Buffers of
+    /// tensors dropped since recording began go back to the pool, which
+    /// bounds the memory of long command streams (a forward pass flushes
+    /// after each layer). A timed recorder does not flush, so that its
+    /// single measurement covers everything.
+    pub fn flush(&mut self) -> Result<()> {
+        if self.timed || self.cmds.is_empty() {
+            return Ok(());
+        }
+        let mut next = Recorder::new(self.gpu);
+        std::mem::swap(self, &mut next);
+        next.submit()?;
+        Ok(())
+    }
+
     /// Submit and block until done.
     pub fn run(self) -> Result<()> {
         self.submit()?.wait()

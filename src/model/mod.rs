@@ -2,6 +2,8 @@
 //! folders or hub ids.
 
 pub mod config;
+pub mod decoder;
+pub mod score;
 pub mod source;
 pub mod tokenizer;
 pub mod weights;

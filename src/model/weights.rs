@@ -174,6 +174,18 @@ impl Checkpoint {
         })
     }
 
+    /// Open one safetensors file of any contents (reference outputs, etc.).
+    pub fn open_file(path: &Path) -> Result<Checkpoint> {
+        let m = map_file(path)?;
+        let mut tensors = BTreeMap::new();
+        read_header(path, &m, 0, &mut tensors)?;
+        Ok(Checkpoint {
+            files: vec![path.to_path_buf()],
+            maps: vec![m],
+            tensors,
+        })
+    }
+
     pub fn bytes(&self, name: &str) -> Option<&[u8]> {
         let e = self.tensors.get(name)?;
         Some(&self.maps[e.file][e.start..e.end])
@@ -248,14 +260,28 @@ impl Checkpoint {
             .tensors
             .get(name)
             .ok_or_else(|| Error::Invalid(format!("missing tensor '{name}'")))?;
-        let dtype = dtype_of(e.dtype).ok_or_else(|| {
+        any_to_f32(self.bytes(name).expect("entry exists"), e.dtype).ok_or_else(|| {
             Error::Invalid(format!(
                 "tensor '{name}' has unsupported dtype {:?}",
                 e.dtype
             ))
-        })?;
-        Ok(to_f32(self.bytes(name).expect("entry exists"), dtype))
+        })
     }
+}
+
+/// A tensor's values as f32, whatever its stored type (integers too).
+pub fn any_to_f32(bytes: &[u8], d: safetensors::Dtype) -> Option<Vec<f32>> {
+    Some(match d {
+        safetensors::Dtype::I32 => bytes
+            .chunks_exact(4)
+            .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32)
+            .collect(),
+        safetensors::Dtype::I64 => bytes
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")) as f32)
+            .collect(),
+        other => to_f32(bytes, dtype_of(other)?),
+    })
 }
 
 pub fn dtype_of(d: safetensors::Dtype) -> Option<DType> {

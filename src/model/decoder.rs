@@ -1,0 +1,499 @@
+//! The decoder of the three families on the GPU, built from the kernel
+//! library: logits and, on request, every hidden state in the Hugging Face
+//! convention (index 0 = embedding output, index i = output of layer i−1,
+//! the last = after the final norm).
+//!
+//! A `Decoder` is a list of shared layer handles plus embeddings, final norm
+//! and head; building a patched model from a teacher and a student is a new
+//! list over the same GPU tensors (nothing is copied or uploaded).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use super::config::{Family, ModelConfig};
+use super::weights::Checkpoint;
+use crate::error::{Error, Result};
+use crate::gpu::{DType, Gpu, Recorder, Tensor};
+use crate::ops::{
+    attention, bias_add, elementwise, gelu, layernorm, matmul, rmsnorm, rope, swiglu,
+};
+
+/// One decoder layer's weights on the GPU, names relative to the layer
+/// prefix (GPT-NeoX's fused query_key_value is split into q/k/v on load).
+pub struct Layer {
+    pub tensors: HashMap<String, Tensor>,
+}
+
+impl Layer {
+    pub fn get(&self, name: &str) -> Result<&Tensor> {
+        self.tensors
+            .get(name)
+            .ok_or_else(|| Error::Invalid(format!("layer has no tensor '{name}'")))
+    }
+    fn opt(&self, name: &str) -> Option<&Tensor> {
+        self.tensors.get(name)
+    }
+    pub fn bytes(&self) -> u64 {
+        self.tensors.values().map(|t| t.byte_len()).sum()
+    }
+    pub fn params(&self) -> u64 {
+        self.tensors.values().map(|t| t.numel() as u64).sum()
+    }
+}
+
+/// Final norm: RMSNorm weight, or LayerNorm weight and bias.
+#[derive(Clone)]
+pub struct Norm {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+#[derive(Clone)]
+pub struct Decoder {
+    /// Dimensions and family; `num_layers` equals `layers.len()`.
+    pub cfg: ModelConfig,
+    pub embed: Tensor,
+    pub layers: Vec<Arc<Layer>>,
+    pub final_norm: Norm,
+    /// LM head [vocab, hidden]; the embedding tensor itself when tied.
+    pub head: Tensor,
+    rope: Arc<Mutex<Option<Arc<rope::RopeTables>>>>,
+}
+
+/// What a forward pass returns.
+pub struct ForwardOut {
+    /// [tokens, vocab] f32, when asked for.
+    pub logits: Option<Tensor>,
+    /// HF `output_hidden_states`: num_layers + 1 tensors [tokens, hidden].
+    pub hidden: Vec<Tensor>,
+}
+
+/// The tokens of one forward pass: `batch` sequences of `seq` tokens,
+/// token-major, with their positions and an optional key padding mask.
+pub struct Batch<'a> {
+    pub ids: &'a Tensor,
+    pub positions: &'a Tensor,
+    pub batch: usize,
+    pub seq: usize,
+    /// u32 [batch, seq]: 1 = real token, 0 = padding.
+    pub mask: Option<&'a Tensor>,
+}
+
+/// Split GPT-NeoX's fused query_key_value rows (per head: q, k, v of
+/// head_dim rows each) into separate q, k, v row blocks.
+fn split_neox_qkv(bytes: &[u8], heads: usize, head_dim: usize, row_bytes: usize) -> [Vec<u8>; 3] {
+    let mut out = [Vec::new(), Vec::new(), Vec::new()];
+    for h in 0..heads {
+        for (part, o) in out.iter_mut().enumerate() {
+            let start = (h * 3 + part) * head_dim * row_bytes;
+            o.extend_from_slice(&bytes[start..start + head_dim * row_bytes]);
+        }
+    }
+    out
+}
+
+impl Decoder {
+    /// Upload a checkpoint. `as_f32` widens 16-bit weights (students being
+    /// trained); otherwise tensors keep their stored dtype.
+    pub fn load(gpu: &Gpu, cfg: &ModelConfig, ckpt: &Checkpoint, as_f32: bool) -> Result<Decoder> {
+        ckpt.check(cfg)?;
+        let embed = ckpt.upload(gpu, cfg.embed_name(), as_f32)?;
+        let mut layers = Vec::with_capacity(cfg.num_layers);
+        for l in 0..cfg.num_layers {
+            let prefix = cfg.layer_prefix(l);
+            let mut tensors = HashMap::new();
+            for (name, _) in cfg.layer_tensors() {
+                let full = format!("{prefix}{name}");
+                if cfg.family == Family::GptNeox && name.starts_with("attention.query_key_value.") {
+                    let e = &ckpt.tensors[&full];
+                    let dtype = super::weights::dtype_of(e.dtype).expect("checked");
+                    let is_bias = name.ends_with("bias");
+                    let row_elems = if is_bias { 1 } else { cfg.hidden_size };
+                    let bytes = ckpt.bytes(&full).expect("checked");
+                    let parts = split_neox_qkv(
+                        bytes,
+                        cfg.num_heads,
+                        cfg.head_dim,
+                        row_elems * dtype.size(),
+                    );
+                    let kind = if is_bias { "bias" } else { "weight" };
+                    for (part, data) in ["q", "k", "v"].iter().zip(parts) {
+                        let shape: Vec<usize> = if is_bias {
+                            vec![cfg.hidden_size]
+                        } else {
+                            vec![cfg.hidden_size, cfg.hidden_size]
+                        };
+                        let tname = format!("attention.{part}.{kind}");
+                        let t = if as_f32 && dtype != DType::F32 {
+                            let v = super::weights::to_f32(&data, dtype);
+                            gpu.upload_f32(&format!("{prefix}{tname}"), &shape, &v)?
+                        } else {
+                            gpu.upload_bytes(&format!("{prefix}{tname}"), &shape, dtype, &data)?
+                        };
+                        tensors.insert(tname, t);
+                    }
+                    continue;
+                }
+                tensors.insert(name.clone(), ckpt.upload(gpu, &full, as_f32)?);
+            }
+            layers.push(Arc::new(Layer { tensors }));
+        }
+        let norms = cfg.final_norm_names();
+        let final_norm = Norm {
+            weight: ckpt.upload(gpu, &norms[0].0, as_f32)?,
+            bias: match norms.get(1) {
+                Some((n, _)) => Some(ckpt.upload(gpu, n, as_f32)?),
+                None => None,
+            },
+        };
+        let head = if cfg.tie_word_embeddings {
+            embed.clone()
+        } else {
+            ckpt.upload(gpu, cfg.head_name(), as_f32)?
+        };
+        Ok(Decoder {
+            cfg: cfg.clone(),
+            embed,
+            layers,
+            final_norm,
+            head,
+            rope: Arc::new(Mutex::new(None)),
+        })
+    }
+
+    /// A decoder assembled from parts of others (patched models).
+    pub fn assemble(
+        cfg: &ModelConfig,
+        embed: Tensor,
+        layers: Vec<Arc<Layer>>,
+        final_norm: Norm,
+        head: Tensor,
+    ) -> Decoder {
+        let cfg = cfg.with_layers(layers.len());
+        Decoder {
+            cfg,
+            embed,
+            layers,
+            final_norm,
+            head,
+            rope: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// Parameters, counting a tied head once.
+    pub fn params(&self) -> u64 {
+        let mut p = self.embed.numel() as u64 + self.layers.iter().map(|l| l.params()).sum::<u64>();
+        p += self.final_norm.weight.numel() as u64;
+        p += self
+            .final_norm
+            .bias
+            .as_ref()
+            .map_or(0, |b| b.numel() as u64);
+        if !self.head_is_embed() {
+            p += self.head.numel() as u64;
+        }
+        p
+    }
+
+    /// GPU bytes of the weights this model uses (shared tensors once).
+    pub fn weight_bytes(&self) -> u64 {
+        let mut b = self.embed.byte_len() + self.layers.iter().map(|l| l.bytes()).sum::<u64>();
+        b += self.final_norm.weight.byte_len()
+            + self.final_norm.bias.as_ref().map_or(0, |t| t.byte_len());
+        if !self.head_is_embed() {
+            b += self.head.byte_len();
+        }
+        b
+    }
+
+    pub fn head_is_embed(&self) -> bool {
+        self.head.buffer().id() == self.embed.buffer().id()
+            && self.head.byte_offset() == self.embed.byte_offset()
+    }
+
+    /// Rotary tables covering positions below `max_pos` (grown on demand).
+    pub fn rope_tables(&self, gpu: &Gpu, max_pos: usize) -> Result<Arc<rope::RopeTables>> {
+        let mut slot = self.rope.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = slot.as_ref() {
+            if t.max_pos >= max_pos {
+                return Ok(t.clone());
+            }
+        }
+        let scaling = match self.cfg.rope_scaling {
+            Some(s) => rope::RopeScaling::Llama3 {
+                factor: s.factor as f32,
+                low_freq_factor: s.low_freq_factor as f32,
+                high_freq_factor: s.high_freq_factor as f32,
+                original_max_position_embeddings: s.original_max_position_embeddings as u32,
+            },
+            None => rope::RopeScaling::Default,
+        };
+        // Grow in chunks so that generation does not rebuild every token.
+        let cap = max_pos.next_power_of_two().max(256);
+        let t = Arc::new(rope::RopeTables::new(
+            gpu,
+            self.cfg.rotary_dim(),
+            self.cfg.rope_theta,
+            scaling,
+            cap,
+        )?);
+        *slot = Some(t.clone());
+        Ok(t)
+    }
+
+    fn linear(
+        &self,
+        rec: &mut Recorder,
+        x: &Tensor,
+        w: &Tensor,
+        b: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let y = matmul::matmul(rec, x, w, false, true)?;
+        if let Some(b) = b {
+            bias_add::bias_add_inplace(rec, &y, b)?;
+        }
+        Ok(y)
+    }
+
+    /// One decoder layer: x [tokens, hidden] → new residual stream.
+    pub fn layer_forward(
+        &self,
+        rec: &mut Recorder,
+        layer: &Layer,
+        x: &Tensor,
+        batch: &Batch,
+        tables: &rope::RopeTables,
+    ) -> Result<Tensor> {
+        let c = &self.cfg;
+        let eps = c.norm_eps as f32;
+        let attn_cfg = attention::AttnConfig::new(
+            batch.batch,
+            batch.seq,
+            batch.seq,
+            c.num_heads,
+            c.num_kv_heads,
+            c.head_dim,
+        );
+        match c.family {
+            Family::Llama | Family::Qwen3 => {
+                let h = rmsnorm::rmsnorm(rec, x, layer.get("input_layernorm.weight")?, eps)?;
+                let q = self.linear(
+                    rec,
+                    &h,
+                    layer.get("self_attn.q_proj.weight")?,
+                    layer.opt("self_attn.q_proj.bias"),
+                )?;
+                let k = self.linear(
+                    rec,
+                    &h,
+                    layer.get("self_attn.k_proj.weight")?,
+                    layer.opt("self_attn.k_proj.bias"),
+                )?;
+                let v = self.linear(
+                    rec,
+                    &h,
+                    layer.get("self_attn.v_proj.weight")?,
+                    layer.opt("self_attn.v_proj.bias"),
+                )?;
+                let (q, k) = if c.family == Family::Qwen3 {
+                    (
+                        rmsnorm::rmsnorm(rec, &q, layer.get("self_attn.q_norm.weight")?, eps)?,
+                        rmsnorm::rmsnorm(rec, &k, layer.get("self_attn.k_norm.weight")?, eps)?,
+                    )
+                } else {
+                    (q, k)
+                };
+                rope::rope_inplace(
+                    rec,
+                    &q,
+                    batch.positions,
+                    &tables.cos,
+                    &tables.sin,
+                    c.head_dim,
+                )?;
+                rope::rope_inplace(
+                    rec,
+                    &k,
+                    batch.positions,
+                    &tables.cos,
+                    &tables.sin,
+                    c.head_dim,
+                )?;
+                let inputs = attention::AttnInputs {
+                    q: &q,
+                    k: &k,
+                    v: &v,
+                    mask: batch.mask,
+                };
+                let (a, _lse) = attention::attention(rec, &attn_cfg, &inputs)?;
+                let o = self.linear(rec, &a, layer.get("self_attn.o_proj.weight")?, None)?;
+                elementwise::add_inplace(rec, &o, 1.0, x)?;
+                let h2 =
+                    rmsnorm::rmsnorm(rec, &o, layer.get("post_attention_layernorm.weight")?, eps)?;
+                let g = self.linear(
+                    rec,
+                    &h2,
+                    layer.get("mlp.gate_proj.weight")?,
+                    layer.opt("mlp.gate_proj.bias"),
+                )?;
+                let u = self.linear(
+                    rec,
+                    &h2,
+                    layer.get("mlp.up_proj.weight")?,
+                    layer.opt("mlp.up_proj.bias"),
+                )?;
+                let m = swiglu::swiglu(rec, &g, &u)?;
+                let d = self.linear(
+                    rec,
+                    &m,
+                    layer.get("mlp.down_proj.weight")?,
+                    layer.opt("mlp.down_proj.bias"),
+                )?;
+                elementwise::add_inplace(rec, &d, 1.0, &o)?;
+                Ok(d)
+            }
+            Family::GptNeox => {
+                let h = layernorm::layernorm(
+                    rec,
+                    x,
+                    layer.get("input_layernorm.weight")?,
+                    layer.get("input_layernorm.bias")?,
+                    eps,
+                )?;
+                let q = self.linear(
+                    rec,
+                    &h,
+                    layer.get("attention.q.weight")?,
+                    layer.opt("attention.q.bias"),
+                )?;
+                let k = self.linear(
+                    rec,
+                    &h,
+                    layer.get("attention.k.weight")?,
+                    layer.opt("attention.k.bias"),
+                )?;
+                let v = self.linear(
+                    rec,
+                    &h,
+                    layer.get("attention.v.weight")?,
+                    layer.opt("attention.v.bias"),
+                )?;
+                rope::rope_inplace(
+                    rec,
+                    &q,
+                    batch.positions,
+                    &tables.cos,
+                    &tables.sin,
+                    c.head_dim,
+                )?;
+                rope::rope_inplace(
+                    rec,
+                    &k,
+                    batch.positions,
+                    &tables.cos,
+                    &tables.sin,
+                    c.head_dim,
+                )?;
+                let inputs = attention::AttnInputs {
+                    q: &q,
+                    k: &k,
+                    v: &v,
+                    mask: batch.mask,
+                };
+                let (a, _lse) = attention::attention(rec, &attn_cfg, &inputs)?;
+                let o = self.linear(
+                    rec,
+                    &a,
+                    layer.get("attention.dense.weight")?,
+                    layer.opt("attention.dense.bias"),
+                )?;
+                let mlp_in = if c.use_parallel_residual {
+                    x.clone()
+                } else {
+                    elementwise::add_inplace(rec, &o, 1.0, x)?;
+                    o.clone()
+                };
+                let h2 = layernorm::layernorm(
+                    rec,
+                    &mlp_in,
+                    layer.get("post_attention_layernorm.weight")?,
+                    layer.get("post_attention_layernorm.bias")?,
+                    eps,
+                )?;
+                let u = self.linear(
+                    rec,
+                    &h2,
+                    layer.get("mlp.dense_h_to_4h.weight")?,
+                    layer.opt("mlp.dense_h_to_4h.bias"),
+                )?;
+                let m = gelu::gelu(rec, &u)?;
+                let d = self.linear(
+                    rec,
+                    &m,
+                    layer.get("mlp.dense_4h_to_h.weight")?,
+                    layer.opt("mlp.dense_4h_to_h.bias"),
+                )?;
+                elementwise::add_inplace(rec, &d, 1.0, &o)?;
+                if c.use_parallel_residual {
+                    elementwise::add_inplace(rec, &d, 1.0, x)?;
+                }
+                Ok(d)
+            }
+        }
+    }
+
+    /// The final norm applied to the residual stream.
+    pub fn final_norm_forward(&self, rec: &mut Recorder, x: &Tensor) -> Result<Tensor> {
+        let eps = self.cfg.norm_eps as f32;
+        match &self.final_norm.bias {
+            Some(b) => layernorm::layernorm(rec, x, &self.final_norm.weight, b, eps),
+            None => rmsnorm::rmsnorm(rec, x, &self.final_norm.weight, eps),
+        }
+    }
+
+    /// Run the whole model on a batch, recording into `rec` (nothing is
+    /// submitted). `want_logits` / `want_hidden` select the outputs.
+    pub fn forward(
+        &self,
+        rec: &mut Recorder,
+        batch: &Batch,
+        want_logits: bool,
+        want_hidden: bool,
+    ) -> Result<ForwardOut> {
+        let gpu = rec.gpu();
+        let n = batch.batch * batch.seq;
+        if batch.ids.numel() != n || batch.positions.numel() != n {
+            return Err(Error::Shape(format!(
+                "forward: {} ids and {} positions for {}×{} tokens",
+                batch.ids.numel(),
+                batch.positions.numel(),
+                batch.batch,
+                batch.seq
+            )));
+        }
+        let tables = self.rope_tables(gpu, batch.seq.max(1))?;
+        let mut x = crate::ops::embedding::embedding(rec, batch.ids, &self.embed)?;
+        let mut hidden = Vec::new();
+        for layer in &self.layers {
+            if want_hidden {
+                hidden.push(x.clone());
+            }
+            x = self.layer_forward(rec, layer, &x, batch, &tables)?;
+            // Let each layer's temporaries go back to the pool before the
+            // next one allocates (decode steps are small: keep them whole).
+            if n > 1 {
+                rec.flush()?;
+            }
+        }
+        let normed = self.final_norm_forward(rec, &x)?;
+        if want_hidden {
+            hidden.push(normed.clone());
+        }
+        let logits = if want_logits {
+            Some(matmul::matmul(rec, &normed, &self.head, false, true)?)
+        } else {
+            None
+        };
+        Ok(ForwardOut { logits, hidden })
+    }
+}

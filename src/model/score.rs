@@ -1,0 +1,109 @@
+//! Scoring text: perplexity with `boomgpu eval`'s exact semantics, so that
+//! numbers compare with other tools. The text is tokenised without special
+//! tokens and cut into consecutive non-overlapping windows of `seq_len`
+//! tokens (the last may be shorter; a window needs at least 2 tokens); each
+//! window is scored on its own and every token but a window's first is
+//! predicted. Perplexity = exp(total NLL / predicted tokens).
+
+use super::decoder::{Batch, Decoder};
+use crate::error::{Error, Result};
+use crate::gpu::{DType, Gpu, Tensor};
+use crate::ops::distill_loss;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Perplexity {
+    pub perplexity: f64,
+    /// Total negative log-likelihood in nats.
+    pub nll: f64,
+    /// Tokens in the text.
+    pub tokens: usize,
+    /// Tokens predicted (scored).
+    pub predicted: usize,
+}
+
+/// The windows of `ids` that are scored.
+pub fn windows(ids: &[u32], seq_len: usize) -> Vec<&[u32]> {
+    ids.chunks(seq_len.max(2))
+        .filter(|w| w.len() >= 2)
+        .collect()
+}
+
+/// Summed NLL of one window's next-token predictions (f64 on the host).
+pub fn window_nll(gpu: &Gpu, model: &Decoder, window: &[u32]) -> Result<f64> {
+    let t = window.len();
+    let ids = gpu.upload_u32("eval.ids", &[t], window)?;
+    let pos: Vec<u32> = (0..t as u32).collect();
+    let positions = gpu.upload_u32("eval.positions", &[t], &pos)?;
+    // Row i predicts token i+1; the last row predicts nothing.
+    let mut tgt: Vec<u32> = window[1..].to_vec();
+    tgt.push(distill_loss::NO_TARGET);
+    let targets = gpu.upload_u32("eval.targets", &[t], &tgt)?;
+    let mut rec = gpu.recorder();
+    let batch = Batch {
+        ids: &ids,
+        positions: &positions,
+        batch: 1,
+        seq: t,
+        mask: None,
+    };
+    let out = model.forward(&mut rec, &batch, true, false)?;
+    let logits = out.logits.expect("asked for logits");
+    let nll: Tensor = distill_loss::cross_entropy(&mut rec, &logits, &targets)?;
+    drop(logits);
+    rec.run()?;
+    let v = gpu.read_f32(&nll)?;
+    debug_assert_eq!(nll.dtype(), DType::F32);
+    Ok(v.iter().map(|&x| x as f64).sum())
+}
+
+/// Perplexity of `ids` under `model`; `progress` is called after each
+/// window with (windows done, windows in all).
+pub fn perplexity(
+    gpu: &Gpu,
+    model: &Decoder,
+    ids: &[u32],
+    seq_len: usize,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<Perplexity> {
+    if seq_len < 2 {
+        return Err(Error::Invalid(format!(
+            "--seq-len must be at least 2, got {seq_len}"
+        )));
+    }
+    let ws = windows(ids, seq_len);
+    if ws.is_empty() {
+        return Err(Error::Invalid(format!(
+            "the text has {} token(s); perplexity needs at least 2",
+            ids.len()
+        )));
+    }
+    let mut nll = 0.0;
+    let mut predicted = 0;
+    for (i, w) in ws.iter().enumerate() {
+        nll += window_nll(gpu, model, w)?;
+        predicted += w.len() - 1;
+        progress(i + 1, ws.len());
+    }
+    Ok(Perplexity {
+        perplexity: (nll / predicted as f64).exp(),
+        nll,
+        tokens: ids.len(),
+        predicted,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::windows;
+
+    #[test]
+    fn windows_follow_the_rules() {
+        let ids: Vec<u32> = (0..10).collect();
+        let w = windows(&ids, 4);
+        assert_eq!(w.len(), 3);
+        assert_eq!(w[2], &[8, 9]);
+        // A last window of one token predicts nothing and is dropped.
+        let ids: Vec<u32> = (0..9).collect();
+        assert_eq!(windows(&ids, 4).len(), 2);
+    }
+}
