@@ -8,5 +8,6 @@ pub mod error;
 pub mod gpu;
 pub mod model;
 pub mod ops;
+pub mod progress;
 
 pub use error::{Error, Result};

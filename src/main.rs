@@ -1,5 +1,7 @@
 use std::process::ExitCode;
 
+use std::path::PathBuf;
+
 use clap::{Args, Parser, Subcommand};
 
 use boomgpu::gpu::GpuOptions;
@@ -33,6 +35,21 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Perplexity of a model on a text file.
+    Eval {
+        /// Model folder or hub id (e.g. Qwen/Qwen3-4B-Base).
+        #[arg(long)]
+        model: String,
+        /// UTF-8 text file to score.
+        #[arg(long)]
+        data: PathBuf,
+        /// Tokens per window (default: min(2048, max_position_embeddings)).
+        #[arg(long)]
+        seq_len: Option<usize>,
+        /// One JSON line: perplexity, nll (total, nats), tokens, predicted, layers, params.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -48,6 +65,20 @@ fn main() -> ExitCode {
                 println!();
             }
         }),
+        Command::Eval {
+            model,
+            data,
+            seq_len,
+            json,
+        } => {
+            let a = boomgpu::commands::eval::EvalArgs {
+                model: &model,
+                data: &data,
+                seq_len,
+                json,
+            };
+            boomgpu::commands::eval::run(&opts, &a).map(|s| print!("{s}"))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

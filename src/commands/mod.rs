@@ -1,3 +1,5 @@
 //! Commands: thin wiring of the layers below, called by the CLI.
 
+pub mod common;
 pub mod devices;
+pub mod eval;
