@@ -3,11 +3,13 @@
 //! Layers, bottom to top: `gpu` (device, buffers, kernels, recorder),
 //! `ops` (one WGSL kernel and one Rust launcher per op, with CPU references).
 
+pub mod autodiff;
 pub mod commands;
 pub mod error;
 pub mod gpu;
 pub mod model;
 pub mod ops;
 pub mod progress;
+pub mod train;
 
 pub use error::{Error, Result};

@@ -1,0 +1,170 @@
+//! The boomerang distillation loss (REFERENCE.md §3) for one micro-batch:
+//! teacher forward without a tape, student forward on the tape, the fused
+//! CE + KL kernel, one cosine term per aligned hidden-state pair, and the
+//! backward pass that adds the micro-batch's gradients into the student's
+//! gradient buffers.
+//!
+//! loss = CE + w_kl·τ²·KL + Σ_pairs (w_cos / n_pairs)·mean(1 − cos)
+
+use super::student::{self, StudentParams};
+use crate::autodiff::Tape;
+use crate::error::{Error, Result};
+use crate::gpu::{Gpu, Tensor};
+use crate::model::decoder::{Batch, Decoder};
+use crate::ops::{cosine, distill_loss};
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LossWeights {
+    pub kl: f32,
+    pub cos: f32,
+    pub temperature: f32,
+}
+
+impl Default for LossWeights {
+    fn default() -> Self {
+        LossWeights {
+            kl: 0.1,
+            cos: 2.0,
+            temperature: 1.0,
+        }
+    }
+}
+
+/// The loss of one micro-batch, in the reference's terms.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LossParts {
+    /// Weighted total.
+    pub loss: f64,
+    /// Mean next-token cross-entropy.
+    pub ce: f64,
+    /// KL(teacher ‖ student) at temperature τ, batchmean, times τ².
+    pub kl: f64,
+    /// Unweighted mean over aligned pairs of mean(1 − cos).
+    pub cos: f64,
+    /// mean(1 − cos) of each pair, in pair order.
+    pub cos_pairs: Vec<f64>,
+}
+
+/// Token ids of a micro-batch: `batch` packed sequences of `seq` tokens.
+pub struct MicroBatch<'a> {
+    pub ids: &'a [u32],
+    pub batch: usize,
+    pub seq: usize,
+}
+
+/// Run one micro-batch. With `backward`, gradients of the loss divided by
+/// `accum` (the number of micro-batches in the optimiser step) are added
+/// into the student's gradient buffers. `pairs` are (student, teacher)
+/// indices into the Hugging Face hidden-state lists.
+#[allow(clippy::too_many_arguments)]
+pub fn micro_step(
+    gpu: &Gpu,
+    teacher: &Decoder,
+    student: &Decoder,
+    params: &StudentParams,
+    mb: &MicroBatch,
+    pairs: &[(usize, usize)],
+    w: &LossWeights,
+    accum: usize,
+    backward: bool,
+) -> Result<LossParts> {
+    let (b, t) = (mb.batch, mb.seq);
+    let n = b * t;
+    if mb.ids.len() != n || t < 2 {
+        return Err(Error::Invalid(format!(
+            "micro-batch of {} ids for {b}×{t} tokens (sequences need at least 2)",
+            mb.ids.len()
+        )));
+    }
+    let ids = gpu.upload_u32("batch.ids", &[n], mb.ids)?;
+    let pos: Vec<u32> = (0..b).flat_map(|_| 0..t as u32).collect();
+    let positions = gpu.upload_u32("batch.positions", &[n], &pos)?;
+    let mut tgt = Vec::with_capacity(n);
+    for s in 0..b {
+        tgt.extend_from_slice(&mb.ids[s * t + 1..(s + 1) * t]);
+        tgt.push(distill_loss::NO_TARGET);
+    }
+    let targets = gpu.upload_u32("batch.targets", &[n], &tgt)?;
+    let mask = gpu.upload_u32("batch.mask", &[n], &vec![1u32; n])?;
+    let batch = Batch {
+        ids: &ids,
+        positions: &positions,
+        batch: b,
+        seq: t,
+        mask: None,
+    };
+    let n_ce = (b * (t - 1)) as f32;
+    let accum_f = accum.max(1) as f32;
+    let cfg = distill_loss::DistillLoss {
+        tau: w.temperature,
+        w_ce: 1.0,
+        w_kl: w.kl,
+        n_ce: n_ce * accum_f,
+        n_kl: n as f32 * accum_f,
+    };
+    let n_pairs = pairs.len().max(1) as f32;
+
+    let mut rec = gpu.recorder();
+    let t_out = teacher.forward(&mut rec, &batch, true, !pairs.is_empty())?;
+    let t_logits = t_out.logits.expect("teacher logits");
+    let mut tape = Tape::new();
+    let s_out = student::forward(&mut tape, &mut rec, student, params, &batch)?;
+    for &(si, ti) in pairs {
+        if si >= s_out.hidden.len() || ti >= t_out.hidden.len() {
+            return Err(Error::Invalid(format!(
+                "aligned pair {si}→{ti} is outside the hidden states ({} student, {} teacher)",
+                s_out.hidden.len(),
+                t_out.hidden.len()
+            )));
+        }
+    }
+    let s_logits = tape.value(s_out.logits).clone();
+    let (rows, ds) = distill_loss::distill_loss(&mut rec, &s_logits, &t_logits, &targets, &cfg)?;
+    drop(s_logits);
+    drop(t_logits);
+    let mut seeds: Vec<(crate::autodiff::Var, Tensor)> = vec![(s_out.logits, ds)];
+    let mut cos_vals = Vec::with_capacity(pairs.len());
+    for &(si, ti) in pairs {
+        let a = tape.value(s_out.hidden[si]).clone();
+        let (val, grad) = cosine::cosine_loss(
+            &mut rec,
+            &a,
+            &t_out.hidden[ti],
+            &mask,
+            w.cos / n_pairs,
+            n as f32 * accum_f,
+        )?;
+        cos_vals.push(val);
+        seeds.push((s_out.hidden[si], grad));
+    }
+    drop(t_out.hidden);
+    if backward {
+        tape.backward(&mut rec, seeds, 24)?;
+    } else {
+        drop(seeds);
+    }
+    drop(tape);
+    rec.run()?;
+
+    let sum = |t: &Tensor| -> Result<f64> { Ok(gpu.read_f32(t)?.iter().map(|&x| x as f64).sum()) };
+    let ce = sum(&rows.ce)? / n_ce as f64;
+    let tau = w.temperature as f64;
+    let kl = sum(&rows.kl)? * tau * tau / n as f64;
+    let mut cos_pairs = Vec::with_capacity(cos_vals.len());
+    for v in &cos_vals {
+        cos_pairs.push(sum(v)? / n as f64);
+    }
+    let cos = if cos_pairs.is_empty() {
+        0.0
+    } else {
+        cos_pairs.iter().sum::<f64>() / cos_pairs.len() as f64
+    };
+    let loss = ce + w.kl as f64 * kl + w.cos as f64 * cos;
+    Ok(LossParts {
+        loss,
+        ce,
+        kl,
+        cos,
+        cos_pairs,
+    })
+}

@@ -1,0 +1,5 @@
+//! Distillation: the student's parameters and forward on the tape, the
+//! boomerang loss, data, the optimiser loop and checkpoints.
+
+pub mod loss;
+pub mod student;
