@@ -1,5 +1,7 @@
 //! Distillation: the student's parameters and forward on the tape, the
 //! boomerang loss, data, the optimiser loop and checkpoints.
 
+pub mod data;
 pub mod loss;
+pub mod run;
 pub mod student;

@@ -1,0 +1,428 @@
+//! The optimiser loop: gradient accumulation over micro-batches, global
+//! gradient-norm clipping and AdamW on the GPU, the cosine schedule with
+//! linear warm-up, held-out evaluation, and checkpoints that resume to the
+//! exact weights of an uninterrupted run.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde_json::json;
+
+use super::data::{permutation, Corpus, DataPosition};
+use super::loss::{micro_step, LossParts, LossWeights, MicroBatch};
+use super::student::{export_named, StudentParams, Which};
+use crate::error::{Error, Result};
+use crate::gpu::{DType, Gpu};
+use crate::model::decoder::Decoder;
+use crate::model::weights::{write_safetensors, Checkpoint};
+use crate::model::ModelConfig;
+use crate::ops::adamw::{adamw_step, AdamW, GradNorm};
+
+#[derive(Clone, Debug)]
+pub struct DistillOptions {
+    pub steps: usize,
+    /// Sequences per micro-batch.
+    pub batch: usize,
+    pub grad_accum: usize,
+    pub lr: f32,
+    /// Warm-up: a fraction of the steps when below 1, else a step count.
+    pub warmup: f64,
+    pub weights: LossWeights,
+    pub betas: (f32, f32),
+    pub eps: f32,
+    pub weight_decay: f32,
+    pub max_grad_norm: f32,
+    pub seed: u64,
+}
+
+impl Default for DistillOptions {
+    fn default() -> Self {
+        DistillOptions {
+            steps: 500,
+            batch: 1,
+            grad_accum: 1,
+            lr: 3e-4,
+            warmup: 0.01,
+            weights: LossWeights::default(),
+            betas: (0.9, 0.95),
+            eps: 1e-8,
+            weight_decay: 0.1,
+            max_grad_norm: 1.0,
+            seed: 0,
+        }
+    }
+}
+
+impl DistillOptions {
+    pub fn warmup_steps(&self) -> usize {
+        if self.warmup < 1.0 {
+            (self.steps as f64 * self.warmup).ceil() as usize
+        } else {
+            self.warmup as usize
+        }
+    }
+
+    /// Learning rate of optimiser step `s` (0-based), as the Hugging Face
+    /// cosine schedule with warm-up gives it.
+    pub fn lr_at(&self, s: usize) -> f32 {
+        let w = self.warmup_steps();
+        let f = if s < w {
+            s as f64 / w.max(1) as f64
+        } else {
+            let progress = (s - w) as f64 / (self.steps.saturating_sub(w)).max(1) as f64;
+            (0.5 * (1.0 + (std::f64::consts::PI * progress).cos())).max(0.0)
+        };
+        (self.lr as f64 * f) as f32
+    }
+}
+
+/// One line of the training log.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepLog {
+    pub step: usize,
+    pub loss: f64,
+    pub ce: f64,
+    pub kl: f64,
+    pub cos: f64,
+    pub lr: f32,
+    pub grad_norm: f64,
+    pub tokens_per_s: f64,
+    pub peak_bytes: u64,
+}
+
+impl StepLog {
+    pub fn to_json(&self) -> serde_json::Value {
+        json!({
+            "step": self.step, "loss": self.loss, "ce": self.ce, "kl": self.kl, "cos": self.cos,
+            "lr": self.lr, "grad_norm": self.grad_norm, "tokens_per_s": self.tokens_per_s,
+            "peak_bytes": self.peak_bytes,
+        })
+    }
+}
+
+pub struct Trainer<'a> {
+    gpu: &'a Gpu,
+    teacher: &'a Decoder,
+    pub student: Decoder,
+    pub params: StudentParams,
+    pairs: Vec<(usize, usize)>,
+    corpus: &'a Corpus,
+    pub opts: DistillOptions,
+    pub pos: DataPosition,
+    perm: Vec<usize>,
+    /// Optimiser steps completed.
+    pub step: usize,
+    norm: GradNorm,
+}
+
+impl<'a> Trainer<'a> {
+    pub fn new(
+        gpu: &'a Gpu,
+        teacher: &'a Decoder,
+        student: Decoder,
+        pairs: Vec<(usize, usize)>,
+        corpus: &'a Corpus,
+        opts: DistillOptions,
+    ) -> Result<Trainer<'a>> {
+        if opts.batch == 0 || opts.grad_accum == 0 {
+            return Err(Error::Invalid(
+                "--batch and --grad-accum must be at least 1".into(),
+            ));
+        }
+        let params = StudentParams::new(gpu, &student)?;
+        let sizes: Vec<usize> = params.params.iter().map(|p| p.grad.numel()).collect();
+        let norm = GradNorm::new(gpu, &sizes)?;
+        let pos = DataPosition {
+            seed: opts.seed,
+            epoch: 0,
+            index: 0,
+        };
+        let perm = permutation(corpus.train.len(), opts.seed, 0);
+        Ok(Trainer {
+            gpu,
+            teacher,
+            student,
+            params,
+            pairs,
+            corpus,
+            opts,
+            pos,
+            perm,
+            step: 0,
+            norm,
+        })
+    }
+
+    /// One optimiser step; the log describes the loss before the update.
+    pub fn train_step(&mut self) -> Result<StepLog> {
+        let t0 = Instant::now();
+        let gpu = self.gpu;
+        let mut rec = gpu.recorder();
+        self.params.zero_grads(&mut rec);
+        rec.run()?;
+        let accum = self.opts.grad_accum;
+        let mut sum = LossParts::default();
+        for _ in 0..accum {
+            let ids = self
+                .pos
+                .next_batch(self.corpus, self.opts.batch, &mut self.perm);
+            let mb = MicroBatch {
+                ids: &ids,
+                batch: self.opts.batch,
+                seq: self.corpus.seq_len,
+            };
+            let p = micro_step(
+                gpu,
+                self.teacher,
+                &self.student,
+                &self.params,
+                &mb,
+                &self.pairs,
+                &self.opts.weights,
+                accum,
+                true,
+            )?;
+            sum.loss += p.loss / accum as f64;
+            sum.ce += p.ce / accum as f64;
+            sum.kl += p.kl / accum as f64;
+            sum.cos += p.cos / accum as f64;
+        }
+        let lr = self.opts.lr_at(self.step);
+        let mut rec = gpu.recorder();
+        let grads: Vec<&crate::gpu::Tensor> = self.params.params.iter().map(|p| &p.grad).collect();
+        self.norm
+            .record(&mut rec, &grads, self.opts.max_grad_norm)?;
+        for p in &self.params.params {
+            let cfg = AdamW {
+                lr,
+                beta1: self.opts.betas.0,
+                beta2: self.opts.betas.1,
+                eps: self.opts.eps,
+                weight_decay: if p.decay { self.opts.weight_decay } else { 0.0 },
+            };
+            adamw_step(
+                &mut rec,
+                &p.value,
+                &p.grad,
+                &p.m,
+                &p.v,
+                &cfg,
+                self.step as u64 + 1,
+                Some(self.norm.out()),
+            )?;
+        }
+        rec.run()?;
+        let norm = gpu.read_f32(self.norm.out())?;
+        self.step += 1;
+        let secs = t0.elapsed().as_secs_f64();
+        let tokens = (self.opts.batch * accum * self.corpus.seq_len) as f64;
+        Ok(StepLog {
+            step: self.step,
+            loss: sum.loss,
+            ce: sum.ce,
+            kl: sum.kl,
+            cos: sum.cos,
+            lr,
+            grad_norm: norm[1] as f64,
+            tokens_per_s: tokens / secs,
+            peak_bytes: gpu.memory().peak_device_bytes,
+        })
+    }
+
+    /// Mean loss parts over the held-out sequences (no gradients).
+    pub fn evaluate(&self) -> Result<Option<LossParts>> {
+        if self.corpus.eval.is_empty() {
+            return Ok(None);
+        }
+        let mut sum = LossParts::default();
+        let n = self.corpus.eval.len() as f64;
+        for seq in &self.corpus.eval {
+            let mb = MicroBatch {
+                ids: seq,
+                batch: 1,
+                seq: self.corpus.seq_len,
+            };
+            let p = micro_step(
+                self.gpu,
+                self.teacher,
+                &self.student,
+                &self.params,
+                &mb,
+                &self.pairs,
+                &self.opts.weights,
+                1,
+                false,
+            )?;
+            sum.loss += p.loss / n;
+            sum.ce += p.ce / n;
+            sum.kl += p.kl / n;
+            sum.cos += p.cos / n;
+        }
+        Ok(Some(sum))
+    }
+
+    /// Write the student's weights (Hugging Face names, f32).
+    pub fn write_weights(&self, cfg: &ModelConfig, path: &Path) -> Result<()> {
+        let named = export_named(self.gpu, cfg, &self.params, Which::Value)?;
+        let tensors: BTreeMap<String, (DType, Vec<usize>, Vec<u8>)> = named
+            .into_iter()
+            .map(|(n, (shape, v))| (n, (DType::F32, shape, bytemuck::cast_slice(&v).to_vec())))
+            .collect();
+        write_safetensors(path, &tensors, None)
+    }
+
+    /// A checkpoint in `dir/checkpoint`: weights, AdamW states, data
+    /// position and step, replaced atomically.
+    pub fn save_checkpoint(&self, cfg: &ModelConfig, dir: &Path) -> Result<()> {
+        let final_dir = dir.join("checkpoint");
+        let tmp = dir.join("checkpoint.tmp");
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        }
+        std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        self.write_weights(cfg, &tmp.join("model.safetensors"))?;
+        let mut opt: BTreeMap<String, (DType, Vec<usize>, Vec<u8>)> = BTreeMap::new();
+        for p in &self.params.params {
+            for (kind, t) in [("m", &p.m), ("v", &p.v)] {
+                let v = self.gpu.read_f32(t)?;
+                opt.insert(
+                    format!("{kind}.{}", p.name),
+                    (
+                        DType::F32,
+                        t.shape().to_vec(),
+                        bytemuck::cast_slice(&v).to_vec(),
+                    ),
+                );
+            }
+        }
+        write_safetensors(&tmp.join("optimizer.safetensors"), &opt, None)?;
+        let state = json!({
+            "step": self.step,
+            "data": {"seed": self.pos.seed, "epoch": self.pos.epoch, "index": self.pos.index},
+            "train_sequences": self.corpus.train.len(),
+            "seq_len": self.corpus.seq_len,
+            "options": format!("{:?}", self.opts),
+        });
+        let sp = tmp.join("trainer_state.json");
+        std::fs::write(&sp, serde_json::to_string_pretty(&state).expect("json"))
+            .map_err(|e| Error::io(&sp, e))?;
+        std::fs::write(
+            tmp.join("config.json"),
+            serde_json::to_string_pretty(&cfg.raw).expect("json"),
+        )
+        .map_err(|e| Error::io(&tmp, e))?;
+        // Swap in the new checkpoint; a crash at any point leaves either the
+        // old or the new one whole.
+        let old = dir.join("checkpoint.old");
+        if final_dir.exists() {
+            if old.exists() {
+                std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
+            }
+            std::fs::rename(&final_dir, &old).map_err(|e| Error::io(&final_dir, e))?;
+        }
+        std::fs::rename(&tmp, &final_dir).map_err(|e| Error::io(&tmp, e))?;
+        if old.exists() {
+            std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
+        }
+        Ok(())
+    }
+
+    /// Continue from a checkpoint written by `save_checkpoint` (the
+    /// student's weights are loaded by the caller from the same folder).
+    pub fn restore(&mut self, ckpt_dir: &Path) -> Result<()> {
+        let sp = ckpt_dir.join("trainer_state.json");
+        let text = std::fs::read_to_string(&sp).map_err(|e| Error::io(&sp, e))?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| Error::Invalid(format!("{}: {e}", sp.display())))?;
+        let get = |k: &str| {
+            v["data"][k]
+                .as_u64()
+                .ok_or_else(|| Error::Invalid(format!("{}: no data.{k}", sp.display())))
+        };
+        if v["train_sequences"].as_u64() != Some(self.corpus.train.len() as u64)
+            || v["seq_len"].as_u64() != Some(self.corpus.seq_len as u64)
+        {
+            return Err(Error::Invalid(format!(
+                "{}: the checkpoint was made with other data or --seq-len ({} sequences of {}); resume with the same --data and --seq-len",
+                ckpt_dir.display(),
+                v["train_sequences"],
+                v["seq_len"]
+            )));
+        }
+        self.pos = DataPosition {
+            seed: get("seed")?,
+            epoch: get("epoch")?,
+            index: get("index")? as usize,
+        };
+        self.perm = permutation(self.corpus.train.len(), self.pos.seed, self.pos.epoch);
+        self.step = v["step"].as_u64().unwrap_or(0) as usize;
+        let opt = Checkpoint::open_file(&ckpt_dir.join("optimizer.safetensors"))?;
+        for p in &self.params.params {
+            for (kind, t) in [("m", &p.m), ("v", &p.v)] {
+                let name = format!("{kind}.{}", p.name);
+                let vals = opt.to_f32(&name)?;
+                self.gpu.write_f32(t, &vals)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Files of a Hugging Face folder other than weights and config, copied
+/// from the teacher into the student folder.
+pub const SIDE_FILES: &[&str] = &[
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "generation_config.json",
+    "special_tokens_map.json",
+];
+
+/// Write the final student folder atomically: config.json, weights,
+/// tokenizer files and student_config.json.
+pub fn write_student_folder(
+    trainer: &Trainer,
+    cfg: &ModelConfig,
+    teacher_dir: &Path,
+    student_config: &serde_json::Value,
+    out: &Path,
+) -> Result<PathBuf> {
+    let tmp = out.join("student.tmp");
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    let mut raw = cfg.raw.clone();
+    raw["torch_dtype"] = json!("float32");
+    raw["dtype"] = json!("float32");
+    std::fs::write(
+        tmp.join("config.json"),
+        serde_json::to_string_pretty(&raw).expect("json"),
+    )
+    .map_err(|e| Error::io(&tmp, e))?;
+    trainer.write_weights(cfg, &tmp.join("model.safetensors"))?;
+    for f in SIDE_FILES {
+        let src = teacher_dir.join(f);
+        if src.exists() {
+            std::fs::copy(&src, tmp.join(f)).map_err(|e| Error::io(&src, e))?;
+        }
+    }
+    std::fs::write(
+        tmp.join("student_config.json"),
+        serde_json::to_string_pretty(student_config).expect("json"),
+    )
+    .map_err(|e| Error::io(&tmp, e))?;
+    // Move the finished files into place one by one (each rename is atomic).
+    let mut names: Vec<_> = std::fs::read_dir(&tmp)
+        .map_err(|e| Error::io(&tmp, e))?
+        .filter_map(|e| e.ok().map(|e| e.file_name()))
+        .collect();
+    names.sort();
+    // Weights last: a folder with a config but old weights is never left.
+    names.sort_by_key(|n| n == "model.safetensors");
+    for n in names {
+        std::fs::rename(tmp.join(&n), out.join(&n)).map_err(|e| Error::io(out, e))?;
+    }
+    std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    Ok(out.to_path_buf())
+}
