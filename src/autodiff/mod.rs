@@ -232,7 +232,7 @@ impl Tape {
             v,
             y,
             lse,
-            cfg: cfg.clone(),
+            cfg: *cfg,
             mask: mask.cloned(),
         });
         Ok(y)

@@ -142,7 +142,7 @@ impl Allocator {
                     stats: MemoryStats::default(),
                 }),
                 next_id: AtomicU64::new(1),
-                max_binding: limits.max_storage_buffer_binding_size as u64,
+                max_binding: limits.max_storage_buffer_binding_size,
                 max_buffer: limits.max_buffer_size,
                 budget: AtomicU64::new(u64::MAX),
             }),
@@ -313,7 +313,7 @@ mod tests {
         assert_eq!(rounded_size(65536), 65536);
         for b in [65537u64, 100_000, 3_000_000, 1 << 30, (1 << 30) + 1] {
             let r = rounded_size(b);
-            assert!(r >= b && r % 16 == 0);
+            assert!(r >= b && r.is_multiple_of(16));
             assert!((r - b) as f64 <= b as f64 / 16.0 + 16.0, "{b} -> {r}");
         }
     }

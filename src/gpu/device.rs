@@ -274,7 +274,7 @@ impl Capabilities {
 
     /// Largest buffer that one shader binding may see.
     pub fn max_binding(&self) -> u64 {
-        self.limits.max_storage_buffer_binding_size as u64
+        self.limits.max_storage_buffer_binding_size
     }
 }
 

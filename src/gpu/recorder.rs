@@ -178,7 +178,8 @@ impl<'g> Recorder<'g> {
         dst_offset: u64,
         size: u64,
     ) -> Result<()> {
-        if size % 4 != 0 || src_offset % 4 != 0 || dst_offset % 4 != 0 {
+        if !size.is_multiple_of(4) || !src_offset.is_multiple_of(4) || !dst_offset.is_multiple_of(4)
+        {
             return Err(Error::Gpu(format!(
                 "copy of {size} bytes at {src_offset}->{dst_offset}: offsets and size must be multiples of 4"
             )));

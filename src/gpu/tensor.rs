@@ -133,7 +133,7 @@ impl Tensor {
 }
 
 fn pad4(bytes: &[u8]) -> std::borrow::Cow<'_, [u8]> {
-    if bytes.len() % 4 == 0 {
+    if bytes.len().is_multiple_of(4) {
         bytes.into()
     } else {
         let mut v = bytes.to_vec();

@@ -182,7 +182,7 @@ pub fn choose_path(gpu: &crate::gpu::Gpu) -> Path {
 
 /// Can the vectorised path load every block as whole vec4s?
 fn vec4_ok(pr: &Problem, lda: usize, ldb: usize, g: Gemm) -> bool {
-    let m4 = |x: usize| x % 4 == 0;
+    let m4 = |x: usize| x.is_multiple_of(4);
     m4(pr.k)
         && m4(lda)
         && m4(ldb)

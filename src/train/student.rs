@@ -269,6 +269,9 @@ pub fn forward(
     Ok(TapeOut { logits, hidden })
 }
 
+/// Tensors by name: shape and f32 values on the host.
+pub type NamedTensors = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
+
 /// Which tensor of each parameter to export.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Which {
@@ -283,7 +286,7 @@ pub fn export_named(
     cfg: &crate::model::ModelConfig,
     params: &StudentParams,
     which: Which,
-) -> Result<BTreeMap<String, (Vec<usize>, Vec<f32>)>> {
+) -> Result<NamedTensors> {
     let mut out = BTreeMap::new();
     let read = |p: &Param| -> Result<Vec<f32>> {
         gpu.read_f32(match which {

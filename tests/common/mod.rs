@@ -53,7 +53,9 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32)
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
         let err = (g - w).abs();
         let excess = err - (atol + rtol * w.abs());
-        if !(excess <= 0.0) && (excess > worst.1 || worst.1 == 0.0 || g.is_nan()) {
+        // NaN compares false everywhere: treat it as the worst excess.
+        let bad = excess > 0.0 || excess.is_nan();
+        if bad && (excess > worst.1 || worst.1 == 0.0 || g.is_nan()) {
             worst = (i, excess.max(f32::MIN_POSITIVE));
         }
     }
