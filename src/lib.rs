@@ -3,6 +3,7 @@
 //! Layers, bottom to top: `gpu` (device, buffers, kernels, recorder),
 //! `ops` (one WGSL kernel and one Rust launcher per op, with CPU references).
 
+pub mod boomerang;
 pub mod commands;
 pub mod error;
 pub mod gpu;
