@@ -4,6 +4,7 @@
 //! `ops` (one WGSL kernel and one Rust launcher per op, with CPU references).
 
 pub mod autodiff;
+pub mod boomerang;
 pub mod commands;
 pub mod error;
 pub mod gpu;

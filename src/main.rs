@@ -1,9 +1,10 @@
-use std::process::ExitCode;
-
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+use boomgpu::boomerang::PruneParams;
+use boomgpu::commands::init_student::InitStudentOptions;
 use boomgpu::gpu::GpuOptions;
 
 /// boomgpu: make families of language models of many sizes from one large
@@ -50,6 +51,34 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Make a student from a teacher by deleting layers (boomerang step 1).
+    /// Needs no GPU: the kept layers are copied byte for byte.
+    InitStudent {
+        /// The teacher: a local Hugging Face folder or a hub id (org/name).
+        #[arg(long)]
+        teacher: String,
+        /// Folder to write the student to.
+        #[arg(long)]
+        out: PathBuf,
+        /// Keep one teacher layer out of every EVERY in the middle.
+        #[arg(long, default_value_t = 2)]
+        every: usize,
+        /// Leading teacher layers kept as they are.
+        #[arg(long, default_value_t = 1)]
+        keep_first: usize,
+        /// Trailing teacher layers kept as they are.
+        #[arg(long, default_value_t = 2)]
+        keep_last: usize,
+        /// Fresh random weights of the student's shape instead of copies (ablation).
+        #[arg(long)]
+        random_init: bool,
+        /// Seed of --random-init [default: 0].
+        #[arg(long, requires = "random_init")]
+        seed: Option<u64>,
+        /// Replace --out if it exists and is not empty.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -79,6 +108,27 @@ fn main() -> ExitCode {
             };
             boomgpu::commands::eval::run(&opts, &a).map(|s| print!("{s}"))
         }
+        Command::InitStudent {
+            teacher,
+            out,
+            every,
+            keep_first,
+            keep_last,
+            random_init,
+            seed,
+            force,
+        } => boomgpu::commands::init_student::run(&InitStudentOptions {
+            teacher,
+            out,
+            params: PruneParams {
+                every,
+                keep_first,
+                keep_last,
+            },
+            random_init: random_init.then(|| seed.unwrap_or(0)),
+            force,
+        })
+        .map(|s| print!("{s}")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

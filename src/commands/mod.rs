@@ -3,3 +3,4 @@
 pub mod common;
 pub mod devices;
 pub mod eval;
+pub mod init_student;

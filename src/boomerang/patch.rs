@@ -1,0 +1,351 @@
+//! Patch: which layers, embeddings, final norm and LM head an intermediate
+//! model takes from the student and which from the teacher (REFERENCE §4,
+//! the reference's `get_layer_cutoffs` and `patch_{first,last}_k_layers`).
+
+use super::plan::PrunePlan;
+use crate::error::{Error, Result};
+use crate::model::Family;
+
+/// Which end of the student is patched with teacher blocks first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// Replace the first `k` student layers (reference default for Llama).
+    First,
+    /// Replace the last `k` student layers (default for Qwen3 and GPT-NeoX).
+    Last,
+}
+
+impl Direction {
+    /// The reference's default order: first-k for Llama, last-k otherwise.
+    pub fn default_for(family: Family) -> Direction {
+        match family {
+            Family::Llama => Direction::First,
+            Family::Qwen3 | Family::GptNeox => Direction::Last,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Direction::First => "first",
+            Direction::Last => "last",
+        }
+    }
+}
+
+impl std::fmt::Display for Direction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Direction {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Direction> {
+        match s.to_ascii_lowercase().as_str() {
+            "first" | "first-k" => Ok(Direction::First),
+            "last" | "last-k" => Ok(Direction::Last),
+            _ => Err(Error::Invalid(format!(
+                "unknown patch order '{s}'; use 'first' or 'last'"
+            ))),
+        }
+    }
+}
+
+/// The model a part comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Part {
+    Student,
+    Teacher,
+}
+
+/// One decoder layer of a patched model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayerSource {
+    /// Layer `i` of the student.
+    Student(usize),
+    /// Layer `j` of the teacher.
+    Teacher(usize),
+}
+
+/// A cut-off: student layer index and teacher layer index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PatchPoint {
+    pub student: usize,
+    pub teacher: usize,
+}
+
+/// The patch points of `copied` in `direction`, in ascending order.
+/// Last-k: every `copied[i]` whose gap to its predecessor is > 1.
+/// First-k: every `copied[i]` whose gap to its successor is > 1.
+pub fn patch_points(copied: &[usize], direction: Direction) -> Vec<PatchPoint> {
+    let point = |i: usize| PatchPoint {
+        student: i,
+        teacher: copied[i],
+    };
+    match direction {
+        Direction::Last => (1..copied.len())
+            .filter(|&i| copied[i] - copied[i - 1] > 1)
+            .map(point)
+            .collect(),
+        Direction::First => (0..copied.len().saturating_sub(1))
+            .filter(|&i| copied[i + 1] - copied[i] > 1)
+            .map(point)
+            .collect(),
+    }
+}
+
+/// How an intermediate model is assembled.
+///
+/// For a teacher with tied embeddings, "head" means the teacher's (or
+/// student's) embedding matrix used as LM head; see [`PatchPlan::tied`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PatchPlan {
+    pub direction: Direction,
+    /// Number of student layers replaced by teacher blocks.
+    pub k: usize,
+    /// The decoder layers, in order.
+    pub layers: Vec<LayerSource>,
+    pub embed: Part,
+    pub final_norm: Part,
+    pub head: Part,
+    /// The result is the teacher itself (`k` at the top of the range).
+    pub is_teacher: bool,
+}
+
+impl PatchPlan {
+    /// `P`, the number of patch points: valid `k` are `0..=P`, and `k = P`
+    /// gives the teacher (the reference README's ranges are `1..=P`).
+    pub fn max_k(plan: &PrunePlan, direction: Direction) -> usize {
+        patch_points(&plan.copied, direction).len()
+    }
+
+    pub fn new(plan: &PrunePlan, k: usize, direction: Direction) -> Result<PatchPlan> {
+        let l = plan.num_teacher_layers;
+        let n = plan.num_student_layers();
+        let points = patch_points(&plan.copied, direction);
+        let p = points.len();
+        if k > p {
+            return Err(Error::Invalid(format!(
+                "--layers {k} is out of range for {direction}-k patching of this pair \
+                 (teacher {l} layers, student {n}): valid --layers for this pair: 0..={p} \
+                 ({p} gives the teacher itself)"
+            )));
+        }
+        let teacher = PatchPlan {
+            direction,
+            k,
+            layers: (0..l).map(LayerSource::Teacher).collect(),
+            embed: Part::Teacher,
+            final_norm: Part::Teacher,
+            head: Part::Teacher,
+            is_teacher: true,
+        };
+        Ok(match direction {
+            Direction::Last => {
+                if k + 1 > p {
+                    teacher
+                } else {
+                    let PatchPoint {
+                        student: s,
+                        teacher: t,
+                    } = points[p - 1 - k];
+                    let layers = (0..s)
+                        .map(LayerSource::Student)
+                        .chain((t..l).map(LayerSource::Teacher))
+                        .collect();
+                    PatchPlan {
+                        direction,
+                        k,
+                        layers,
+                        embed: Part::Student,
+                        final_norm: Part::Teacher,
+                        head: Part::Teacher,
+                        is_teacher: false,
+                    }
+                }
+            }
+            Direction::First => {
+                if k >= p {
+                    teacher
+                } else {
+                    let PatchPoint {
+                        student: s,
+                        teacher: t,
+                    } = points[k];
+                    let layers = (0..t)
+                        .map(LayerSource::Teacher)
+                        .chain((s..n).map(LayerSource::Student))
+                        .collect();
+                    PatchPlan {
+                        direction,
+                        k,
+                        layers,
+                        embed: Part::Teacher,
+                        final_norm: Part::Student,
+                        head: Part::Student,
+                        is_teacher: false,
+                    }
+                }
+            }
+        })
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Whether the patched model may be saved with tied embeddings, given
+    /// that teacher and student tie them (`tie_word_embeddings`): only when
+    /// embedding and LM head come from the same model. Otherwise it must be
+    /// saved untied (`tie_word_embeddings: false`, an explicit LM head
+    /// tensor: the other model's embedding matrix).
+    pub fn tied(&self, tie_word_embeddings: bool) -> bool {
+        tie_word_embeddings && self.embed == self.head
+    }
+
+    /// Number of layers taken from the teacher.
+    pub fn teacher_layers(&self) -> usize {
+        self.layers
+            .iter()
+            .filter(|l| matches!(l, LayerSource::Teacher(_)))
+            .count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use LayerSource::{Student as S, Teacher as T};
+
+    #[test]
+    fn last_k_36_layers() {
+        let plan = PrunePlan::new(36, 2, 1, 2).unwrap();
+        assert_eq!(PatchPlan::max_k(&plan, Direction::Last), 17);
+        let p = PatchPlan::new(&plan, 1, Direction::Last).unwrap();
+        let want: Vec<LayerSource> = (0..16).map(S).chain((32..36).map(T)).collect();
+        assert_eq!(p.layers, want);
+        assert_eq!(p.num_layers(), 20);
+        assert_eq!(
+            (p.embed, p.final_norm, p.head, p.is_teacher),
+            (Part::Student, Part::Teacher, Part::Teacher, false)
+        );
+        assert!(!p.tied(true));
+        assert!(!p.tied(false));
+        let p = PatchPlan::new(&plan, 16, Direction::Last).unwrap();
+        assert_eq!(p.layers[0], S(0));
+        assert_eq!(p.layers[1..], (2..36).map(T).collect::<Vec<_>>()[..]);
+        assert_eq!(p.num_layers(), 35);
+        let p = PatchPlan::new(&plan, 17, Direction::Last).unwrap();
+        assert!(p.is_teacher);
+        assert_eq!(p.layers, (0..36).map(T).collect::<Vec<_>>());
+        assert_eq!(p.embed, Part::Teacher);
+        assert!(p.tied(true));
+        // k = 0: as many layers as the student, its last two from the teacher.
+        let p = PatchPlan::new(&plan, 0, Direction::Last).unwrap();
+        let want: Vec<LayerSource> = (0..17).map(S).chain((34..36).map(T)).collect();
+        assert_eq!(p.layers, want);
+        let e = PatchPlan::new(&plan, 18, Direction::Last)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("valid --layers for this pair: 0..=17"), "{e}");
+    }
+
+    #[test]
+    fn first_k_28_layers() {
+        let plan = PrunePlan::new(28, 2, 1, 2).unwrap();
+        assert_eq!(PatchPlan::max_k(&plan, Direction::First), 13);
+        let p = PatchPlan::new(&plan, 0, Direction::First).unwrap();
+        assert_eq!(p.layers, (0..15).map(S).collect::<Vec<_>>());
+        assert_eq!(
+            (p.embed, p.final_norm, p.head, p.is_teacher),
+            (Part::Teacher, Part::Student, Part::Student, false)
+        );
+        assert!(!p.tied(true));
+        let p = PatchPlan::new(&plan, 1, Direction::First).unwrap();
+        let want: Vec<LayerSource> = (0..2).map(T).chain((1..15).map(S)).collect();
+        assert_eq!(p.layers, want);
+        assert_eq!(p.num_layers(), 16);
+        let p = PatchPlan::new(&plan, 12, Direction::First).unwrap();
+        // 12th point: student 12 = teacher 24; teacher 0..24 + student 12..15.
+        let want: Vec<LayerSource> = (0..24).map(T).chain((12..15).map(S)).collect();
+        assert_eq!(p.layers, want);
+        assert_eq!(p.num_layers(), 27);
+        assert!(
+            PatchPlan::new(&plan, 13, Direction::First)
+                .unwrap()
+                .is_teacher
+        );
+        let e = PatchPlan::new(&plan, 14, Direction::First)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("valid --layers for this pair: 0..=13"), "{e}");
+        // The other order on the same pair.
+        assert_eq!(PatchPlan::max_k(&plan, Direction::Last), 13);
+    }
+
+    #[test]
+    fn pythia_32_layers() {
+        let plan = PrunePlan::new(32, 2, 1, 2).unwrap();
+        assert_eq!(PatchPlan::max_k(&plan, Direction::Last), 15);
+        assert_eq!(PatchPlan::max_k(&plan, Direction::First), 15);
+        // Every k adds exactly one layer.
+        for k in 0..=15 {
+            let p = PatchPlan::new(&plan, k, Direction::Last).unwrap();
+            assert_eq!(p.num_layers(), if k == 15 { 32 } else { 17 + k });
+            let p = PatchPlan::new(&plan, k, Direction::First).unwrap();
+            assert_eq!(p.num_layers(), if k == 15 { 32 } else { 17 + k });
+        }
+    }
+
+    #[test]
+    fn every_3_keep_first_2_keep_last_1() {
+        // L = 11: copied 0, 1, 4, 7, 10.
+        let plan = PrunePlan::new(11, 3, 2, 1).unwrap();
+        let last = patch_points(&plan.copied, Direction::Last);
+        let pts: Vec<(usize, usize)> = last.iter().map(|p| (p.student, p.teacher)).collect();
+        assert_eq!(pts, vec![(2, 4), (3, 7), (4, 10)]);
+        let first = patch_points(&plan.copied, Direction::First);
+        let pts: Vec<(usize, usize)> = first.iter().map(|p| (p.student, p.teacher)).collect();
+        assert_eq!(pts, vec![(1, 1), (2, 4), (3, 7)]);
+        let p = PatchPlan::new(&plan, 1, Direction::Last).unwrap();
+        assert_eq!(p.layers, vec![S(0), S(1), S(2), T(7), T(8), T(9), T(10)]);
+        let p = PatchPlan::new(&plan, 1, Direction::First).unwrap();
+        assert_eq!(p.layers, vec![T(0), T(1), T(2), T(3), S(2), S(3), S(4)]);
+        assert!(
+            PatchPlan::new(&plan, 3, Direction::Last)
+                .unwrap()
+                .is_teacher
+        );
+        assert!(PatchPlan::new(&plan, 4, Direction::Last).is_err());
+    }
+
+    #[test]
+    fn small_teacher() {
+        // L = 4: copied 0, 2, 3; one patch point either way.
+        let plan = PrunePlan::new(4, 2, 1, 2).unwrap();
+        let p = PatchPlan::new(&plan, 0, Direction::Last).unwrap();
+        assert_eq!(p.layers, vec![S(0), T(2), T(3)]);
+        let p = PatchPlan::new(&plan, 0, Direction::First).unwrap();
+        assert_eq!(p.layers, vec![S(0), S(1), S(2)]);
+        assert_eq!(p.embed, Part::Teacher);
+        assert!(
+            PatchPlan::new(&plan, 1, Direction::First)
+                .unwrap()
+                .is_teacher
+        );
+        let e = PatchPlan::new(&plan, 2, Direction::First)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("0..=1"), "{e}");
+    }
+
+    #[test]
+    fn directions() {
+        assert_eq!(Direction::default_for(Family::Llama), Direction::First);
+        assert_eq!(Direction::default_for(Family::Qwen3), Direction::Last);
+        assert_eq!(Direction::default_for(Family::GptNeox), Direction::Last);
+        assert_eq!("LAST".parse::<Direction>().unwrap(), Direction::Last);
+        assert_eq!("first".parse::<Direction>().unwrap(), Direction::First);
+        assert!("middle".parse::<Direction>().is_err());
+    }
+}
