@@ -28,6 +28,34 @@ struct GpuArgs {
     backend: Option<String>,
 }
 
+/// How a student was pruned, for students without student_config.json.
+#[derive(Args, Clone, Copy)]
+struct PruneArgs {
+    /// The student was pruned keeping one teacher layer out of every EVERY.
+    #[arg(long)]
+    every: Option<usize>,
+    /// Leading teacher layers the student kept.
+    #[arg(long)]
+    keep_first: Option<usize>,
+    /// Trailing teacher layers the student kept.
+    #[arg(long)]
+    keep_last: Option<usize>,
+}
+
+impl PruneArgs {
+    fn params(self) -> Option<PruneParams> {
+        if self.every.is_none() && self.keep_first.is_none() && self.keep_last.is_none() {
+            return None;
+        }
+        let d = PruneParams::default();
+        Some(PruneParams {
+            every: self.every.unwrap_or(d.every),
+            keep_first: self.keep_first.unwrap_or(d.keep_first),
+            keep_last: self.keep_last.unwrap_or(d.keep_last),
+        })
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// List GPU adapters, their features and limits, and which one boomgpu uses.
@@ -36,20 +64,44 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Perplexity of a model on a text file.
+    /// Perplexity of a model, of one intermediate size of a teacher/student
+    /// pair (--layers K), or of every size (--layers all: table, CSV, SVG).
     Eval {
         /// Model folder or hub id (e.g. Qwen/Qwen3-4B-Base).
+        #[arg(long, conflicts_with_all = ["teacher", "student"])]
+        model: Option<String>,
+        /// Teacher of a boomerang pair (folder or hub id).
+        #[arg(long, requires = "student")]
+        teacher: Option<String>,
+        /// Student of the pair (with student_config.json, or pass --every/--keep-first/--keep-last).
+        #[arg(long, requires = "teacher")]
+        student: Option<String>,
+        /// Number of student layers to patch with teacher blocks, or `all`.
         #[arg(long)]
-        model: String,
+        layers: Option<String>,
+        /// Patch the first student layers (the default for Llama).
+        #[arg(long, conflicts_with = "last")]
+        first: bool,
+        /// Patch the last student layers (the default for Qwen3 and Pythia).
+        #[arg(long)]
+        last: bool,
+        #[command(flatten)]
+        prune: PruneArgs,
         /// UTF-8 text file to score.
         #[arg(long)]
         data: PathBuf,
         /// Tokens per window (default: min(2048, max_position_embeddings)).
         #[arg(long)]
         seq_len: Option<usize>,
-        /// One JSON line: perplexity, nll (total, nats), tokens, predicted, layers, params.
+        /// JSON: one line {perplexity, nll (total, nats), tokens, predicted, layers, params}; an array for --layers all.
         #[arg(long)]
         json: bool,
+        /// With --layers all: the CSV file to write [default: DATA.sizes.csv].
+        #[arg(long)]
+        csv: Option<PathBuf>,
+        /// With --layers all: the SVG plot to write [default: DATA.sizes.svg].
+        #[arg(long)]
+        svg: Option<PathBuf>,
     },
     /// Make a student from a teacher by deleting layers (boomerang step 1).
     /// Needs no GPU: the kept layers are copied byte for byte.
@@ -96,18 +148,21 @@ fn main() -> ExitCode {
         }),
         Command::Eval {
             model,
+            teacher,
+            student,
+            layers,
+            first,
+            last,
+            prune,
             data,
             seq_len,
             json,
-        } => {
-            let a = boomgpu::commands::eval::EvalArgs {
-                model: &model,
-                data: &data,
-                seq_len,
-                json,
-            };
-            boomgpu::commands::eval::run(&opts, &a).map(|s| print!("{s}"))
-        }
+            csv,
+            svg,
+        } => eval(
+            model, teacher, student, layers, first, last, prune, data, seq_len, json, csv, svg,
+            &opts,
+        ),
         Command::InitStudent {
             teacher,
             out,
@@ -137,4 +192,56 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn eval(
+    model: Option<String>,
+    teacher: Option<String>,
+    student: Option<String>,
+    layers: Option<String>,
+    first: bool,
+    last: bool,
+    prune: PruneArgs,
+    data: PathBuf,
+    seq_len: Option<usize>,
+    json: bool,
+    csv: Option<PathBuf>,
+    svg: Option<PathBuf>,
+    opts: &GpuOptions,
+) -> boomgpu::Result<()> {
+    use boomgpu::commands::eval::{run, EvalArgs, Sizes, Target};
+    let target = match (&model, &teacher, &student) {
+        (Some(m), None, None) => Target::Model(m),
+        (None, Some(t), Some(s)) => {
+            let spec = layers.as_deref().ok_or_else(|| {
+                boomgpu::Error::Invalid(
+                    "with --teacher/--student, say which size: --layers K or --layers all".into(),
+                )
+            })?;
+            let sizes: Sizes = spec.parse().map_err(boomgpu::Error::Invalid)?;
+            Target::Pair {
+                teacher: t,
+                student: s,
+                sizes,
+                first,
+                last,
+                params: prune.params(),
+            }
+        }
+        _ => {
+            return Err(boomgpu::Error::Invalid(
+                "eval needs --model REF, or --teacher REF --student REF --layers K|all".into(),
+            ))
+        }
+    };
+    let a = EvalArgs {
+        target,
+        data: &data,
+        seq_len,
+        json,
+        csv,
+        svg,
+    };
+    run(opts, &a).map(|s| print!("{s}"))
 }

@@ -95,3 +95,96 @@ impl Progress {
         let _ = err.flush();
     }
 }
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// A line plot of (x, y, label) points as a standalone SVG: the
+/// interpolation curve (perplexity against parameters in millions).
+pub fn plot_svg(title: &str, points: &[(f64, f64, String)]) -> String {
+    let (w, h) = (640.0, 420.0);
+    let (l, r, t, b) = (70.0, 20.0, 40.0, 50.0);
+    let fin: Vec<&(f64, f64, String)> = points
+        .iter()
+        .filter(|p| p.0.is_finite() && p.1.is_finite())
+        .collect();
+    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+    for p in &fin {
+        x0 = x0.min(p.0);
+        x1 = x1.max(p.0);
+        y0 = y0.min(p.1);
+        y1 = y1.max(p.1);
+    }
+    if fin.is_empty() {
+        (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
+    }
+    let pad = |a: f64, b: f64| {
+        if (b - a).abs() < 1e-12 {
+            (a - 1.0, b + 1.0)
+        } else {
+            (a - 0.05 * (b - a), b + 0.05 * (b - a))
+        }
+    };
+    let (x0, x1) = pad(x0, x1);
+    let (y0, y1) = pad(y0, y1);
+    let sx = |x: f64| l + (x - x0) / (x1 - x0) * (w - l - r);
+    let sy = |y: f64| h - b - (y - y0) / (y1 - y0) * (h - t - b);
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"{}\" y=\"24\" text-anchor=\"middle\" font-size=\"15\">{}</text>\n\
+         <line x1=\"{l}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>\n\
+         <line x1=\"{l}\" y1=\"{t}\" x2=\"{l}\" y2=\"{}\" stroke=\"black\"/>\n",
+        w / 2.0,
+        esc(title),
+        h - b,
+        w - r,
+        h - b,
+        h - b
+    );
+    for i in 0..=4 {
+        let fx = x0 + (x1 - x0) * i as f64 / 4.0;
+        let fy = y0 + (y1 - y0) * i as f64 / 4.0;
+        s.push_str(&format!(
+            "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{:.1}</text>\n<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{:.2}</text>\n",
+            sx(fx),
+            h - b + 18.0,
+            fx,
+            l - 6.0,
+            sy(fy) + 4.0,
+            fy
+        ));
+    }
+    s.push_str(&format!(
+        "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">parameters (millions)</text>\n\
+         <text x=\"16\" y=\"{}\" text-anchor=\"middle\" transform=\"rotate(-90 16 {})\">perplexity</text>\n",
+        (l + w - r) / 2.0,
+        h - 12.0,
+        (t + h - b) / 2.0,
+        (t + h - b) / 2.0
+    ));
+    let mut sorted = fin.clone();
+    sorted.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(std::cmp::Ordering::Equal));
+    let path: Vec<String> = sorted
+        .iter()
+        .map(|p| format!("{:.1},{:.1}", sx(p.0), sy(p.1)))
+        .collect();
+    s.push_str(&format!(
+        "<polyline fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"2\" points=\"{}\"/>\n",
+        path.join(" ")
+    ));
+    for p in &sorted {
+        s.push_str(&format!(
+            "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"4\" fill=\"#1f77b4\"><title>{}: {:.4}</title></circle>\n",
+            sx(p.0),
+            sy(p.1),
+            esc(&p.2),
+            p.1
+        ));
+    }
+    s.push_str("</svg>\n");
+    s
+}

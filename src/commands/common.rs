@@ -58,3 +58,86 @@ pub fn read_text(path: &Path) -> Result<String> {
     String::from_utf8(bytes)
         .map_err(|_| Error::Invalid(format!("{}: not UTF-8 text", path.display())))
 }
+
+use crate::boomerang::{
+    Direction, LayerSource, Part, PatchPlan, PruneParams, PrunePlan, StudentConfig,
+};
+use crate::model::decoder::Norm;
+
+/// A teacher and its student, both on the GPU, with the student's plan:
+/// every intermediate size is a list of references into these two.
+pub struct Pair {
+    pub teacher: Loaded,
+    pub student: Loaded,
+    pub plan: PrunePlan,
+}
+
+impl Pair {
+    pub fn load(
+        gpu: &Gpu,
+        teacher: &str,
+        student: &str,
+        params: Option<PruneParams>,
+    ) -> Result<Pair> {
+        let teacher = load_model(gpu, teacher, false)?;
+        let student = load_model(gpu, student, false)?;
+        let (t, s) = (&teacher.cfg, &student.cfg);
+        if t.family != s.family || t.hidden_size != s.hidden_size || t.vocab_size != s.vocab_size {
+            return Err(Error::Invalid(format!(
+                "teacher ({}, hidden {}, vocab {}) and student ({}, hidden {}, vocab {}) do not form a pair",
+                t.family.model_type(),
+                t.hidden_size,
+                t.vocab_size,
+                s.family.model_type(),
+                s.hidden_size,
+                s.vocab_size
+            )));
+        }
+        let (plan, _) = StudentConfig::load_plan(&student.dir, t.num_layers, s.num_layers, params)?;
+        Ok(Pair {
+            teacher,
+            student,
+            plan,
+        })
+    }
+
+    pub fn direction(&self, first: bool, last: bool) -> Direction {
+        if first {
+            Direction::First
+        } else if last {
+            Direction::Last
+        } else {
+            Direction::default_for(self.teacher.cfg.family)
+        }
+    }
+
+    /// The intermediate model with `k` student layers patched, sharing
+    /// every tensor with the teacher and student (nothing is copied).
+    pub fn patched(&self, k: usize, direction: Direction) -> Result<(PatchPlan, Decoder)> {
+        let plan = PatchPlan::new(&self.plan, k, direction)?;
+        let (t, s) = (&self.teacher.decoder, &self.student.decoder);
+        let pick = |p: Part| if p == Part::Teacher { t } else { s };
+        let layers = plan
+            .layers
+            .iter()
+            .map(|l| match *l {
+                LayerSource::Teacher(j) => t.layers[j].clone(),
+                LayerSource::Student(i) => s.layers[i].clone(),
+            })
+            .collect();
+        let norm: Norm = pick(plan.final_norm).final_norm.clone();
+        let dec = Decoder::assemble(
+            t,
+            pick(plan.embed).embed.clone(),
+            layers,
+            norm,
+            pick(plan.head).head.clone(),
+        );
+        Ok((plan, dec))
+    }
+
+    /// GPU bytes of teacher and student together (shared by every size).
+    pub fn union_bytes(&self) -> u64 {
+        self.teacher.decoder.weight_bytes() + self.student.decoder.weight_bytes()
+    }
+}

@@ -1,66 +1,290 @@
-//! `boomgpu eval`: perplexity of a model on a text file.
+//! `boomgpu eval`: perplexity of a model, of one intermediate size of a
+//! teacher/student pair, or of every size (the interpolation curve: table,
+//! CSV and SVG).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
-use super::common::{load_model, open_gpu, read_text};
+use super::common::{load_model, open_gpu, read_text, Pair};
+use crate::boomerang::{Direction, PatchPlan, PruneParams};
 use crate::error::{Error, Result};
-use crate::gpu::GpuOptions;
-use crate::model::score;
+use crate::gpu::{format_bytes, Gpu, GpuOptions};
+use crate::model::decoder::Decoder;
+use crate::model::score::{self, Perplexity};
+use crate::model::tokenizer::Tokenizer;
 use crate::progress::Progress;
 
+/// Which sizes of a pair to evaluate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Sizes {
+    One(usize),
+    All,
+}
+
+impl std::str::FromStr for Sizes {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Sizes, String> {
+        if s == "all" {
+            return Ok(Sizes::All);
+        }
+        s.parse()
+            .map(Sizes::One)
+            .map_err(|_| format!("'{s}' is neither a number of student layers to patch nor 'all'"))
+    }
+}
+
+pub enum Target<'a> {
+    Model(&'a str),
+    Pair {
+        teacher: &'a str,
+        student: &'a str,
+        sizes: Sizes,
+        first: bool,
+        last: bool,
+        params: Option<PruneParams>,
+    },
+}
+
 pub struct EvalArgs<'a> {
-    pub model: &'a str,
+    pub target: Target<'a>,
     pub data: &'a Path,
     pub seq_len: Option<usize>,
     pub json: bool,
+    /// For `--layers all`: where to write the CSV and the SVG plot
+    /// (default: next to the data file's name in the current folder).
+    pub csv: Option<PathBuf>,
+    pub svg: Option<PathBuf>,
+}
+
+fn tokenize(tok: Option<&Tokenizer>, dir: &Path, data: &Path) -> Result<Vec<u32>> {
+    let tok = tok.ok_or_else(|| {
+        Error::Invalid(format!(
+            "{}: no tokenizer.json; eval needs the model's tokenizer",
+            dir.display()
+        ))
+    })?;
+    tok.encode(&read_text(data)?, false)
+}
+
+fn score(
+    gpu: &Gpu,
+    dec: &Decoder,
+    ids: &[u32],
+    seq_len: usize,
+    label: &str,
+    quiet: bool,
+) -> Result<Perplexity> {
+    let n = score::windows(ids, seq_len).len();
+    let mut bar = Progress::new(label, n, "windows").quiet(quiet);
+    score::perplexity(gpu, dec, ids, seq_len, |done, _| bar.update(done, ""))
+}
+
+fn json_line(p: &Perplexity, layers: usize, params: u64) -> serde_json::Value {
+    json!({
+        "perplexity": p.perplexity, "nll": p.nll, "tokens": p.tokens,
+        "predicted": p.predicted, "layers": layers, "params": params,
+    })
 }
 
 pub fn run(opts: &GpuOptions, a: &EvalArgs) -> Result<String> {
     let gpu = open_gpu(opts)?;
-    let m = load_model(&gpu, a.model, false)?;
-    let tok = m.tokenizer.as_ref().ok_or_else(|| {
-        Error::Invalid(format!(
-            "{}: no tokenizer.json; eval needs the model's tokenizer",
-            m.dir.display()
-        ))
-    })?;
-    let seq_len = a.seq_len.unwrap_or(m.cfg.max_position_embeddings.min(2048));
-    if seq_len > m.cfg.max_position_embeddings {
-        eprintln!(
-            "note: --seq-len {seq_len} is beyond the model's max_position_embeddings ({})",
-            m.cfg.max_position_embeddings
+    match &a.target {
+        Target::Model(reference) => {
+            let m = load_model(&gpu, reference, false)?;
+            let seq_len = a.seq_len.unwrap_or(m.cfg.max_position_embeddings.min(2048));
+            let ids = tokenize(m.tokenizer.as_ref(), &m.dir, a.data)?;
+            let p = score(&gpu, &m.decoder, &ids, seq_len, "eval", false)?;
+            if a.json {
+                return Ok(json_line(&p, m.cfg.num_layers, m.decoder.params()).to_string() + "\n");
+            }
+            Ok(format!(
+                "{}: {} tokens, windows of up to {seq_len}\nperplexity {:.4}  (mean NLL {:.4} nats over {} predicted tokens; {} layers, {:.1}M parameters)\n",
+                a.data.display(),
+                p.tokens,
+                p.perplexity,
+                p.nll / p.predicted as f64,
+                p.predicted,
+                m.cfg.num_layers,
+                m.decoder.params() as f64 / 1e6
+            ))
+        }
+        Target::Pair {
+            teacher,
+            student,
+            sizes,
+            first,
+            last,
+            params,
+        } => {
+            let pair = Pair::load(&gpu, teacher, student, *params)?;
+            let dir = pair.direction(*first, *last);
+            let seq_len = a
+                .seq_len
+                .unwrap_or(pair.teacher.cfg.max_position_embeddings.min(2048));
+            let ids = tokenize(pair.teacher.tokenizer.as_ref(), &pair.teacher.dir, a.data)?;
+            eprintln!(
+                "teacher + student on the GPU: {} (every size shares these tensors)",
+                format_bytes(pair.union_bytes())
+            );
+            match sizes {
+                Sizes::One(k) => {
+                    let (plan, dec) = pair.patched(*k, dir)?;
+                    eprintln!(
+                        "{dir}-{k}: {} layers ({} from the teacher), {:.1}M parameters, {} of weights",
+                        plan.num_layers(),
+                        plan.teacher_layers(),
+                        dec.params() as f64 / 1e6,
+                        format_bytes(dec.weight_bytes())
+                    );
+                    let p = score(&gpu, &dec, &ids, seq_len, "eval", false)?;
+                    if a.json {
+                        return Ok(
+                            json_line(&p, plan.num_layers(), dec.params()).to_string() + "\n"
+                        );
+                    }
+                    Ok(format!(
+                        "{}: {} tokens\n{dir}-k = {k}: {} layers, {:.1}M parameters: perplexity {:.4}\n",
+                        a.data.display(),
+                        p.tokens,
+                        plan.num_layers(),
+                        dec.params() as f64 / 1e6,
+                        p.perplexity
+                    ))
+                }
+                Sizes::All => curve(&gpu, &pair, dir, &ids, seq_len, a),
+            }
+        }
+    }
+}
+
+/// One row of the interpolation curve.
+pub struct CurveRow {
+    pub label: String,
+    pub k: Option<usize>,
+    pub layers: usize,
+    pub params: u64,
+    pub bytes: u64,
+    pub ppl: Perplexity,
+}
+
+fn curve(
+    gpu: &Gpu,
+    pair: &Pair,
+    dir: Direction,
+    ids: &[u32],
+    seq_len: usize,
+    a: &EvalArgs,
+) -> Result<String> {
+    let max_k = PatchPlan::max_k(&pair.plan, dir);
+    let mut rows = Vec::new();
+    let total = max_k + 2;
+    let mut bar = Progress::new("sizes", total, "models");
+    let s = &pair.student.decoder;
+    let p = score(gpu, s, ids, seq_len, "student", true)?;
+    rows.push(CurveRow {
+        label: "student".into(),
+        k: None,
+        layers: s.layers.len(),
+        params: s.params(),
+        bytes: s.weight_bytes(),
+        ppl: p,
+    });
+    bar.update(1, "");
+    for k in 0..=max_k {
+        let (plan, dec) = pair.patched(k, dir)?;
+        let p = score(gpu, &dec, ids, seq_len, "patched", true)?;
+        rows.push(CurveRow {
+            label: if plan.is_teacher {
+                "teacher".into()
+            } else {
+                format!("{dir}-{k}")
+            },
+            k: Some(k),
+            layers: plan.num_layers(),
+            params: dec.params(),
+            bytes: dec.weight_bytes(),
+            ppl: p,
+        });
+        bar.update(
+            k + 2,
+            &format!("k={k}: ppl {:.3}", rows.last().expect("row").ppl.perplexity),
         );
     }
-    let text = read_text(a.data)?;
-    let ids = tok.encode(&text, false)?;
-    let n_windows = score::windows(&ids, seq_len).len();
-    let mut bar = Progress::new("eval", n_windows, "windows");
-    let p = score::perplexity(&gpu, &m.decoder, &ids, seq_len, |done, _| {
-        bar.update(done, "")
-    })?;
-    if a.json {
-        return Ok(json!({
-            "perplexity": p.perplexity,
-            "nll": p.nll,
-            "tokens": p.tokens,
-            "predicted": p.predicted,
-            "layers": m.cfg.num_layers,
-            "params": m.decoder.params(),
-        })
-        .to_string()
-            + "\n");
+    let stem = a
+        .data
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_else(|| "eval".into());
+    let csv_path = a
+        .csv
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("{stem}.sizes.csv")));
+    let svg_path = a
+        .svg
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("{stem}.sizes.svg")));
+    let mut csv = String::from("label,k,layers,params,weight_bytes,perplexity,nll,predicted\n");
+    for r in &rows {
+        csv.push_str(&format!(
+            "{},{},{},{},{},{},{},{}\n",
+            r.label,
+            r.k.map(|k| k.to_string()).unwrap_or_default(),
+            r.layers,
+            r.params,
+            r.bytes,
+            r.ppl.perplexity,
+            r.ppl.nll,
+            r.ppl.predicted
+        ));
     }
-    Ok(format!(
-        "{}: {} tokens, {} windows of up to {seq_len}\nperplexity {:.4}  (mean NLL {:.4} nats over {} predicted tokens; {} layers, {:.1}M parameters)\n",
+    std::fs::write(&csv_path, &csv).map_err(|e| Error::io(&csv_path, e))?;
+    let svg = crate::progress::plot_svg(
+        &format!("Perplexity of every size ({dir}-k patching)"),
+        &rows
+            .iter()
+            .map(|r| (r.params as f64 / 1e6, r.ppl.perplexity, r.label.clone()))
+            .collect::<Vec<_>>(),
+    );
+    std::fs::write(&svg_path, svg).map_err(|e| Error::io(&svg_path, e))?;
+    if a.json {
+        let v: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|r| {
+                let mut j = json_line(&r.ppl, r.layers, r.params);
+                j["label"] = json!(r.label);
+                j["k"] = json!(r.k);
+                j
+            })
+            .collect();
+        return Ok(serde_json::Value::Array(v).to_string() + "\n");
+    }
+    let mut out = format!(
+        "{}: {} tokens, windows of up to {seq_len}, {dir}-k patching\n{:<10} {:>3} {:>7} {:>12} {:>11} {:>11}\n",
         a.data.display(),
-        p.tokens,
-        n_windows,
-        p.perplexity,
-        p.nll / p.predicted as f64,
-        p.predicted,
-        m.cfg.num_layers,
-        m.decoder.params() as f64 / 1e6
-    ))
+        ids.len(),
+        "size",
+        "k",
+        "layers",
+        "params",
+        "weights",
+        "perplexity"
+    );
+    for r in &rows {
+        out.push_str(&format!(
+            "{:<10} {:>3} {:>7} {:>11.2}M {:>11} {:>11.4}\n",
+            r.label,
+            r.k.map(|k| k.to_string()).unwrap_or_else(|| "-".into()),
+            r.layers,
+            r.params as f64 / 1e6,
+            format_bytes(r.bytes),
+            r.ppl.perplexity
+        ));
+    }
+    out.push_str(&format!(
+        "wrote {} and {}\n",
+        csv_path.display(),
+        svg_path.display()
+    ));
+    Ok(out)
 }

@@ -162,21 +162,22 @@ impl Decoder {
     }
 
     /// A decoder assembled from parts of others (patched models).
+    /// It shares `base`'s rotary tables, so switching sizes uploads nothing.
     pub fn assemble(
-        cfg: &ModelConfig,
+        base: &Decoder,
         embed: Tensor,
         layers: Vec<Arc<Layer>>,
         final_norm: Norm,
         head: Tensor,
     ) -> Decoder {
-        let cfg = cfg.with_layers(layers.len());
+        let cfg = base.cfg.with_layers(layers.len());
         Decoder {
             cfg,
             embed,
             layers,
             final_norm,
             head,
-            rope: Arc::new(Mutex::new(None)),
+            rope: base.rope.clone(),
         }
     }
 

@@ -1,0 +1,137 @@
+//! Intermediate models assembled on the GPU from a teacher and a student
+//! (no copies) against transformers evaluating the same construction
+//! (tests/fixtures/make_fixtures.py implements REFERENCE §4 independently).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use boomgpu::boomerang::Direction;
+use boomgpu::commands::common::Pair;
+use boomgpu::model::score;
+use common::*;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/models")
+        .join(name)
+}
+
+#[test]
+fn every_size_in_both_directions_matches_transformers() {
+    let g = gpu();
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/text.txt"),
+    )
+    .unwrap();
+    for name in ["llama-tied", "qwen3", "neox"] {
+        let t = fixture(name);
+        let s = fixture(&format!("{name}-distilled"));
+        let pair = Pair::load(g, t.to_str().unwrap(), s.to_str().unwrap(), None).unwrap();
+        let r: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(s.join("patch_ref.json")).unwrap())
+                .unwrap();
+        let seq = r["seq_len"].as_u64().unwrap() as usize;
+        let ids = pair
+            .teacher
+            .tokenizer
+            .as_ref()
+            .unwrap()
+            .encode(&text, false)
+            .unwrap();
+        for (dir, key) in [(Direction::Last, "last"), (Direction::First, "first")] {
+            for row in r[key].as_array().unwrap() {
+                let k = row["k"].as_u64().unwrap() as usize;
+                let (plan, dec) = pair.patched(k, dir).unwrap();
+                assert_eq!(
+                    plan.num_layers() as u64,
+                    row["layers"].as_u64().unwrap(),
+                    "{name} {key}-{k}"
+                );
+                assert_eq!(plan.is_teacher, row["is_teacher"].as_bool().unwrap());
+                let p = score::perplexity(g, &dec, &ids, seq, |_, _| {}).unwrap();
+                let want = row["perplexity"].as_f64().unwrap();
+                let rel = (p.perplexity - want).abs() / want;
+                assert!(
+                    rel < 1e-3,
+                    "{name} {key}-{k}: {} vs transformers {want}",
+                    p.perplexity
+                );
+            }
+        }
+        // Switching sizes uploads nothing once the pool is warm: a second
+        // pass over every size creates no buffer.
+        let window = &ids[..seq];
+        for dir in [Direction::Last, Direction::First] {
+            for k in 0..=boomgpu::boomerang::PatchPlan::max_k(&pair.plan, dir) {
+                let (_, dec) = pair.patched(k, dir).unwrap();
+                score::window_nll(g, &dec, window).unwrap();
+            }
+        }
+        let before = g.memory().buffers_created;
+        for dir in [Direction::Last, Direction::First] {
+            for k in 0..=boomgpu::boomerang::PatchPlan::max_k(&pair.plan, dir) {
+                let (_, dec) = pair.patched(k, dir).unwrap();
+                score::window_nll(g, &dec, window).unwrap();
+            }
+        }
+        assert_eq!(
+            g.memory().buffers_created,
+            before,
+            "{name}: switching sizes allocated"
+        );
+        let sp = score::perplexity(g, &pair.student.decoder, &ids, seq, |_, _| {}).unwrap();
+        let want = r["student"]["perplexity"].as_f64().unwrap();
+        assert!((sp.perplexity - want).abs() / want < 1e-3, "{name} student");
+    }
+}
+
+#[test]
+fn out_of_range_layers_lists_the_valid_range() {
+    let g = gpu();
+    let pair = Pair::load(
+        g,
+        fixture("qwen3").to_str().unwrap(),
+        fixture("qwen3-distilled").to_str().unwrap(),
+        None,
+    )
+    .unwrap();
+    let e = pair.patched(9, Direction::Last).err().unwrap().to_string();
+    assert!(e.contains("valid --layers for this pair: 0..=2"), "{e}");
+}
+
+#[test]
+fn curve_through_the_cli_writes_table_csv_and_svg() {
+    let dir = std::env::temp_dir().join(format!("boomgpu-curve-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_boomgpu"))
+        .args(["eval", "--teacher"])
+        .arg(fixture("neox"))
+        .arg("--student")
+        .arg(fixture("neox-distilled"))
+        .args(["--layers", "all", "--seq-len", "32", "--data"])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/text.txt"))
+        .arg("--csv")
+        .arg(dir.join("c.csv"))
+        .arg("--svg")
+        .arg(dir.join("c.svg"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("student") && stdout.contains("teacher") && stdout.contains("last-1"),
+        "{stdout}"
+    );
+    let csv = std::fs::read_to_string(dir.join("c.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + 1 + 3, "{csv}");
+    let svg = std::fs::read_to_string(dir.join("c.svg")).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.contains("<polyline") && svg.matches("<circle").count() == 4
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
