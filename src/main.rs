@@ -58,6 +58,82 @@ impl PruneArgs {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Train a student to match its teacher: CE + KL + per-layer cosine
+    /// alignment (boomerang step 2). Without --student, the student is
+    /// pruned from the teacher first (--every/--keep-first/--keep-last).
+    Distill {
+        /// Teacher: a Hugging Face folder or hub id.
+        #[arg(long)]
+        teacher: String,
+        /// Student to continue from (default: prune the teacher).
+        #[arg(long)]
+        student: Option<String>,
+        /// Training text: .txt or .jsonl files ("text" or pre-tokenised "input_ids"), or folders of them.
+        #[arg(long, required = true, num_args = 1..)]
+        data: Vec<PathBuf>,
+        /// Folder for the student, its checkpoint and student_config.json.
+        #[arg(long)]
+        out: PathBuf,
+        /// Optimiser steps.
+        #[arg(long, default_value_t = 500)]
+        steps: usize,
+        /// Tokens per sequence.
+        #[arg(long, default_value_t = 2048)]
+        seq_len: usize,
+        /// Sequences per micro-batch.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// Micro-batches per optimiser step.
+        #[arg(long, default_value_t = 1)]
+        grad_accum: usize,
+        /// Peak learning rate (AdamW; 0 is allowed).
+        #[arg(long, default_value_t = 3e-4)]
+        lr: f32,
+        /// Linear warm-up: a fraction of --steps if below 1, else a number of steps.
+        #[arg(long, default_value_t = 0.01)]
+        warmup: f64,
+        /// Weight of the KL term.
+        #[arg(long, default_value_t = 0.1)]
+        kl_weight: f32,
+        /// Total weight of the cosine alignment terms (split over the pairs).
+        #[arg(long, default_value_t = 2.0)]
+        cos_weight: f32,
+        /// Distillation temperature τ.
+        #[arg(long, default_value_t = 1.0)]
+        temperature: f32,
+        /// AdamW weight decay (matrices only).
+        #[arg(long, default_value_t = 0.1)]
+        weight_decay: f32,
+        /// Gradient-norm clipping (0 disables).
+        #[arg(long, default_value_t = 1.0)]
+        max_grad_norm: f32,
+        /// Seed of the data order (and of --random-init).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Write a checkpoint every N steps (0: only at the end).
+        #[arg(long, default_value_t = 0)]
+        save_every: usize,
+        /// Evaluate on the held-out sequences every N steps (0: only at the end).
+        #[arg(long, default_value_t = 0)]
+        eval_every: usize,
+        /// Tokens held out from training for evaluation.
+        #[arg(long, default_value_t = 0)]
+        eval_tokens: usize,
+        /// Continue the run whose --out is DIR from its last checkpoint.
+        #[arg(long)]
+        resume: Option<PathBuf>,
+        /// One JSON line per step: step, loss, ce, kl, cos, lr, grad_norm, tokens_per_s, peak_bytes.
+        #[arg(long)]
+        log: Option<PathBuf>,
+        /// Fresh random student weights instead of pruned copies (ablation).
+        #[arg(long)]
+        random_init: bool,
+        #[command(flatten)]
+        prune: PruneArgs,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
     /// List GPU adapters, their features and limits, and which one boomgpu uses.
     Devices {
         /// One JSON object instead of text.
@@ -146,6 +222,65 @@ fn main() -> ExitCode {
                 println!();
             }
         }),
+        Command::Distill {
+            teacher,
+            student,
+            data,
+            out,
+            steps,
+            seq_len,
+            batch,
+            grad_accum,
+            lr,
+            warmup,
+            kl_weight,
+            cos_weight,
+            temperature,
+            weight_decay,
+            max_grad_norm,
+            seed,
+            save_every,
+            eval_every,
+            eval_tokens,
+            resume,
+            log,
+            random_init,
+            prune,
+            quiet,
+        } => {
+            let a = boomgpu::commands::distill::DistillArgs {
+                teacher,
+                student,
+                data,
+                out,
+                seq_len,
+                opts: boomgpu::train::run::DistillOptions {
+                    steps,
+                    batch,
+                    grad_accum,
+                    lr,
+                    warmup,
+                    weights: boomgpu::train::loss::LossWeights {
+                        kl: kl_weight,
+                        cos: cos_weight,
+                        temperature,
+                    },
+                    weight_decay,
+                    max_grad_norm,
+                    seed,
+                    ..Default::default()
+                },
+                prune: prune.params(),
+                random_init,
+                save_every,
+                eval_every,
+                eval_tokens,
+                resume,
+                log,
+                quiet,
+            };
+            boomgpu::commands::distill::run(&opts, &a).map(|s| print!("{s}"))
+        }
         Command::Eval {
             model,
             teacher,

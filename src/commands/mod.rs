@@ -2,5 +2,6 @@
 
 pub mod common;
 pub mod devices;
+pub mod distill;
 pub mod eval;
 pub mod init_student;

@@ -96,10 +96,29 @@ impl Decoder {
     /// Upload a checkpoint. `as_f32` widens 16-bit weights (students being
     /// trained); otherwise tensors keep their stored dtype.
     pub fn load(gpu: &Gpu, cfg: &ModelConfig, ckpt: &Checkpoint, as_f32: bool) -> Result<Decoder> {
+        let all: Vec<usize> = (0..cfg.num_layers).collect();
+        Decoder::load_layers(gpu, cfg, ckpt, as_f32, &all)
+    }
+
+    /// Upload only the listed layers of a checkpoint, in that order: a
+    /// pruned student straight from its teacher's files.
+    pub fn load_layers(
+        gpu: &Gpu,
+        cfg: &ModelConfig,
+        ckpt: &Checkpoint,
+        as_f32: bool,
+        keep: &[usize],
+    ) -> Result<Decoder> {
         ckpt.check(cfg)?;
+        if let Some(&bad) = keep.iter().find(|&&l| l >= cfg.num_layers) {
+            return Err(Error::Invalid(format!(
+                "layer {bad} does not exist (the model has {})",
+                cfg.num_layers
+            )));
+        }
         let embed = ckpt.upload(gpu, cfg.embed_name(), as_f32)?;
-        let mut layers = Vec::with_capacity(cfg.num_layers);
-        for l in 0..cfg.num_layers {
+        let mut layers = Vec::with_capacity(keep.len());
+        for &l in keep {
             let prefix = cfg.layer_prefix(l);
             let mut tensors = HashMap::new();
             for (name, _) in cfg.layer_tensors() {
@@ -152,7 +171,7 @@ impl Decoder {
             ckpt.upload(gpu, cfg.head_name(), as_f32)?
         };
         Ok(Decoder {
-            cfg: cfg.clone(),
+            cfg: cfg.with_layers(keep.len()),
             embed,
             layers,
             final_norm,

@@ -114,6 +114,8 @@ pub struct Trainer<'a> {
     /// Optimiser steps completed.
     pub step: usize,
     norm: GradNorm,
+    /// Small files written into every checkpoint (e.g. student_config.json).
+    pub checkpoint_files: Vec<(String, String)>,
 }
 
 impl<'a> Trainer<'a> {
@@ -151,6 +153,7 @@ impl<'a> Trainer<'a> {
             perm,
             step: 0,
             norm,
+            checkpoint_files: Vec::new(),
         })
     }
 

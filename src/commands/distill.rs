@@ -1,0 +1,250 @@
+//! `boomgpu distill`: train a student to match its teacher (REFERENCE §3).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use super::common::{load_model, open_gpu};
+use crate::boomerang::{reference_alignment, Hidden, PruneParams, PrunePlan, StudentConfig};
+use crate::commands::init_student::{init_student, student_config_json, InitStudentOptions};
+use crate::error::{Error, Result};
+use crate::gpu::{format_bytes, GpuOptions};
+use crate::model::decoder::Decoder;
+use crate::model::weights::Checkpoint;
+use crate::model::ModelConfig;
+use crate::progress::Progress;
+use crate::train::data::{token_stream, Corpus};
+use crate::train::run::{write_student_folder, DistillOptions, StepLog, Trainer};
+
+pub struct DistillArgs {
+    pub teacher: String,
+    pub student: Option<String>,
+    pub data: Vec<PathBuf>,
+    pub out: PathBuf,
+    pub seq_len: usize,
+    pub opts: DistillOptions,
+    pub prune: Option<PruneParams>,
+    pub random_init: bool,
+    pub save_every: usize,
+    pub eval_every: usize,
+    pub eval_tokens: usize,
+    pub resume: Option<PathBuf>,
+    pub log: Option<PathBuf>,
+    pub quiet: bool,
+}
+
+/// Hidden-state pairs as Hugging Face indices: the reference's mapping
+/// when the pruning parameters are known, else the plan's block rule.
+fn pairs_for(plan: &PrunePlan, params: PruneParams) -> Vec<(usize, usize)> {
+    let (l, n) = (plan.num_teacher_layers, plan.num_student_layers());
+    match PrunePlan::from_params(l, params) {
+        Ok(p) if p.copied == plan.copied => reference_alignment(l, params)
+            .iter()
+            .map(|a| {
+                let idx = |h: Hidden, layers: usize| h.hf_index(layers);
+                (idx(a.student, n), idx(a.teacher, l))
+            })
+            .collect(),
+        _ => plan.alignment_hf(),
+    }
+}
+
+fn log_line(file: &mut Option<std::fs::File>, log: &StepLog) -> Result<()> {
+    if let Some(f) = file {
+        writeln!(f, "{}", log.to_json())
+            .map_err(|e| Error::Invalid(format!("writing the log: {e}")))?;
+        f.flush()
+            .map_err(|e| Error::Invalid(format!("writing the log: {e}")))?;
+    }
+    Ok(())
+}
+
+/// Keep the log lines of steps up to `step` (a resumed run's log then
+/// reads as if it had never stopped).
+fn truncate_log(path: &Path, step: usize) -> Result<()> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v["step"].as_u64())
+                .is_some_and(|s| s as usize <= step)
+        })
+        .collect();
+    let mut body = kept.join("\n");
+    if !body.is_empty() {
+        body.push('\n');
+    }
+    std::fs::write(path, body).map_err(|e| Error::io(path, e))
+}
+
+pub fn run(gpu_opts: &GpuOptions, a: &DistillArgs) -> Result<String> {
+    let gpu = open_gpu(gpu_opts)?;
+    std::fs::create_dir_all(&a.out).map_err(|e| Error::io(&a.out, e))?;
+    let teacher = load_model(&gpu, &a.teacher, false)?;
+    let tok = teacher.tokenizer.as_ref().ok_or_else(|| {
+        Error::Invalid(format!(
+            "{}: no tokenizer.json; distill tokenises --data with the teacher's tokenizer",
+            teacher.dir.display()
+        ))
+    })?;
+    let params = a.prune.unwrap_or_default();
+    // The student: resumed, given, randomly initialised or pruned here.
+    let resume_dir = a.resume.as_ref().map(|d| {
+        if d.join("checkpoint").is_dir() {
+            d.join("checkpoint")
+        } else {
+            d.clone()
+        }
+    });
+    let (scfg, student, plan) = if let Some(ck) = &resume_dir {
+        let cfg = ModelConfig::from_file(&ck.join("config.json"))?;
+        let dec = Decoder::load(&gpu, &cfg, &Checkpoint::open(ck)?, true)?;
+        let (plan, _) =
+            StudentConfig::load_plan(ck, teacher.cfg.num_layers, cfg.num_layers, Some(params))?;
+        (cfg, dec, plan)
+    } else if let Some(s) = &a.student {
+        let dir = crate::model::source::resolve(s)?;
+        let cfg = ModelConfig::from_file(&dir.join("config.json"))?;
+        let (plan, _) =
+            StudentConfig::load_plan(&dir, teacher.cfg.num_layers, cfg.num_layers, a.prune)?;
+        let dec = Decoder::load(&gpu, &cfg, &Checkpoint::open(&dir)?, true)?;
+        (cfg, dec, plan)
+    } else if a.random_init {
+        let init_dir = a.out.join("initial-student");
+        let r = init_student(&InitStudentOptions {
+            teacher: teacher.dir.display().to_string(),
+            out: init_dir.clone(),
+            params,
+            random_init: Some(a.opts.seed),
+            force: true,
+        })?;
+        let cfg = ModelConfig::from_file(&init_dir.join("config.json"))?;
+        let dec = Decoder::load(&gpu, &cfg, &Checkpoint::open(&init_dir)?, true)?;
+        (cfg, dec, r.plan)
+    } else {
+        let plan = PrunePlan::from_params(teacher.cfg.num_layers, params)?;
+        let cfg = student_config_json(&teacher.cfg, &plan);
+        let ckpt = Checkpoint::open(&teacher.dir)?;
+        let dec = Decoder::load_layers(&gpu, &teacher.cfg, &ckpt, true, &plan.copied)?;
+        (cfg, dec, plan)
+    };
+    let pairs = pairs_for(&plan, params);
+    eprintln!(
+        "student: {} layers (teacher layers {:?}), {:.1}M parameters; {} aligned hidden-state pairs",
+        scfg.num_layers,
+        plan.copied,
+        student.params() as f64 / 1e6,
+        pairs.len()
+    );
+    let eos = *teacher
+        .cfg
+        .eos_token_ids
+        .first()
+        .or(tok.eos_ids.first())
+        .ok_or_else(|| {
+            Error::Invalid("the teacher has no eos_token_id to join documents with".into())
+        })?;
+    let stream = token_stream(&a.data, tok, eos)?;
+    let corpus = Corpus::pack(&stream, a.seq_len, a.eval_tokens)?;
+    let tokens_per_step = a.opts.batch * a.opts.grad_accum * a.seq_len;
+    eprintln!(
+        "data: {} tokens → {} training sequences of {} (+{} held out); {} tokens per optimiser step",
+        stream.len(),
+        corpus.train.len(),
+        a.seq_len,
+        corpus.eval.len(),
+        tokens_per_step
+    );
+    if tokens_per_step < 1 << 20 {
+        eprintln!(
+            "note: the reference trains with 2048 sequences of 2048 tokens per step (≈4.2M tokens); \
+             this run uses {} × {} × {} — raise --grad-accum to approach it",
+            a.opts.batch, a.opts.grad_accum, a.seq_len
+        );
+    }
+    let mut tr = Trainer::new(
+        &gpu,
+        &teacher.decoder,
+        student,
+        pairs,
+        &corpus,
+        a.opts.clone(),
+    )?;
+    let sc = StudentConfig::from_plan(&plan);
+    tr.checkpoint_files.push((
+        "student_config.json".into(),
+        serde_json::to_string_pretty(&sc.to_json()).expect("json"),
+    ));
+    if let Some(ck) = &resume_dir {
+        tr.restore(ck)?;
+        eprintln!("resumed at step {} of {}", tr.step, a.opts.steps);
+    }
+    let mut log = match &a.log {
+        Some(p) => {
+            if resume_dir.is_some() {
+                truncate_log(p, tr.step)?;
+            } else if p.exists() {
+                std::fs::remove_file(p).map_err(|e| Error::io(p, e))?;
+            }
+            Some(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .map_err(|e| Error::io(p, e))?,
+            )
+        }
+        None => None,
+    };
+    let mut bar = Progress::new("distill", a.opts.steps, "steps").quiet(a.quiet);
+    let mut last = None;
+    while tr.step < a.opts.steps {
+        let l = tr.train_step()?;
+        log_line(&mut log, &l)?;
+        bar.update(
+            l.step,
+            &format!(
+                "loss {:.4} (ce {:.4} kl {:.4} cos {:.4}) {:.0} tok/s peak {}",
+                l.loss,
+                l.ce,
+                l.kl,
+                l.cos,
+                l.tokens_per_s,
+                format_bytes(l.peak_bytes)
+            ),
+        );
+        if a.eval_every > 0 && l.step % a.eval_every == 0 {
+            if let Some(e) = tr.evaluate()? {
+                eprintln!(
+                    "\nheld-out at step {}: loss {:.4} ce {:.4} kl {:.4} cos {:.4}",
+                    l.step, e.loss, e.ce, e.kl, e.cos
+                );
+            }
+        }
+        if a.save_every > 0 && l.step % a.save_every == 0 && l.step < a.opts.steps {
+            tr.save_checkpoint(&scfg, &a.out)?;
+        }
+        last = Some(l);
+    }
+    write_student_folder(&tr, &scfg, &teacher.dir, &sc.to_json(), &a.out)?;
+    tr.save_checkpoint(&scfg, &a.out)?;
+    let held = tr.evaluate()?;
+    let mut out = format!("wrote the student to {}\n", a.out.display());
+    if let Some(l) = last {
+        out.push_str(&format!(
+            "last step {}: loss {:.4} ce {:.4} kl {:.4} cos {:.4}\n",
+            l.step, l.loss, l.ce, l.kl, l.cos
+        ));
+    }
+    if let Some(e) = held {
+        out.push_str(&format!(
+            "held-out: loss {:.4} ce {:.4} kl {:.4} cos {:.4}\n",
+            e.loss, e.ce, e.kl, e.cos
+        ));
+    }
+    Ok(out)
+}

@@ -1,0 +1,188 @@
+//! `boomgpu distill` as a user runs it: the first logged line against the
+//! reference's loss parts, and SIGKILL in the middle of a run followed by
+//! --resume ending with exactly the weights of an uninterrupted run.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn fixture(name: &str) -> PathBuf {
+    root().join("tests/fixtures/models").join(name)
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("boomgpu-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn distill() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_boomgpu"));
+    c.arg("distill").arg("--quiet");
+    c
+}
+
+#[test]
+fn first_logged_line_has_the_reference_loss_parts() {
+    let dir = tmp("firstline");
+    let sdir = fixture("qwen3-student");
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(sdir.join("distill_ref.json")).unwrap())
+            .unwrap();
+    // The fixture's batch as pre-tokenised records (packed as they are).
+    let refs =
+        boomgpu::model::weights::Checkpoint::open_file(&sdir.join("distill_grads.safetensors"))
+            .unwrap();
+    let ids: Vec<u32> = refs
+        .to_f32("input_ids")
+        .unwrap()
+        .iter()
+        .map(|&x| x as u32)
+        .collect();
+    let t = refs.tensors["input_ids"].shape[1];
+    let data = dir.join("batch.jsonl");
+    let lines: Vec<String> = ids
+        .chunks(t)
+        .map(|c| serde_json::json!({ "input_ids": c }).to_string())
+        .collect();
+    std::fs::write(&data, lines.join("\n") + "\n").unwrap();
+    let out = distill()
+        .arg("--teacher")
+        .arg(fixture("qwen3"))
+        .arg("--student")
+        .arg(&sdir)
+        .arg("--data")
+        .arg(&data)
+        .arg("--out")
+        .arg(dir.join("out"))
+        .args(["--steps", "1", "--lr", "0", "--batch", "2"])
+        .args(["--seq-len", &t.to_string()])
+        .args(["--temperature", &r["tau"].to_string()])
+        .arg("--log")
+        .arg(dir.join("log.jsonl"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = std::fs::read_to_string(dir.join("log.jsonl")).unwrap();
+    let first: serde_json::Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
+    assert_eq!(first["step"], 1);
+    for key in ["loss", "ce", "kl", "cos"] {
+        let (got, want) = (first[key].as_f64().unwrap(), r[key].as_f64().unwrap());
+        assert!(
+            (got - want).abs() <= 1e-3 * want.abs(),
+            "{key}: {got} vs reference {want}"
+        );
+    }
+    for key in ["lr", "grad_norm", "tokens_per_s", "peak_bytes"] {
+        assert!(first.get(key).is_some(), "log line lacks {key}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn run_args(c: &mut Command, data: &Path, out: &Path) {
+    c.arg("--teacher")
+        .arg(fixture("llama-tied"))
+        .arg("--data")
+        .arg(data)
+        .arg("--out")
+        .arg(out)
+        .args([
+            "--steps",
+            "24",
+            "--seq-len",
+            "16",
+            "--batch",
+            "2",
+            "--lr",
+            "2e-3",
+        ])
+        .args(["--save-every", "3", "--seed", "5"])
+        .arg("--log")
+        .arg(out.with_extension("log"));
+}
+
+#[test]
+fn sigkill_then_resume_is_bit_identical() {
+    let dir = tmp("resume");
+    let data = root().join("tests/fixtures/text.txt");
+    // Uninterrupted.
+    let full = dir.join("full");
+    let mut c = distill();
+    run_args(&mut c, &data, &full);
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Killed once a checkpoint exists, then resumed.
+    let part = dir.join("part");
+    let mut c = distill();
+    run_args(&mut c, &data, &part);
+    let mut child = c.spawn().unwrap();
+    let state = part.join("checkpoint/trainer_state.json");
+    let t0 = Instant::now();
+    let mut killed_mid_run = false;
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        let step = std::fs::read_to_string(&state)
+            .ok()
+            .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+            .and_then(|v| v["step"].as_u64())
+            .unwrap_or(0);
+        if step >= 3 {
+            // SIGKILL: no chance to clean up.
+            child.kill().unwrap();
+            child.wait().unwrap();
+            killed_mid_run = !part.join("model.safetensors").exists();
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(300),
+            "no checkpoint appeared"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        killed_mid_run,
+        "the run finished before it could be killed; make it longer"
+    );
+    let mut c = distill();
+    run_args(&mut c, &data, &part);
+    let out = c.arg("--resume").arg(&part).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let a = std::fs::read(full.join("model.safetensors")).unwrap();
+    let b = std::fs::read(part.join("model.safetensors")).unwrap();
+    assert!(a == b, "resumed weights differ from the uninterrupted run");
+    let la = std::fs::read_to_string(full.with_extension("log")).unwrap();
+    let lb = std::fs::read_to_string(part.with_extension("log")).unwrap();
+    let strip = |s: &str| -> Vec<serde_json::Value> {
+        s.lines()
+            .map(|l| {
+                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v.as_object_mut().unwrap().remove("tokens_per_s");
+                v.as_object_mut().unwrap().remove("peak_bytes");
+                v
+            })
+            .collect()
+    };
+    assert_eq!(strip(&la), strip(&lb), "the resumed log differs");
+    assert_eq!(strip(&la).len(), 24);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
