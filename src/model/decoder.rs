@@ -517,3 +517,102 @@ impl Decoder {
         Ok(ForwardOut { logits, hidden })
     }
 }
+
+impl Decoder {
+    /// A decoder from tensors made elsewhere (random weights for benches).
+    pub fn from_parts(
+        cfg: &ModelConfig,
+        embed: Tensor,
+        layers: Vec<Arc<Layer>>,
+        final_norm: Norm,
+        head: Tensor,
+    ) -> Decoder {
+        Decoder {
+            cfg: cfg.with_layers(layers.len()),
+            embed,
+            layers,
+            final_norm,
+            head,
+            rope: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// Random weights of `cfg`'s shapes in `dtype` (f32 or bf16), for
+    /// speed measurements at real model sizes without downloading them.
+    /// Values are small and deterministic; nothing is read back.
+    pub fn random(gpu: &Gpu, cfg: &ModelConfig, dtype: DType, seed: u64) -> Result<Decoder> {
+        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let mut make = |name: &str, shape: &[usize], norm: bool| -> Result<Tensor> {
+            let n: usize = shape.iter().product();
+            let scale = if norm {
+                0.0
+            } else {
+                1.0 / (shape[shape.len() - 1] as f32).sqrt()
+            };
+            let vals: Vec<f32> = (0..n)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    let u = (state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0;
+                    if norm {
+                        1.0
+                    } else {
+                        u * scale
+                    }
+                })
+                .collect();
+            match dtype {
+                DType::BF16 => {
+                    let h: Vec<half::bf16> =
+                        vals.iter().map(|&v| half::bf16::from_f32(v)).collect();
+                    gpu.upload_bf16(name, shape, &h)
+                }
+                _ => gpu.upload_f32(name, shape, &vals),
+            }
+        };
+        let embed = make("embed", &[cfg.vocab_size, cfg.hidden_size], false)?;
+        let mut layers = Vec::with_capacity(cfg.num_layers);
+        for l in 0..cfg.num_layers {
+            let mut tensors = HashMap::new();
+            for (name, shape) in cfg.layer_tensors() {
+                let is_norm = name.contains("norm") && name.ends_with("weight");
+                let is_bias = name.ends_with("bias");
+                if cfg.family == Family::GptNeox && name.starts_with("attention.query_key_value") {
+                    for part in ["q", "k", "v"] {
+                        let kind = if is_bias { "bias" } else { "weight" };
+                        let shape: Vec<usize> = if is_bias {
+                            vec![cfg.hidden_size]
+                        } else {
+                            vec![cfg.hidden_size, cfg.hidden_size]
+                        };
+                        tensors.insert(
+                            format!("attention.{part}.{kind}"),
+                            make(&format!("layer{l}.{part}"), &shape, false)?,
+                        );
+                    }
+                    continue;
+                }
+                tensors.insert(
+                    name.clone(),
+                    make(&format!("layer{l}.{name}"), &shape, is_norm && !is_bias)?,
+                );
+            }
+            layers.push(Arc::new(Layer { tensors }));
+        }
+        let norms = cfg.final_norm_names();
+        let final_norm = Norm {
+            weight: make("final_norm", &norms[0].1, true)?,
+            bias: match norms.get(1) {
+                Some((_, s)) => Some(make("final_norm.bias", s, false)?),
+                None => None,
+            },
+        };
+        let head = if cfg.tie_word_embeddings {
+            embed.clone()
+        } else {
+            make("head", &[cfg.vocab_size, cfg.hidden_size], false)?
+        };
+        Ok(Decoder::from_parts(cfg, embed, layers, final_norm, head))
+    }
+}
