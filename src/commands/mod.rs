@@ -4,3 +4,6 @@ pub mod common;
 pub mod devices;
 pub mod eval;
 pub mod init_student;
+pub mod outdir;
+pub mod patch;
+pub mod plan;
