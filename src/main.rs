@@ -3,8 +3,10 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use boomgpu::boomerang::PruneParams;
+use boomgpu::boomerang::{Direction, PruneParams};
 use boomgpu::commands::init_student::InitStudentOptions;
+use boomgpu::commands::patch::{prune_params, PatchOptions};
+use boomgpu::commands::plan::PlanOptions;
 use boomgpu::gpu::GpuOptions;
 
 /// boomgpu: make families of language models of many sizes from one large
@@ -207,6 +209,58 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Export an intermediate model (boomerang step 3): the student with K of
+    /// its layers replaced by the teacher blocks they stand for, as a
+    /// Hugging Face folder. Needs no GPU: tensors are copied byte for byte.
+    /// `boomgpu plan` lists every K.
+    Patch {
+        #[command(flatten)]
+        pair: PairArgs,
+        /// Number of student layers to replace by teacher blocks (0..=P; P gives the teacher).
+        #[arg(long, value_name = "K")]
+        layers: usize,
+        /// Patch the first K student layers (default for llama).
+        #[arg(long, conflicts_with = "last")]
+        first: bool,
+        /// Patch the last K student layers (default for qwen3 and gpt_neox).
+        #[arg(long)]
+        last: bool,
+        /// Folder to write the model to.
+        #[arg(long)]
+        out: PathBuf,
+        /// Replace --out if it exists and is not empty.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Every model `boomgpu patch` can make from a teacher and its student:
+    /// layers, parameters, bytes of weights and layer sources for each K,
+    /// in both patch orders.
+    Plan {
+        #[command(flatten)]
+        pair: PairArgs,
+        /// One JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+struct PairArgs {
+    /// The teacher: a local Hugging Face folder or a hub id (org/name).
+    #[arg(long)]
+    teacher: String,
+    /// Its student (local folder or hub id), with student_config.json.
+    #[arg(long)]
+    student: String,
+    /// For a student without student_config.json: the --every it was made with [default: 2].
+    #[arg(long)]
+    every: Option<usize>,
+    /// For a student without student_config.json: its --keep-first [default: 1].
+    #[arg(long)]
+    keep_first: Option<usize>,
+    /// For a student without student_config.json: its --keep-last [default: 2].
+    #[arg(long)]
+    keep_last: Option<usize>,
 }
 
 fn main() -> ExitCode {
@@ -317,6 +371,36 @@ fn main() -> ExitCode {
             },
             random_init: random_init.then(|| seed.unwrap_or(0)),
             force,
+        })
+        .map(|s| print!("{s}")),
+        Command::Patch {
+            pair,
+            layers,
+            first,
+            last,
+            out,
+            force,
+        } => boomgpu::commands::patch::run(&PatchOptions {
+            params: prune_params(pair.every, pair.keep_first, pair.keep_last),
+            teacher: pair.teacher,
+            student: pair.student,
+            k: layers,
+            direction: if first {
+                Some(Direction::First)
+            } else if last {
+                Some(Direction::Last)
+            } else {
+                None
+            },
+            out,
+            force,
+        })
+        .map(|s| print!("{s}")),
+        Command::Plan { pair, json } => boomgpu::commands::plan::run(&PlanOptions {
+            params: prune_params(pair.every, pair.keep_first, pair.keep_last),
+            teacher: pair.teacher,
+            student: pair.student,
+            json,
         })
         .map(|s| print!("{s}")),
     };

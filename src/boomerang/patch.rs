@@ -2,9 +2,11 @@
 //! model takes from the student and which from the teacher (REFERENCE §4,
 //! the reference's `get_layer_cutoffs` and `patch_{first,last}_k_layers`).
 
+use serde_json::Value;
+
 use super::plan::PrunePlan;
 use crate::error::{Error, Result};
-use crate::model::Family;
+use crate::model::{Family, ModelConfig};
 
 /// Which end of the student is patched with teacher blocks first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -212,6 +214,262 @@ impl PatchPlan {
     }
 }
 
+impl std::fmt::Display for Part {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Part::Student => "student",
+            Part::Teacher => "teacher",
+        })
+    }
+}
+
+impl LayerSource {
+    pub fn part(self) -> Part {
+        match self {
+            LayerSource::Student(_) => Part::Student,
+            LayerSource::Teacher(_) => Part::Teacher,
+        }
+    }
+
+    pub fn index(self) -> usize {
+        match self {
+            LayerSource::Student(i) | LayerSource::Teacher(i) => i,
+        }
+    }
+}
+
+impl std::fmt::Display for LayerSource {
+    /// `S3` (student layer 3) or `T7` (teacher layer 7).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LayerSource::Student(i) => write!(f, "S{i}"),
+            LayerSource::Teacher(i) => write!(f, "T{i}"),
+        }
+    }
+}
+
+/// Layer sources in runs: `S0-15 T32-35` (a run of one is `S0`).
+pub fn compact_sources(layers: &[LayerSource]) -> String {
+    let mut runs: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < layers.len() {
+        let mut j = i;
+        while j + 1 < layers.len()
+            && layers[j + 1].part() == layers[i].part()
+            && layers[j + 1].index() == layers[j].index() + 1
+        {
+            j += 1;
+        }
+        runs.push(if i == j {
+            layers[i].to_string()
+        } else {
+            format!("{}-{}", layers[i], layers[j].index())
+        });
+        i = j + 1;
+    }
+    runs.join(" ")
+}
+
+/// One tensor of a patched model: its name there, and the model and tensor
+/// its bytes come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TensorSource {
+    pub name: String,
+    pub part: Part,
+    pub source: String,
+}
+
+/// A patched model as Hugging Face stores it: its config and where each of
+/// its tensors comes from.
+#[derive(Clone, Debug)]
+pub struct PatchLayout {
+    /// The config.json of the patched model.
+    pub config: ModelConfig,
+    /// Saved with tied embeddings (no LM head tensor).
+    pub tied: bool,
+    /// Every tensor, in model order: embedding, layers, final norm, head.
+    pub tensors: Vec<TensorSource>,
+}
+
+/// Check that a student has the architecture of its teacher (everything
+/// but the layer count), so that their layers can be mixed.
+pub fn check_compatible(teacher: &ModelConfig, student: &ModelConfig) -> Result<()> {
+    let mut diffs: Vec<String> = Vec::new();
+    if teacher.family != student.family {
+        diffs.push(format!(
+            "model_type {} vs {}",
+            teacher.family.model_type(),
+            student.family.model_type()
+        ));
+    } else {
+        let mut cmp = |what: &str, t: String, s: String| {
+            if t != s {
+                diffs.push(format!("{what} {t} vs {s}"));
+            }
+        };
+        cmp(
+            "hidden_size",
+            teacher.hidden_size.to_string(),
+            student.hidden_size.to_string(),
+        );
+        cmp(
+            "intermediate_size",
+            teacher.intermediate_size.to_string(),
+            student.intermediate_size.to_string(),
+        );
+        cmp(
+            "num_attention_heads",
+            teacher.num_heads.to_string(),
+            student.num_heads.to_string(),
+        );
+        cmp(
+            "num_key_value_heads",
+            teacher.num_kv_heads.to_string(),
+            student.num_kv_heads.to_string(),
+        );
+        cmp(
+            "head_dim",
+            teacher.head_dim.to_string(),
+            student.head_dim.to_string(),
+        );
+        cmp(
+            "vocab_size",
+            teacher.vocab_size.to_string(),
+            student.vocab_size.to_string(),
+        );
+        cmp(
+            "attention_bias",
+            teacher.attention_bias.to_string(),
+            student.attention_bias.to_string(),
+        );
+        cmp(
+            "mlp_bias",
+            teacher.mlp_bias.to_string(),
+            student.mlp_bias.to_string(),
+        );
+        cmp(
+            "use_parallel_residual",
+            teacher.use_parallel_residual.to_string(),
+            student.use_parallel_residual.to_string(),
+        );
+        cmp(
+            "rotary dimensions",
+            teacher.rotary_dim().to_string(),
+            student.rotary_dim().to_string(),
+        );
+    }
+    if diffs.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "the student does not have the teacher's architecture (teacher vs student: {}); \
+             is it the student of another teacher?",
+            diffs.join(", ")
+        )))
+    }
+}
+
+impl PatchPlan {
+    /// The name of the tensor that serves as LM head of `cfg`'s model: its
+    /// own head, or its embedding matrix when it ties them.
+    fn head_of(cfg: &ModelConfig) -> String {
+        if cfg.tie_word_embeddings {
+            cfg.embed_name().to_string()
+        } else {
+            cfg.head_name().to_string()
+        }
+    }
+
+    /// The patched model as a Hugging Face folder holds it, from the
+    /// configs of teacher and student and the student's pruning `prune`.
+    ///
+    /// The config is the teacher's (rotary settings, norm epsilon, token
+    /// ids) with `num_hidden_layers` set and a per-layer `layer_types` list
+    /// taken layer by layer from where each layer comes from. It is tied
+    /// (no head tensor) only when embedding and head come from the same
+    /// model and that model ties them ([`PatchPlan::tied`]); otherwise it
+    /// is saved untied with an explicit head tensor (REFERENCE §4). The
+    /// teacher itself (`is_teacher`) keeps the teacher's config unchanged.
+    pub fn layout(
+        &self,
+        teacher: &ModelConfig,
+        student: &ModelConfig,
+        prune: &PrunePlan,
+    ) -> Result<PatchLayout> {
+        check_compatible(teacher, student)?;
+        let model = |p: Part| match p {
+            Part::Student => student,
+            Part::Teacher => teacher,
+        };
+        let tied = self.embed == self.head && model(self.head).tie_word_embeddings;
+        let n = self.num_layers();
+        let config = if self.is_teacher {
+            teacher.clone()
+        } else {
+            let mut c = teacher.with_layers(n);
+            c.tie_word_embeddings = tied;
+            c.raw["tie_word_embeddings"] = Value::Bool(tied);
+            if let Some(Value::Array(tt)) = teacher.raw.get("layer_types") {
+                if tt.len() == teacher.num_layers {
+                    let st = student
+                        .raw
+                        .get("layer_types")
+                        .and_then(Value::as_array)
+                        .filter(|a| a.len() == student.num_layers);
+                    let types: Vec<Value> = self
+                        .layers
+                        .iter()
+                        .map(|l| match *l {
+                            LayerSource::Teacher(j) => tt[j].clone(),
+                            LayerSource::Student(i) => match st {
+                                Some(st) => st[i].clone(),
+                                None => tt[prune.copied[i]].clone(),
+                            },
+                        })
+                        .collect();
+                    c.raw["layer_types"] = Value::Array(types);
+                }
+            }
+            c
+        };
+        let mut tensors = vec![TensorSource {
+            name: config.embed_name().to_string(),
+            part: self.embed,
+            source: model(self.embed).embed_name().to_string(),
+        }];
+        let rel = config.layer_tensors();
+        for (j, l) in self.layers.iter().enumerate() {
+            let (out_p, src_p) = (config.layer_prefix(j), config.layer_prefix(l.index()));
+            for (r, _) in &rel {
+                tensors.push(TensorSource {
+                    name: format!("{out_p}{r}"),
+                    part: l.part(),
+                    source: format!("{src_p}{r}"),
+                });
+            }
+        }
+        for (name, _) in config.final_norm_names() {
+            tensors.push(TensorSource {
+                name: name.clone(),
+                part: self.final_norm,
+                source: name,
+            });
+        }
+        if !tied {
+            tensors.push(TensorSource {
+                name: config.head_name().to_string(),
+                part: self.head,
+                source: PatchPlan::head_of(model(self.head)),
+            });
+        }
+        Ok(PatchLayout {
+            config,
+            tied,
+            tensors,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -337,6 +595,81 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("0..=1"), "{e}");
+    }
+
+    fn cfg(model_type: &str, layers: usize, tied: bool) -> ModelConfig {
+        let mut v = serde_json::json!({
+            "model_type": model_type, "hidden_size": 8, "intermediate_size": 16,
+            "num_hidden_layers": layers, "num_attention_heads": 2, "vocab_size": 10,
+            "tie_word_embeddings": tied,
+        });
+        if model_type == "qwen3" {
+            v["layer_types"] = serde_json::json!(vec!["full_attention"; layers]);
+        }
+        ModelConfig::from_json(v).unwrap()
+    }
+
+    #[test]
+    fn compact() {
+        assert_eq!(
+            compact_sources(&[S(0), S(1), T(4), T(5)]),
+            "S0-1 T4-5".to_string()
+        );
+        assert_eq!(compact_sources(&[S(0), T(2), T(3)]), "S0 T2-3");
+        assert_eq!(compact_sources(&[T(0), T(2), S(2), S(3)]), "T0 T2 S2-3");
+        assert_eq!(compact_sources(&[]), "");
+    }
+
+    #[test]
+    fn layouts_rename_layers_and_untie() {
+        let prune = PrunePlan::new(6, 2, 1, 2).unwrap();
+        let (t, s) = (cfg("llama", 6, true), cfg("llama", 4, true));
+        // last-k, k = 1: S0 T2-5, student embedding, teacher norm and head.
+        let p = PatchPlan::new(&prune, 1, Direction::Last).unwrap();
+        let l = p.layout(&t, &s, &prune).unwrap();
+        assert!(!l.tied);
+        assert_eq!(l.config.num_layers, 5);
+        assert_eq!(l.config.raw["num_hidden_layers"], 5);
+        assert_eq!(l.config.raw["tie_word_embeddings"], false);
+        let find = |n: &str| l.tensors.iter().find(|x| x.name == n).unwrap().clone();
+        let e = find("model.embed_tokens.weight");
+        assert_eq!(
+            (e.part, e.source.as_str()),
+            (Part::Student, "model.embed_tokens.weight")
+        );
+        let h = find("lm_head.weight");
+        assert_eq!(
+            (h.part, h.source.as_str()),
+            (Part::Teacher, "model.embed_tokens.weight")
+        );
+        let q = find("model.layers.1.self_attn.q_proj.weight");
+        assert_eq!(
+            (q.part, q.source.as_str()),
+            (Part::Teacher, "model.layers.2.self_attn.q_proj.weight")
+        );
+        assert_eq!(l.tensors.len(), l.config.expected_tensors().len());
+        // The teacher itself stays tied, with its own config.
+        let p = PatchPlan::new(&prune, 2, Direction::First).unwrap();
+        let l = p.layout(&t, &s, &prune).unwrap();
+        assert!(l.tied);
+        assert_eq!(l.config.raw, t.raw);
+        assert!(l
+            .tensors
+            .iter()
+            .all(|x| x.part == Part::Teacher && x.name == x.source));
+        // Untied models: the head is the lm_head tensor; layer_types follow the layers.
+        let (t, s) = (cfg("qwen3", 6, false), cfg("qwen3", 4, false));
+        let p = PatchPlan::new(&prune, 0, Direction::First).unwrap();
+        let l = p.layout(&t, &s, &prune).unwrap();
+        let h = l.tensors.last().unwrap();
+        assert_eq!(
+            (h.part, h.source.as_str()),
+            (Part::Student, "lm_head.weight")
+        );
+        assert_eq!(l.config.raw["layer_types"].as_array().unwrap().len(), 4);
+        // Mismatched architectures are refused.
+        let e = p.layout(&t, &cfg("llama", 4, false), &prune).unwrap_err();
+        assert!(e.to_string().contains("model_type qwen3 vs llama"), "{e}");
     }
 
     #[test]

@@ -8,10 +8,11 @@
 //! half-written student.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde_json::Value;
 
+use super::outdir::OutDir;
 use crate::boomerang::init::{init_rule, initializer_range, OutTensor, TensorData};
 use crate::boomerang::{PruneParams, PrunePlan, StudentConfig};
 use crate::error::{Error, Result};
@@ -95,30 +96,6 @@ pub fn tensor_map(teacher: &ModelConfig, plan: &PrunePlan) -> Vec<(String, Strin
     out
 }
 
-fn is_empty_dir(p: &Path) -> Result<bool> {
-    Ok(std::fs::read_dir(p)
-        .map_err(|e| Error::io(p, e))?
-        .next()
-        .is_none())
-}
-
-/// Removes the temporary folder unless the build finished.
-struct TmpDir(Option<PathBuf>);
-
-impl Drop for TmpDir {
-    fn drop(&mut self) {
-        if let Some(p) = self.0.take() {
-            let _ = std::fs::remove_dir_all(p);
-        }
-    }
-}
-
-fn with_suffix(p: &Path, suffix: &str) -> PathBuf {
-    let mut name = p.file_name().expect("checked").to_os_string();
-    name.push(suffix);
-    p.with_file_name(name)
-}
-
 pub fn init_student(opts: &InitStudentOptions) -> Result<InitStudentReport> {
     let teacher_dir = source::resolve(&opts.teacher)?;
     let cfg = ModelConfig::from_file(&teacher_dir.join("config.json"))?;
@@ -128,52 +105,8 @@ pub fn init_student(opts: &InitStudentOptions) -> Result<InitStudentReport> {
 
     // The output folder: absent, empty, or replaced with --force (never the
     // teacher's own folder or one that holds it).
-    let out = opts.out.clone();
-    if out.file_name().is_none() {
-        return Err(Error::Invalid(format!(
-            "--out {}: give a folder name",
-            out.display()
-        )));
-    }
-    let mut replace = false;
-    if out.exists() {
-        if !out.is_dir() {
-            return Err(Error::Invalid(format!(
-                "--out {} is a file; give a folder",
-                out.display()
-            )));
-        }
-        let (o, t) = (
-            out.canonicalize().map_err(|e| Error::io(&out, e))?,
-            teacher_dir
-                .canonicalize()
-                .map_err(|e| Error::io(&teacher_dir, e))?,
-        );
-        if t.starts_with(&o) {
-            return Err(Error::Invalid(format!(
-                "--out {} holds the teacher; choose another folder",
-                out.display()
-            )));
-        }
-        if !is_empty_dir(&out)? {
-            if !opts.force {
-                return Err(Error::Invalid(format!(
-                    "--out {} exists and is not empty; pass --force to replace it",
-                    out.display()
-                )));
-            }
-            replace = true;
-        }
-    }
-    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
-    }
-    let tmp = with_suffix(&out, &format!(".tmp-{}", std::process::id()));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    }
-    std::fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    let mut guard = TmpDir(Some(tmp.clone()));
+    let outdir = OutDir::prepare(&opts.out, opts.force, &[("teacher", &teacher_dir)])?;
+    let tmp = outdir.path().to_path_buf();
 
     // config.json
     let scfg = student_config_json(&cfg, &plan);
@@ -235,20 +168,7 @@ pub fn init_student(opts: &InitStudentOptions) -> Result<InitStudentReport> {
         .write(&tmp.join(crate::boomerang::student_config::FILE_NAME))?;
 
     // Into place.
-    if out.exists() {
-        if replace {
-            let old = with_suffix(&out, &format!(".old-{}", std::process::id()));
-            std::fs::rename(&out, &old).map_err(|e| Error::io(&out, e))?;
-            std::fs::rename(&tmp, &out).map_err(|e| Error::io(&out, e))?;
-            std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
-        } else {
-            std::fs::remove_dir(&out).map_err(|e| Error::io(&out, e))?;
-            std::fs::rename(&tmp, &out).map_err(|e| Error::io(&out, e))?;
-        }
-    } else {
-        std::fs::rename(&tmp, &out).map_err(|e| Error::io(&out, e))?;
-    }
-    guard.0 = None;
+    let out = outdir.commit()?;
 
     Ok(InitStudentReport {
         teacher_dir,

@@ -5,3 +5,6 @@ pub mod devices;
 pub mod distill;
 pub mod eval;
 pub mod init_student;
+pub mod outdir;
+pub mod patch;
+pub mod plan;

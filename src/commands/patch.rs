@@ -1,0 +1,434 @@
+//! `boomgpu patch`: export an intermediate model (boomerang step 3,
+//! REFERENCE §4) as an ordinary Hugging Face folder. No GPU needed: the
+//! tensors are copied byte for byte, each in its stored dtype, from the
+//! memory-mapped teacher and student checkpoints and streamed into one
+//! safetensors file. The folder is written atomically (see [`OutDir`]).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+
+use super::init_student::{format_params, COPIED_FILES};
+use super::outdir::OutDir;
+use crate::boomerang::init::{OutTensor, TensorData};
+use crate::boomerang::patch::{compact_sources, PatchLayout};
+use crate::boomerang::{
+    Direction, Part, PatchPlan, PlanSource, PruneParams, PrunePlan, StudentConfig,
+};
+use crate::error::{Error, Result};
+use crate::gpu::format_bytes;
+use crate::model::weights::Checkpoint;
+use crate::model::{source, ModelConfig};
+
+/// Name of the provenance file written next to the weights.
+pub const PROVENANCE_FILE: &str = "boomgpu.json";
+
+/// A teacher and its student, opened and checked.
+pub struct Pair {
+    pub teacher_ref: String,
+    pub student_ref: String,
+    pub teacher_dir: PathBuf,
+    pub student_dir: PathBuf,
+    pub teacher_cfg: ModelConfig,
+    pub student_cfg: ModelConfig,
+    pub teacher_ckpt: Checkpoint,
+    pub student_ckpt: Checkpoint,
+    /// Which teacher layers the student kept.
+    pub prune: PrunePlan,
+    pub plan_source: PlanSource,
+}
+
+/// Size of a model's weights as stored.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Size {
+    pub params: u64,
+    pub bytes: u64,
+}
+
+fn open_model(reference: &str) -> Result<(PathBuf, ModelConfig, Checkpoint)> {
+    let dir = source::resolve(reference)?;
+    let cfg = ModelConfig::from_file(&dir.join("config.json"))?;
+    let ckpt = Checkpoint::open(&dir)?;
+    ckpt.check(&cfg)?;
+    Ok((dir, cfg, ckpt))
+}
+
+fn list(v: &[usize]) -> String {
+    let s: Vec<String> = v.iter().map(|x| x.to_string()).collect();
+    format!("[{}]", s.join(", "))
+}
+
+impl Pair {
+    /// Resolve, read and check teacher and student. `params`: the
+    /// `--every/--keep-first/--keep-last` given (`None` when none was), used
+    /// when the student has no `student_config.json` and checked against it
+    /// when it has one.
+    pub fn open(teacher: &str, student: &str, params: Option<PruneParams>) -> Result<Pair> {
+        let (teacher_dir, teacher_cfg, teacher_ckpt) = open_model(teacher)?;
+        let (student_dir, student_cfg, student_ckpt) = open_model(student)?;
+        crate::boomerang::patch::check_compatible(&teacher_cfg, &student_cfg)
+            .map_err(|e| Error::Invalid(format!("{student} and {teacher}: {e}")))?;
+        let (prune, plan_source) = StudentConfig::load_plan(
+            &student_dir,
+            teacher_cfg.num_layers,
+            student_cfg.num_layers,
+            params,
+        )?;
+        if let (PlanSource::File, Some(p)) = (plan_source, params) {
+            let given = PrunePlan::from_params(teacher_cfg.num_layers, p)?;
+            if given.copied != prune.copied {
+                return Err(Error::Invalid(format!(
+                    "{}: its {} says the student copied teacher layers {}, but {p} gives {}; \
+                     leave out --every/--keep-first/--keep-last (they are only needed for \
+                     students without {})",
+                    student_dir.display(),
+                    crate::boomerang::student_config::FILE_NAME,
+                    list(&prune.copied),
+                    list(&given.copied),
+                    crate::boomerang::student_config::FILE_NAME,
+                )));
+            }
+        }
+        Ok(Pair {
+            teacher_ref: teacher.to_string(),
+            student_ref: student.to_string(),
+            teacher_dir,
+            student_dir,
+            teacher_cfg,
+            student_cfg,
+            teacher_ckpt,
+            student_ckpt,
+            prune,
+            plan_source,
+        })
+    }
+
+    pub fn ckpt(&self, part: Part) -> &Checkpoint {
+        match part {
+            Part::Student => &self.student_ckpt,
+            Part::Teacher => &self.teacher_ckpt,
+        }
+    }
+
+    /// The default patch order for this teacher's family.
+    pub fn default_direction(&self) -> Direction {
+        Direction::default_for(self.teacher_cfg.family)
+    }
+
+    /// `P`: valid `k` are `0..=P` in `direction`.
+    pub fn max_k(&self, direction: Direction) -> usize {
+        PatchPlan::max_k(&self.prune, direction)
+    }
+
+    /// The plan and layout of the model with `k` patched layers.
+    pub fn layout(&self, k: usize, direction: Direction) -> Result<(PatchPlan, PatchLayout)> {
+        let plan = PatchPlan::new(&self.prune, k, direction)?;
+        let layout = plan.layout(&self.teacher_cfg, &self.student_cfg, &self.prune)?;
+        Ok((plan, layout))
+    }
+
+    /// Parameters and bytes of a layout's tensors in their stored dtypes.
+    pub fn size(&self, layout: &PatchLayout) -> Size {
+        let mut s = Size::default();
+        for t in &layout.tensors {
+            let e = &self.ckpt(t.part).tensors[&t.source];
+            s.params += e.shape.iter().product::<usize>() as u64;
+            s.bytes += (e.end - e.start) as u64;
+        }
+        s
+    }
+
+    /// Size of the student as it is.
+    pub fn student_size(&self) -> Size {
+        let mut s = Size::default();
+        for (name, _) in self.student_cfg.expected_tensors() {
+            let e = &self.student_ckpt.tensors[&name];
+            s.params += e.shape.iter().product::<usize>() as u64;
+            s.bytes += (e.end - e.start) as u64;
+        }
+        s
+    }
+
+    /// How the student's layer list was found, for people.
+    pub fn plan_source_text(&self) -> String {
+        match self.plan_source {
+            PlanSource::File => crate::boomerang::student_config::FILE_NAME.to_string(),
+            PlanSource::Rebuilt(p) => p.to_string(),
+        }
+    }
+}
+
+/// The prune parameters from optional flags: `None` when none was given,
+/// else the given ones with the reference's defaults for the rest.
+pub fn prune_params(
+    every: Option<usize>,
+    keep_first: Option<usize>,
+    keep_last: Option<usize>,
+) -> Option<PruneParams> {
+    if every.is_none() && keep_first.is_none() && keep_last.is_none() {
+        return None;
+    }
+    let d = PruneParams::default();
+    Some(PruneParams {
+        every: every.unwrap_or(d.every),
+        keep_first: keep_first.unwrap_or(d.keep_first),
+        keep_last: keep_last.unwrap_or(d.keep_last),
+    })
+}
+
+#[derive(Clone, Debug)]
+pub struct PatchOptions {
+    /// Local folder or hub id.
+    pub teacher: String,
+    /// Local folder or hub id.
+    pub student: String,
+    /// Number of student layers replaced by teacher blocks.
+    pub k: usize,
+    /// `None`: the family's default order.
+    pub direction: Option<Direction>,
+    pub out: PathBuf,
+    pub force: bool,
+    /// `--every/--keep-first/--keep-last`, if any was given.
+    pub params: Option<PruneParams>,
+}
+
+/// What was written.
+#[derive(Clone, Debug)]
+pub struct PatchReport {
+    pub out: PathBuf,
+    pub plan: PatchPlan,
+    pub max_k: usize,
+    pub default_direction: Direction,
+    pub tied: bool,
+    pub head_name: String,
+    pub size: Size,
+    pub teacher_size: Size,
+    pub dtypes: Vec<String>,
+    pub copied_files: Vec<String>,
+    pub teacher_dir: PathBuf,
+    pub student_dir: PathBuf,
+    pub plan_source: String,
+    pub copied: Vec<usize>,
+    pub family: &'static str,
+    pub teacher_layers: usize,
+    pub student_layers: usize,
+}
+
+fn abs(p: &Path) -> String {
+    p.canonicalize()
+        .unwrap_or_else(|_| p.to_path_buf())
+        .display()
+        .to_string()
+}
+
+/// The provenance record written as `boomgpu.json`.
+fn provenance(pair: &Pair, plan: &PatchPlan, layout: &PatchLayout, size: Size) -> Value {
+    let sources: Vec<String> = plan.layers.iter().map(|l| l.to_string()).collect();
+    json!({
+        "boomgpu_version": env!("CARGO_PKG_VERSION"),
+        "what": "boomerang-patched model (REFERENCE §4)",
+        "teacher": {
+            "ref": pair.teacher_ref,
+            "path": abs(&pair.teacher_dir),
+            "num_hidden_layers": pair.teacher_cfg.num_layers,
+        },
+        "student": {
+            "ref": pair.student_ref,
+            "path": abs(&pair.student_dir),
+            "num_hidden_layers": pair.student_cfg.num_layers,
+            "copied_teacher_layers": pair.prune.copied,
+            "pruned_teacher_layers": pair.prune.pruned,
+            "layers_from": pair.plan_source_text(),
+        },
+        "k": plan.k,
+        "direction": plan.direction.name(),
+        "max_k": PatchPlan::max_k(&pair.prune, plan.direction),
+        "is_teacher": plan.is_teacher,
+        "num_hidden_layers": plan.num_layers(),
+        "layers": sources,
+        "layers_compact": compact_sources(&plan.layers),
+        "embed": plan.embed.to_string(),
+        "final_norm": plan.final_norm.to_string(),
+        "lm_head": plan.head.to_string(),
+        "tie_word_embeddings": layout.tied,
+        "params": size.params,
+        "bytes": size.bytes,
+    })
+}
+
+pub fn patch(opts: &PatchOptions) -> Result<PatchReport> {
+    let pair = Pair::open(&opts.teacher, &opts.student, opts.params)?;
+    let direction = opts.direction.unwrap_or(pair.default_direction());
+    let (plan, layout) = pair.layout(opts.k, direction)?;
+    let outdir = OutDir::prepare(
+        &opts.out,
+        opts.force,
+        &[
+            ("teacher", &pair.teacher_dir),
+            ("student", &pair.student_dir),
+        ],
+    )?;
+    let tmp = outdir.path().to_path_buf();
+
+    // config.json (the teacher's own file, verbatim, for the teacher itself)
+    let path = tmp.join("config.json");
+    if plan.is_teacher {
+        let src = pair.teacher_dir.join("config.json");
+        std::fs::copy(&src, &path).map_err(|e| Error::io(&src, e))?;
+    } else {
+        let text = serde_json::to_string_pretty(&layout.config.raw).expect("JSON value");
+        std::fs::write(&path, text + "\n").map_err(|e| Error::io(&path, e))?;
+    }
+
+    // model.safetensors: every tensor borrowed from its mapped source.
+    let expected: HashMap<String, Vec<usize>> =
+        layout.config.expected_tensors().into_iter().collect();
+    let mut tensors: BTreeMap<String, OutTensor> = BTreeMap::new();
+    for t in &layout.tensors {
+        let ck = pair.ckpt(t.part);
+        let e = &ck.tensors[&t.source];
+        if expected.get(&t.name) != Some(&e.shape) {
+            return Err(Error::Invalid(format!(
+                "{} tensor '{}' has shape {:?} but '{}' of the patched model needs {:?}",
+                t.part,
+                t.source,
+                e.shape,
+                t.name,
+                expected.get(&t.name)
+            )));
+        }
+        tensors.insert(
+            t.name.clone(),
+            OutTensor {
+                dtype: e.dtype,
+                shape: e.shape.clone(),
+                data: TensorData::Borrowed(ck.bytes(&t.source).expect("checked")),
+            },
+        );
+    }
+    if tensors.len() != expected.len() {
+        return Err(Error::Invalid(format!(
+            "internal: {} tensors for a model of {}",
+            tensors.len(),
+            expected.len()
+        )));
+    }
+    let mut dtypes: Vec<String> = tensors
+        .values()
+        .map(|t| format!("{:?}", t.dtype).to_lowercase())
+        .collect();
+    dtypes.sort();
+    dtypes.dedup();
+    let size = pair.size(&layout);
+    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+    let path = tmp.join("model.safetensors");
+    safetensors::serialize_to_file(tensors, Some(metadata), &path)
+        .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
+
+    // Tokenizer and generation settings from the teacher, provenance.
+    let mut copied_files = Vec::new();
+    for name in COPIED_FILES {
+        let src = pair.teacher_dir.join(name);
+        if src.is_file() {
+            let dst = tmp.join(name);
+            std::fs::copy(&src, &dst).map_err(|e| Error::io(&src, e))?;
+            copied_files.push(name.to_string());
+        }
+    }
+    let path = tmp.join(PROVENANCE_FILE);
+    let text =
+        serde_json::to_string_pretty(&provenance(&pair, &plan, &layout, size)).expect("JSON value");
+    std::fs::write(&path, text + "\n").map_err(|e| Error::io(&path, e))?;
+
+    let out = outdir.commit()?;
+    let (_, tlayout) = pair.layout(pair.max_k(direction), direction)?;
+    Ok(PatchReport {
+        out,
+        max_k: pair.max_k(direction),
+        default_direction: pair.default_direction(),
+        tied: layout.tied,
+        head_name: layout.config.head_name().to_string(),
+        size,
+        teacher_size: pair.size(&tlayout),
+        dtypes,
+        copied_files,
+        teacher_dir: pair.teacher_dir.clone(),
+        student_dir: pair.student_dir.clone(),
+        plan_source: pair.plan_source_text(),
+        copied: pair.prune.copied.clone(),
+        family: pair.teacher_cfg.family.model_type(),
+        teacher_layers: pair.teacher_cfg.num_layers,
+        student_layers: pair.student_cfg.num_layers,
+        plan,
+    })
+}
+
+/// Run the command and return the summary to print.
+pub fn run(opts: &PatchOptions) -> Result<String> {
+    let r = patch(opts)?;
+    let p = &r.plan;
+    let mut s = String::new();
+    s += &format!(
+        "teacher: {} ({}, {} layers)\n",
+        r.teacher_dir.display(),
+        r.family,
+        r.teacher_layers
+    );
+    s += &format!(
+        "student: {} ({} layers = teacher layers {}, from {})\n",
+        r.student_dir.display(),
+        r.student_layers,
+        list(&r.copied),
+        r.plan_source
+    );
+    s += &format!(
+        "patch: {}-k{}, k = {} of 0..={}\n",
+        p.direction,
+        if p.direction == r.default_direction {
+            format!(" (default for {})", r.family)
+        } else {
+            String::new()
+        },
+        p.k,
+        r.max_k
+    );
+    if p.is_teacher {
+        s += &format!(
+            "model: k = {} is the top of the range: the teacher itself ({} layers)\n",
+            p.k,
+            p.num_layers()
+        );
+    } else {
+        s += &format!(
+            "model: {} layers = {}; embeddings {}, final norm {}, LM head {}\n",
+            p.num_layers(),
+            compact_sources(&p.layers),
+            p.embed,
+            p.final_norm,
+            p.head
+        );
+    }
+    s += &if r.tied {
+        "embeddings: tied (no LM head tensor)\n".to_string()
+    } else {
+        format!(
+            "embeddings: untied (tie_word_embeddings false, explicit {})\n",
+            r.head_name
+        )
+    };
+    s += &format!(
+        "size: {} parameters ({:.0}% of the teacher), {} of weights ({})\n",
+        format_params(r.size.params),
+        100.0 * r.size.params as f64 / r.teacher_size.params as f64,
+        format_bytes(r.size.bytes),
+        r.dtypes.join(", ")
+    );
+    s += &format!(
+        "wrote {} (config.json, model.safetensors, {PROVENANCE_FILE}{}{})\n",
+        r.out.display(),
+        if r.copied_files.is_empty() { "" } else { ", " },
+        r.copied_files.join(", ")
+    );
+    Ok(s)
+}
