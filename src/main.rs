@@ -1,3 +1,4 @@
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
@@ -33,6 +34,22 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Convert a llama-architecture GGUF file (llama.cpp) into a Hugging Face
+    /// model folder: config.json, model.safetensors, tokenizer files.
+    ImportGguf {
+        /// The .gguf file.
+        file: PathBuf,
+        /// Folder to write; must be empty or absent unless --force.
+        #[arg(long)]
+        out: PathBuf,
+        /// dtype of the written weights: f32 (exact dequantised values,
+        /// the default), bf16 or f16 (half the size, rounded).
+        #[arg(long, default_value = "f32")]
+        dtype: String,
+        /// Replace a non-empty --out folder.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -48,6 +65,12 @@ fn main() -> ExitCode {
                 println!();
             }
         }),
+        Command::ImportGguf {
+            file,
+            out,
+            dtype,
+            force,
+        } => boomgpu::commands::import_gguf::run(&file, &out, &dtype, force).map(|s| print!("{s}")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -2,6 +2,7 @@
 //! folders or hub ids.
 
 pub mod config;
+pub mod gguf;
 pub mod source;
 pub mod tokenizer;
 pub mod weights;
