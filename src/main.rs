@@ -209,6 +209,22 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Convert a llama-architecture GGUF file (llama.cpp) into a Hugging Face
+    /// model folder: config.json, model.safetensors, tokenizer files.
+    ImportGguf {
+        /// The .gguf file.
+        file: PathBuf,
+        /// Folder to write; must be empty or absent unless --force.
+        #[arg(long)]
+        out: PathBuf,
+        /// dtype of the written weights: f32 (exact dequantised values,
+        /// the default), bf16 or f16 (half the size, rounded).
+        #[arg(long, default_value = "f32")]
+        dtype: String,
+        /// Replace a non-empty --out folder.
+        #[arg(long)]
+        force: bool,
+    },
     /// Export an intermediate model (boomerang step 3): the student with K of
     /// its layers replaced by the teacher blocks they stand for, as a
     /// Hugging Face folder. Needs no GPU: tensors are copied byte for byte.
@@ -403,6 +419,12 @@ fn main() -> ExitCode {
             json,
         })
         .map(|s| print!("{s}")),
+        Command::ImportGguf {
+            file,
+            out,
+            dtype,
+            force,
+        } => boomgpu::commands::import_gguf::run(&file, &out, &dtype, force).map(|s| print!("{s}")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -4,6 +4,7 @@ pub mod common;
 pub mod devices;
 pub mod distill;
 pub mod eval;
+pub mod import_gguf;
 pub mod init_student;
 pub mod outdir;
 pub mod patch;

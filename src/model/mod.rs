@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod decoder;
+pub mod gguf;
 pub mod score;
 pub mod source;
 pub mod tokenizer;
