@@ -8,6 +8,7 @@ pub mod boomerang;
 pub mod commands;
 pub mod error;
 pub mod gpu;
+pub mod infer;
 pub mod model;
 pub mod ops;
 pub mod progress;

@@ -258,6 +258,43 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Talk to a model: one --prompt, or an interactive conversation on stdin
+    /// (/help lists the commands; Ctrl-C stops an answer).
+    Chat {
+        /// Model folder or hub id (e.g. Qwen/Qwen3-4B).
+        #[arg(long)]
+        model: String,
+        /// Answer this once and exit; the answer alone goes to stdout.
+        #[arg(long)]
+        prompt: Option<String>,
+        /// Most tokens per answer (default 512).
+        #[arg(long)]
+        max_tokens: Option<usize>,
+        /// 0 = greedy (default: generation_config.json, else greedy).
+        #[arg(long)]
+        temperature: Option<f32>,
+        /// Keep the K most likely tokens (0 = off).
+        #[arg(long)]
+        top_k: Option<usize>,
+        /// Keep the most likely tokens up to this probability mass (1 = off).
+        #[arg(long)]
+        top_p: Option<f32>,
+        /// Drop tokens less likely than this fraction of the top one (0 = off).
+        #[arg(long)]
+        min_p: Option<f32>,
+        /// Penalise tokens already in the conversation (1 = off; HF semantics).
+        #[arg(long)]
+        repetition_penalty: Option<f32>,
+        /// Random seed, for reproducible sampling.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Context length in tokens (default min(4096, max_position_embeddings)).
+        #[arg(long)]
+        max_context: Option<usize>,
+        /// Stop the answer at this string (repeatable; not printed).
+        #[arg(long)]
+        stop: Vec<String>,
+    },
 }
 
 #[derive(Args)]
@@ -425,6 +462,34 @@ fn main() -> ExitCode {
             dtype,
             force,
         } => boomgpu::commands::import_gguf::run(&file, &out, &dtype, force).map(|s| print!("{s}")),
+        Command::Chat {
+            model,
+            prompt,
+            max_tokens,
+            temperature,
+            top_k,
+            top_p,
+            min_p,
+            repetition_penalty,
+            seed,
+            max_context,
+            stop,
+        } => {
+            let a = boomgpu::commands::chat::ChatArgs {
+                model,
+                prompt,
+                max_tokens,
+                temperature,
+                top_k,
+                top_p,
+                min_p,
+                repetition_penalty,
+                seed,
+                max_context,
+                stop,
+            };
+            boomgpu::commands::chat::run(&opts, &a)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -14,8 +14,9 @@ use super::config::{Family, ModelConfig};
 use super::weights::Checkpoint;
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Recorder, Tensor};
+use crate::infer::kv::KvCache;
 use crate::ops::{
-    attention, bias_add, elementwise, gelu, layernorm, matmul, rmsnorm, rope, swiglu,
+    attention, bias_add, elementwise, gelu, gemv, layernorm, matmul, rmsnorm, rope, swiglu,
 };
 
 /// One decoder layer's weights on the GPU, names relative to the layer
@@ -58,6 +59,10 @@ pub struct Decoder {
     /// LM head [vocab, hidden]; the embedding tensor itself when tied.
     pub head: Tensor,
     rope: Arc<Mutex<Option<Arc<rope::RopeTables>>>>,
+    /// Decode steps (at most `gemv::MAX_ROWS` tokens) use gemv: Some(on),
+    /// or None = on GPUs, off on CPU adapters (where matmul is as fast for
+    /// large layers and much faster for tiny ones).
+    decode_gemv: Option<bool>,
 }
 
 /// What a forward pass returns.
@@ -77,6 +82,23 @@ pub struct Batch<'a> {
     pub seq: usize,
     /// u32 [batch, seq]: 1 = real token, 0 = padding.
     pub mask: Option<&'a Tensor>,
+}
+
+/// Where a layer's attention reads keys and values.
+enum Attend<'a> {
+    /// The batch's own k and v.
+    Dense {
+        cfg: attention::AttnConfig,
+        mask: Option<&'a Tensor>,
+    },
+    /// A KV cache of one sequence: the new rows go to `past..`, then
+    /// attention reads rows `0..past + n`.
+    Cached {
+        k: &'a Tensor,
+        v: &'a Tensor,
+        past: usize,
+        capacity: usize,
+    },
 }
 
 /// Split GPT-NeoX's fused query_key_value rows (per head: q, k, v of
@@ -177,6 +199,7 @@ impl Decoder {
             final_norm,
             head,
             rope: Arc::new(Mutex::new(None)),
+            decode_gemv: None,
         })
     }
 
@@ -197,7 +220,23 @@ impl Decoder {
             final_norm,
             head,
             rope: base.rope.clone(),
+            decode_gemv: base.decode_gemv,
         }
+    }
+
+    /// Force (or, with None, leave to the device) the gemv kernel for the
+    /// linear layers of decode steps.
+    pub fn with_decode_gemv(mut self, on: Option<bool>) -> Decoder {
+        self.decode_gemv = on;
+        self
+    }
+
+    /// Whether `rows` rows of a cached pass take gemv.
+    fn gemv_rows(&self, gpu: &Gpu, rows: usize) -> bool {
+        rows <= gemv::MAX_ROWS
+            && self
+                .decode_gemv
+                .unwrap_or(gemv::default_path(gpu) == gemv::GemvPath::Cooperative)
     }
 
     /// Parameters, counting a tied head once.
@@ -261,14 +300,21 @@ impl Decoder {
         Ok(t)
     }
 
+    /// x·Wᵀ (+ b); `few_rows` (decode steps) takes the gemv kernel, which
+    /// reads each weight once for up to `gemv::MAX_ROWS` rows.
     fn linear(
         &self,
         rec: &mut Recorder,
         x: &Tensor,
         w: &Tensor,
         b: Option<&Tensor>,
+        few_rows: bool,
     ) -> Result<Tensor> {
-        let y = matmul::matmul(rec, x, w, false, true)?;
+        let y = if few_rows {
+            gemv::gemv(rec, x, w)?
+        } else {
+            matmul::matmul(rec, x, w, false, true)?
+        };
         if let Some(b) = b {
             bias_add::bias_add_inplace(rec, &y, b)?;
         }
@@ -285,8 +331,7 @@ impl Decoder {
         tables: &rope::RopeTables,
     ) -> Result<Tensor> {
         let c = &self.cfg;
-        let eps = c.norm_eps as f32;
-        let attn_cfg = attention::AttnConfig::new(
+        let cfg = attention::AttnConfig::new(
             batch.batch,
             batch.seq,
             batch.seq,
@@ -294,6 +339,114 @@ impl Decoder {
             c.num_kv_heads,
             c.head_dim,
         );
+        let src = Attend::Dense {
+            cfg,
+            mask: batch.mask,
+        };
+        self.layer_impl(rec, layer, x, batch.positions, &src, tables)
+    }
+
+    /// One decoder layer for `n` new tokens of one sequence at positions
+    /// `[past, past + n)` (`positions`), against this layer's KV cache
+    /// (`k_cache`, `v_cache`: `[capacity, kv_heads·head_dim]` f32): the new
+    /// keys and values (after rope) are written at rows `past..past + n`,
+    /// then the queries attend to rows `0..past + n`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn layer_forward_cached(
+        &self,
+        rec: &mut Recorder,
+        layer: &Layer,
+        x: &Tensor,
+        positions: &Tensor,
+        k_cache: &Tensor,
+        v_cache: &Tensor,
+        past: usize,
+        tables: &rope::RopeTables,
+    ) -> Result<Tensor> {
+        let n = positions.numel();
+        let kv_dim = self.cfg.num_kv_heads * self.cfg.head_dim;
+        let capacity = k_cache.numel() / kv_dim.max(1);
+        if x.numel() != n * self.cfg.hidden_size
+            || k_cache.numel() != v_cache.numel()
+            || k_cache.numel() != capacity * kv_dim
+            || past + n > capacity
+        {
+            return Err(Error::Shape(format!(
+                "layer_forward_cached: x {:?}, {n} positions from {past}, caches {:?} / {:?} of {kv_dim} columns",
+                x.shape(),
+                k_cache.shape(),
+                v_cache.shape()
+            )));
+        }
+        let src = Attend::Cached {
+            k: k_cache,
+            v: v_cache,
+            past,
+            capacity,
+        };
+        self.layer_impl(rec, layer, x, positions, &src, tables)
+    }
+
+    /// Attention of q against the keys and values `src` names (k and v are
+    /// the new tokens' own, after rope).
+    fn attend(
+        &self,
+        rec: &mut Recorder,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        src: &Attend,
+    ) -> Result<Tensor> {
+        let c = &self.cfg;
+        match *src {
+            Attend::Dense { cfg, mask } => {
+                let inputs = attention::AttnInputs { q, k, v, mask };
+                Ok(attention::attention(rec, &cfg, &inputs)?.0)
+            }
+            Attend::Cached {
+                k: kc,
+                v: vc,
+                past,
+                capacity,
+            } => {
+                let row = (c.num_kv_heads * c.head_dim * 4) as u64;
+                let n = q.numel() / (c.num_heads * c.head_dim);
+                rec.copy(k, 0, kc, past as u64 * row, n as u64 * row)?;
+                rec.copy(v, 0, vc, past as u64 * row, n as u64 * row)?;
+                let cfg = attention::AttnConfig::new(
+                    1,
+                    n,
+                    past + n,
+                    c.num_heads,
+                    c.num_kv_heads,
+                    c.head_dim,
+                )
+                .with_q_offset(past)
+                .with_kv_cache(capacity);
+                let inputs = attention::AttnInputs {
+                    q,
+                    k: kc,
+                    v: vc,
+                    mask: None,
+                };
+                Ok(attention::attention(rec, &cfg, &inputs)?.0)
+            }
+        }
+    }
+
+    fn layer_impl(
+        &self,
+        rec: &mut Recorder,
+        layer: &Layer,
+        x: &Tensor,
+        positions: &Tensor,
+        src: &Attend,
+        tables: &rope::RopeTables,
+    ) -> Result<Tensor> {
+        let c = &self.cfg;
+        let eps = c.norm_eps as f32;
+        let few =
+            matches!(src, Attend::Cached { .. }) && self.gemv_rows(rec.gpu(), positions.numel());
         match c.family {
             Family::Llama | Family::Qwen3 => {
                 let h = rmsnorm::rmsnorm(rec, x, layer.get("input_layernorm.weight")?, eps)?;
@@ -302,18 +455,21 @@ impl Decoder {
                     &h,
                     layer.get("self_attn.q_proj.weight")?,
                     layer.opt("self_attn.q_proj.bias"),
+                    few,
                 )?;
                 let k = self.linear(
                     rec,
                     &h,
                     layer.get("self_attn.k_proj.weight")?,
                     layer.opt("self_attn.k_proj.bias"),
+                    few,
                 )?;
                 let v = self.linear(
                     rec,
                     &h,
                     layer.get("self_attn.v_proj.weight")?,
                     layer.opt("self_attn.v_proj.bias"),
+                    few,
                 )?;
                 let (q, k) = if c.family == Family::Qwen3 {
                     (
@@ -323,30 +479,10 @@ impl Decoder {
                 } else {
                     (q, k)
                 };
-                rope::rope_inplace(
-                    rec,
-                    &q,
-                    batch.positions,
-                    &tables.cos,
-                    &tables.sin,
-                    c.head_dim,
-                )?;
-                rope::rope_inplace(
-                    rec,
-                    &k,
-                    batch.positions,
-                    &tables.cos,
-                    &tables.sin,
-                    c.head_dim,
-                )?;
-                let inputs = attention::AttnInputs {
-                    q: &q,
-                    k: &k,
-                    v: &v,
-                    mask: batch.mask,
-                };
-                let (a, _lse) = attention::attention(rec, &attn_cfg, &inputs)?;
-                let o = self.linear(rec, &a, layer.get("self_attn.o_proj.weight")?, None)?;
+                rope::rope_inplace(rec, &q, positions, &tables.cos, &tables.sin, c.head_dim)?;
+                rope::rope_inplace(rec, &k, positions, &tables.cos, &tables.sin, c.head_dim)?;
+                let a = self.attend(rec, &q, &k, &v, src)?;
+                let o = self.linear(rec, &a, layer.get("self_attn.o_proj.weight")?, None, few)?;
                 elementwise::add_inplace(rec, &o, 1.0, x)?;
                 let h2 =
                     rmsnorm::rmsnorm(rec, &o, layer.get("post_attention_layernorm.weight")?, eps)?;
@@ -355,12 +491,14 @@ impl Decoder {
                     &h2,
                     layer.get("mlp.gate_proj.weight")?,
                     layer.opt("mlp.gate_proj.bias"),
+                    few,
                 )?;
                 let u = self.linear(
                     rec,
                     &h2,
                     layer.get("mlp.up_proj.weight")?,
                     layer.opt("mlp.up_proj.bias"),
+                    few,
                 )?;
                 let m = swiglu::swiglu(rec, &g, &u)?;
                 let d = self.linear(
@@ -368,6 +506,7 @@ impl Decoder {
                     &m,
                     layer.get("mlp.down_proj.weight")?,
                     layer.opt("mlp.down_proj.bias"),
+                    few,
                 )?;
                 elementwise::add_inplace(rec, &d, 1.0, &o)?;
                 Ok(d)
@@ -385,47 +524,31 @@ impl Decoder {
                     &h,
                     layer.get("attention.q.weight")?,
                     layer.opt("attention.q.bias"),
+                    few,
                 )?;
                 let k = self.linear(
                     rec,
                     &h,
                     layer.get("attention.k.weight")?,
                     layer.opt("attention.k.bias"),
+                    few,
                 )?;
                 let v = self.linear(
                     rec,
                     &h,
                     layer.get("attention.v.weight")?,
                     layer.opt("attention.v.bias"),
+                    few,
                 )?;
-                rope::rope_inplace(
-                    rec,
-                    &q,
-                    batch.positions,
-                    &tables.cos,
-                    &tables.sin,
-                    c.head_dim,
-                )?;
-                rope::rope_inplace(
-                    rec,
-                    &k,
-                    batch.positions,
-                    &tables.cos,
-                    &tables.sin,
-                    c.head_dim,
-                )?;
-                let inputs = attention::AttnInputs {
-                    q: &q,
-                    k: &k,
-                    v: &v,
-                    mask: batch.mask,
-                };
-                let (a, _lse) = attention::attention(rec, &attn_cfg, &inputs)?;
+                rope::rope_inplace(rec, &q, positions, &tables.cos, &tables.sin, c.head_dim)?;
+                rope::rope_inplace(rec, &k, positions, &tables.cos, &tables.sin, c.head_dim)?;
+                let a = self.attend(rec, &q, &k, &v, src)?;
                 let o = self.linear(
                     rec,
                     &a,
                     layer.get("attention.dense.weight")?,
                     layer.opt("attention.dense.bias"),
+                    few,
                 )?;
                 let mlp_in = if c.use_parallel_residual {
                     x.clone()
@@ -445,6 +568,7 @@ impl Decoder {
                     &h2,
                     layer.get("mlp.dense_h_to_4h.weight")?,
                     layer.opt("mlp.dense_h_to_4h.bias"),
+                    few,
                 )?;
                 let m = gelu::gelu(rec, &u)?;
                 let d = self.linear(
@@ -452,6 +576,7 @@ impl Decoder {
                     &m,
                     layer.get("mlp.dense_4h_to_h.weight")?,
                     layer.opt("mlp.dense_4h_to_h.bias"),
+                    few,
                 )?;
                 elementwise::add_inplace(rec, &d, 1.0, &o)?;
                 if c.use_parallel_residual {
@@ -516,6 +641,81 @@ impl Decoder {
         };
         Ok(ForwardOut { logits, hidden })
     }
+
+    /// Run `ids`, the next tokens of the sequence whose first
+    /// `cache.len()` tokens the cache holds, at positions
+    /// `[past, past + n)` with `past = cache.len()`: the cache grows if
+    /// needed (an error past its context), each layer writes the new keys
+    /// and values into it and attends to everything cached. Prefill is the
+    /// whole prompt in one call; decoding one token per call (records
+    /// nothing but kernels and copies: one submission per step).
+    ///
+    /// Returns logits f32 `[n, vocab]` with `all_logits`, else `[1, vocab]`
+    /// for the last token only. The result equals `forward` on the whole
+    /// sequence (tests/infer.rs checks it).
+    pub fn forward_cached(
+        &self,
+        rec: &mut Recorder,
+        ids: &[u32],
+        cache: &mut KvCache,
+        all_logits: bool,
+    ) -> Result<Tensor> {
+        let n = ids.len();
+        let past = cache.len();
+        if n == 0 {
+            return Err(Error::Shape("forward_cached: no tokens".into()));
+        }
+        if cache.layers() != self.layers.len()
+            || cache.kv_dim() != self.cfg.num_kv_heads * self.cfg.head_dim
+        {
+            return Err(Error::Shape(format!(
+                "forward_cached: the cache has {} layers of {} columns, the model {} of {}",
+                cache.layers(),
+                cache.kv_dim(),
+                self.layers.len(),
+                self.cfg.num_kv_heads * self.cfg.head_dim
+            )));
+        }
+        cache.reserve(rec, past + n)?;
+        let gpu = rec.gpu();
+        let tables = self.rope_tables(gpu, past + n)?;
+        let tids = gpu.upload_u32("decode.ids", &[n], ids)?;
+        let pos: Vec<u32> = (past as u32..(past + n) as u32).collect();
+        let positions = gpu.upload_u32("decode.positions", &[n], &pos)?;
+        let mut x = crate::ops::embedding::embedding(rec, &tids, &self.embed)?;
+        for (l, layer) in self.layers.iter().enumerate() {
+            x = self.layer_forward_cached(
+                rec,
+                layer,
+                &x,
+                &positions,
+                &cache.k[l],
+                &cache.v[l],
+                past,
+                &tables,
+            )?;
+            if n > 1 {
+                rec.flush()?;
+            }
+        }
+        cache.push(ids)?;
+        let h = self.cfg.hidden_size;
+        let rows = if all_logits { n } else { 1 };
+        let x = if rows == n {
+            x
+        } else {
+            // The last row, copied (a view would start at an unaligned offset).
+            let last = Tensor::empty(gpu, "decode.last", &[1, h], DType::F32)?;
+            rec.copy(&x, ((n - 1) * h * 4) as u64, &last, 0, (h * 4) as u64)?;
+            last
+        };
+        let normed = self.final_norm_forward(rec, &x)?;
+        if self.gemv_rows(gpu, rows) {
+            gemv::gemv(rec, &normed, &self.head)
+        } else {
+            matmul::matmul(rec, &normed, &self.head, false, true)
+        }
+    }
 }
 
 impl Decoder {
@@ -534,6 +734,7 @@ impl Decoder {
             final_norm,
             head,
             rope: Arc::new(Mutex::new(None)),
+            decode_gemv: None,
         }
     }
 

@@ -17,5 +17,6 @@ pub mod matmul;
 pub mod reduce;
 pub mod rmsnorm;
 pub mod rope;
+pub mod sample;
 pub mod softmax;
 pub mod swiglu;

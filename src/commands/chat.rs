@@ -1,0 +1,232 @@
+//! `boomgpu chat`: answer one `--prompt` (the answer alone on stdout), or
+//! an interactive conversation on stdin with /commands; Ctrl-C stops the
+//! answer being written, not the program.
+
+use std::io::{BufRead, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::common::{load_model, open_gpu};
+use crate::error::{Error, Result};
+use crate::gpu::GpuOptions;
+use crate::infer::{GenOptions, Reply, Session, StopReason};
+use crate::ops::sample::SampleParams;
+
+#[derive(Default)]
+pub struct ChatArgs {
+    pub model: String,
+    pub prompt: Option<String>,
+    pub max_tokens: Option<usize>,
+    pub temperature: Option<f32>,
+    pub top_k: Option<usize>,
+    pub top_p: Option<f32>,
+    pub min_p: Option<f32>,
+    pub repetition_penalty: Option<f32>,
+    pub seed: Option<u64>,
+    pub max_context: Option<usize>,
+    pub stop: Vec<String>,
+}
+
+/// Sampling defaults from generation_config.json (as transformers reads
+/// them: greedy unless `do_sample`; top_k 50 when sampling and unset),
+/// overridden by the flags; also the EOS ids it names.
+fn sampling(gen_cfg: &Value, a: &ChatArgs) -> (SampleParams, Vec<u32>) {
+    let f = |k: &str| gen_cfg.get(k).and_then(Value::as_f64);
+    let do_sample = gen_cfg
+        .get("do_sample")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let mut p = SampleParams::greedy();
+    if do_sample {
+        p.temperature = f("temperature").unwrap_or(1.0) as f32;
+        p.top_k = f("top_k").unwrap_or(50.0) as usize;
+        p.top_p = f("top_p").unwrap_or(1.0) as f32;
+        p.min_p = f("min_p").unwrap_or(0.0) as f32;
+    }
+    p.repetition_penalty = f("repetition_penalty").unwrap_or(1.0) as f32;
+    if let Some(t) = a.temperature {
+        p.temperature = t;
+    }
+    if let Some(k) = a.top_k {
+        p.top_k = k;
+    }
+    if let Some(v) = a.top_p {
+        p.top_p = v;
+    }
+    if let Some(v) = a.min_p {
+        p.min_p = v;
+    }
+    if let Some(v) = a.repetition_penalty {
+        p.repetition_penalty = v;
+    }
+    let eos = match gen_cfg.get("eos_token_id") {
+        Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
+        Some(Value::Array(v)) => v
+            .iter()
+            .filter_map(Value::as_u64)
+            .map(|x| x as u32)
+            .collect(),
+        _ => Vec::new(),
+    };
+    (p, eos)
+}
+
+fn describe(p: &SampleParams) -> String {
+    if p.is_greedy() {
+        let mut s = "greedy".to_string();
+        if p.has_penalty() {
+            s += &format!(", repetition penalty {}", p.repetition_penalty);
+        }
+        return s;
+    }
+    format!(
+        "temperature {}, top-k {}, top-p {}, min-p {}, repetition penalty {}",
+        p.temperature, p.top_k, p.top_p, p.min_p, p.repetition_penalty
+    )
+}
+
+pub fn run(opts: &GpuOptions, a: &ChatArgs) -> Result<()> {
+    let gpu = open_gpu(opts)?;
+    let m = load_model(&gpu, &a.model, false)?;
+    let tok = m.tokenizer.ok_or_else(|| {
+        Error::Invalid(format!(
+            "{}: no tokenizer.json; chat needs the model's tokenizer",
+            m.dir.display()
+        ))
+    })?;
+    let gen_path = m.dir.join("generation_config.json");
+    let gen_cfg: Value = std::fs::read_to_string(&gen_path)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or(Value::Null);
+    let (params, gen_eos) = sampling(&gen_cfg, a);
+    params.validate()?;
+    let max_pos = m.cfg.max_position_embeddings;
+    let max_ctx = a.max_context.unwrap_or(max_pos.min(4096));
+    if max_ctx == 0 {
+        return Err(Error::Invalid("--max-context must be at least 1".into()));
+    }
+    if max_ctx > max_pos {
+        eprintln!("note: --max-context {max_ctx} is beyond the model's max_position_embeddings ({max_pos})");
+    }
+    let mut eos_ids = tok.eos_ids.clone();
+    for id in gen_eos {
+        if !eos_ids.contains(&id) {
+            eos_ids.push(id);
+        }
+    }
+    let gen = GenOptions {
+        max_tokens: a.max_tokens.unwrap_or(512),
+        sampling: params,
+        stop: a.stop.clone(),
+        eos_ids,
+    };
+    let mut session = Session::new(&gpu, m.decoder, tok, max_ctx, gen, a.seed)?;
+    eprintln!(
+        "sampling: {}; context {max_ctx} tokens; {}",
+        describe(&params),
+        if session.has_template() {
+            "chat template"
+        } else {
+            "no chat template: plain continuation"
+        }
+    );
+    let stdout = std::io::stdout();
+    if let Some(prompt) = &a.prompt {
+        let mut out = stdout.lock();
+        let g = session.ask(prompt, None, &mut |piece| {
+            let _ = out.write_all(piece.as_bytes());
+            let _ = out.flush();
+        })?;
+        let _ = writeln!(out);
+        report(&g.stats, g.stop);
+        return Ok(());
+    }
+    interactive(&mut session)
+}
+
+fn report(st: &crate::infer::GenStats, stop: StopReason) {
+    eprintln!(
+        "[{} tokens, {:.1} tokens/s; prompt {} tokens at {:.1} tokens/s; stopped: {}]",
+        st.new_tokens,
+        st.decode_tokens_per_sec(),
+        st.prompt_tokens,
+        st.prefill_tokens_per_sec(),
+        match stop {
+            StopReason::Eos => "end of text",
+            StopReason::StopString => "stop string",
+            StopReason::MaxTokens => "--max-tokens",
+            StopReason::ContextFull => "context full",
+            StopReason::Interrupted => "interrupted",
+        }
+    );
+}
+
+fn interactive(session: &mut Session) -> Result<()> {
+    // Ctrl-C while an answer is being written stops it; at the prompt it
+    // leaves, as usual.
+    let generating = Arc::new(AtomicBool::new(false));
+    let interrupt = Arc::new(AtomicBool::new(false));
+    {
+        let generating = generating.clone();
+        let interrupt = interrupt.clone();
+        ctrlc::set_handler(move || {
+            if generating.load(Ordering::SeqCst) {
+                interrupt.store(true, Ordering::SeqCst);
+            } else {
+                eprintln!();
+                std::process::exit(130);
+            }
+        })
+        .map_err(|e| Error::Invalid(format!("cannot install the Ctrl-C handler: {e}")))?;
+    }
+    eprintln!("type a message, /help for commands, /quit or Ctrl-D to leave");
+    let stdin = std::io::stdin();
+    let stdout = std::io::stdout();
+    let mut line = String::new();
+    loop {
+        eprint!("> ");
+        let _ = std::io::stderr().flush();
+        line.clear();
+        if stdin
+            .lock()
+            .read_line(&mut line)
+            .map_err(|e| Error::io("stdin", e))?
+            == 0
+        {
+            eprintln!();
+            return Ok(());
+        }
+        let text = line.trim_end_matches(['\n', '\r']);
+        if text.trim().is_empty() {
+            continue;
+        }
+        match session.command(text) {
+            Reply::Quit => return Ok(()),
+            Reply::Text(t) => {
+                let mut out = stdout.lock();
+                let _ = writeln!(out, "{t}");
+                let _ = out.flush();
+            }
+            Reply::Ask => {
+                interrupt.store(false, Ordering::SeqCst);
+                generating.store(true, Ordering::SeqCst);
+                let mut out = stdout.lock();
+                let r = session.ask(text, Some(&interrupt), &mut |piece| {
+                    let _ = out.write_all(piece.as_bytes());
+                    let _ = out.flush();
+                });
+                generating.store(false, Ordering::SeqCst);
+                let _ = writeln!(out);
+                let _ = out.flush();
+                drop(out);
+                match r {
+                    Ok(g) => report(&g.stats, g.stop),
+                    Err(e) => eprintln!("error: {e}"),
+                }
+            }
+        }
+    }
+}
