@@ -261,9 +261,28 @@ enum Command {
     /// Talk to a model: one --prompt, or an interactive conversation on stdin
     /// (/help lists the commands; Ctrl-C stops an answer).
     Chat {
-        /// Model folder or hub id (e.g. Qwen/Qwen3-4B).
+        /// One model: folder or hub id. Without --model/--teacher/--student,
+        /// the pair Qwen/Qwen3-4B-Base + Harvard-DCML/boomerang-qwen3-2.3B.
+        #[arg(long, conflicts_with_all = ["teacher", "student"])]
+        model: Option<String>,
+        /// Teacher of a boomerang pair (folder or hub id).
+        #[arg(long, requires = "student")]
+        teacher: Option<String>,
+        /// Student of the pair.
+        #[arg(long, requires = "teacher")]
+        student: Option<String>,
+        /// Number of student layers to patch with teacher blocks (default: the student itself);
+        /// `/layers N` changes it without reloading.
         #[arg(long)]
-        model: String,
+        layers: Option<usize>,
+        /// Patch the first student layers (the default for Llama).
+        #[arg(long, conflicts_with = "last")]
+        first: bool,
+        /// Patch the last student layers (the default for Qwen3 and Pythia).
+        #[arg(long)]
+        last: bool,
+        #[command(flatten)]
+        prune: PruneArgs,
         /// Answer this once and exit; the answer alone goes to stdout.
         #[arg(long)]
         prompt: Option<String>,
@@ -464,6 +483,12 @@ fn main() -> ExitCode {
         } => boomgpu::commands::import_gguf::run(&file, &out, &dtype, force).map(|s| print!("{s}")),
         Command::Chat {
             model,
+            teacher,
+            student,
+            layers,
+            first,
+            last,
+            prune,
             prompt,
             max_tokens,
             temperature,
@@ -475,8 +500,23 @@ fn main() -> ExitCode {
             max_context,
             stop,
         } => {
+            let target = match (model, teacher, student) {
+                (Some(m), _, _) => boomgpu::commands::chat::ChatTarget::Model(m),
+                (None, Some(t), Some(s)) => boomgpu::commands::chat::ChatTarget::Pair {
+                    teacher: t,
+                    student: s,
+                },
+                _ => boomgpu::commands::chat::ChatTarget::Pair {
+                    teacher: boomgpu::commands::chat::DEFAULT_TEACHER.into(),
+                    student: boomgpu::commands::chat::DEFAULT_STUDENT.into(),
+                },
+            };
             let a = boomgpu::commands::chat::ChatArgs {
-                model,
+                target,
+                layers,
+                first,
+                last,
+                prune: prune.params(),
                 prompt,
                 max_tokens,
                 temperature,

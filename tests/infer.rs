@@ -561,7 +561,7 @@ fn chat_history_is_trimmed_from_the_oldest_turns() {
         let (d, _) = load("qwen3");
         let layers = d.layers[..k].to_vec();
         Ok(Decoder::assemble(
-            &d.cfg,
+            &d,
             d.embed.clone(),
             layers,
             d.final_norm.clone(),

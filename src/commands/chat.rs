@@ -8,15 +8,29 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::common::{load_model, open_gpu};
+use super::common::{load_model, open_gpu, Pair};
 use crate::error::{Error, Result};
 use crate::gpu::GpuOptions;
 use crate::infer::{GenOptions, Reply, Session, StopReason};
+use crate::model::tokenizer::Tokenizer;
 use crate::ops::sample::SampleParams;
 
-#[derive(Default)]
+/// The pair `boomgpu chat` uses when given no model (REFERENCE §5).
+pub const DEFAULT_TEACHER: &str = "Qwen/Qwen3-4B-Base";
+pub const DEFAULT_STUDENT: &str = "Harvard-DCML/boomerang-qwen3-2.3B";
+
+pub enum ChatTarget {
+    Model(String),
+    Pair { teacher: String, student: String },
+}
+
 pub struct ChatArgs {
-    pub model: String,
+    pub target: ChatTarget,
+    /// Student layers to patch (pairs only); None = the student itself.
+    pub layers: Option<usize>,
+    pub first: bool,
+    pub last: bool,
+    pub prune: Option<crate::boomerang::PruneParams>,
     pub prompt: Option<String>,
     pub max_tokens: Option<usize>,
     pub temperature: Option<f32>,
@@ -89,7 +103,45 @@ fn describe(p: &SampleParams) -> String {
 
 pub fn run(opts: &GpuOptions, a: &ChatArgs) -> Result<()> {
     let gpu = open_gpu(opts)?;
-    let m = load_model(&gpu, &a.model, false)?;
+    let (m, resizer) = match &a.target {
+        ChatTarget::Model(r) => {
+            if a.layers.is_some() {
+                return Err(Error::Invalid(
+                    "--layers needs --teacher and --student (a boomerang pair)".into(),
+                ));
+            }
+            (load_model(&gpu, r, false)?, None)
+        }
+        ChatTarget::Pair { teacher, student } => {
+            let pair = std::sync::Arc::new(Pair::load(&gpu, teacher, student, a.prune)?);
+            let dir = pair.direction(a.first, a.last);
+            let dec = match a.layers {
+                Some(k) => pair.patched(k, dir)?.1,
+                None => pair.student.decoder.clone(),
+            };
+            let max_k = crate::boomerang::PatchPlan::max_k(&pair.plan, dir);
+            eprintln!(
+                "{} layers, {:.1}M parameters; /layers 0..={max_k} switches size ({dir}-k patching, {max_k} = the teacher)",
+                dec.layers.len(),
+                dec.params() as f64 / 1e6
+            );
+            let p2 = pair.clone();
+            let resizer: crate::infer::session::Resizer =
+                Box::new(move |k| p2.patched(k, dir).map(|(_, d)| d));
+            let t = &pair.teacher;
+            let loaded = super::common::Loaded {
+                dir: t.dir.clone(),
+                cfg: dec.cfg.clone(),
+                decoder: dec,
+                tokenizer: Some(Tokenizer::from_dir(
+                    &t.dir,
+                    &t.cfg.eos_token_ids,
+                    t.cfg.bos_token_id,
+                )?),
+            };
+            (loaded, Some(resizer))
+        }
+    };
     let tok = m.tokenizer.ok_or_else(|| {
         Error::Invalid(format!(
             "{}: no tokenizer.json; chat needs the model's tokenizer",
@@ -124,6 +176,9 @@ pub fn run(opts: &GpuOptions, a: &ChatArgs) -> Result<()> {
         eos_ids,
     };
     let mut session = Session::new(&gpu, m.decoder, tok, max_ctx, gen, a.seed)?;
+    if let Some(r) = resizer {
+        session.set_resizer(r);
+    }
     eprintln!(
         "sampling: {}; context {max_ctx} tokens; {}",
         describe(&params),

