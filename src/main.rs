@@ -154,7 +154,7 @@ enum Command {
         /// Student of the pair (with student_config.json, or pass --every/--keep-first/--keep-last).
         #[arg(long, requires = "teacher")]
         student: Option<String>,
-        /// Number of student layers to patch with teacher blocks, or `all`.
+        /// Student layers to patch with teacher blocks: K, a list K1,K2,... (a curve), or `all`.
         #[arg(long)]
         layers: Option<String>,
         /// Patch the first student layers (the default for Llama).

@@ -84,7 +84,7 @@ fn build(gpu: &Gpu, cfg: &ModelConfig) -> Result<Decoder> {
         weight: random_bf16(gpu, "norm", &[cfg.hidden_size], &pool, true)?,
         bias: None,
     };
-    Ok(Decoder::assemble(cfg, embed.clone(), layers, norm, embed))
+    Ok(Decoder::from_parts(cfg, embed.clone(), layers, norm, embed))
 }
 
 fn line(b: &Bench, name: &str, secs_per_token: f64, bytes_per_token: f64) {

@@ -200,6 +200,14 @@ pub fn run(gpu_opts: &GpuOptions, a: &DistillArgs) -> Result<String> {
         }
         None => None,
     };
+    if !corpus.eval.is_empty() && tr.step == 0 {
+        if let Some(e) = tr.evaluate()? {
+            eprintln!(
+                "held-out before training: loss {:.4} ce {:.4} kl {:.4} cos {:.4}",
+                e.loss, e.ce, e.kl, e.cos
+            );
+        }
+    }
     let mut bar = Progress::new("distill", a.opts.steps, "steps").quiet(a.quiet);
     let mut last = None;
     while tr.step < a.opts.steps {
@@ -242,7 +250,7 @@ pub fn run(gpu_opts: &GpuOptions, a: &DistillArgs) -> Result<String> {
     }
     if let Some(e) = held {
         out.push_str(&format!(
-            "held-out: loss {:.4} ce {:.4} kl {:.4} cos {:.4}\n",
+            "held-out after training: loss {:.4} ce {:.4} kl {:.4} cos {:.4}\n",
             e.loss, e.ce, e.kl, e.cos
         ));
     }

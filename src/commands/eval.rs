@@ -19,6 +19,8 @@ use crate::progress::Progress;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Sizes {
     One(usize),
+    /// Several sizes (`--layers 1,5,9`), listed with the student as a curve.
+    List(Vec<usize>),
     All,
 }
 
@@ -27,6 +29,17 @@ impl std::str::FromStr for Sizes {
     fn from_str(s: &str) -> std::result::Result<Sizes, String> {
         if s == "all" {
             return Ok(Sizes::All);
+        }
+        if s.contains(',') {
+            return s
+                .split(',')
+                .map(|p| {
+                    p.trim()
+                        .parse::<usize>()
+                        .map_err(|_| format!("'{p}' in --layers {s} is not a number"))
+                })
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map(Sizes::List);
         }
         s.parse()
             .map(Sizes::One)
@@ -152,7 +165,11 @@ pub fn run(opts: &GpuOptions, a: &EvalArgs) -> Result<String> {
                         p.perplexity
                     ))
                 }
-                Sizes::All => curve(&gpu, &pair, dir, &ids, seq_len, a),
+                Sizes::All => {
+                    let all: Vec<usize> = (0..=PatchPlan::max_k(&pair.plan, dir)).collect();
+                    curve(&gpu, &pair, dir, &all, &ids, seq_len, a)
+                }
+                Sizes::List(ks) => curve(&gpu, &pair, dir, ks, &ids, seq_len, a),
             }
         }
     }
@@ -172,13 +189,13 @@ fn curve(
     gpu: &Gpu,
     pair: &Pair,
     dir: Direction,
+    ks: &[usize],
     ids: &[u32],
     seq_len: usize,
     a: &EvalArgs,
 ) -> Result<String> {
-    let max_k = PatchPlan::max_k(&pair.plan, dir);
     let mut rows = Vec::new();
-    let total = max_k + 2;
+    let total = ks.len() + 1;
     let mut bar = Progress::new("sizes", total, "models");
     let s = &pair.student.decoder;
     let p = score(gpu, s, ids, seq_len, "student", true)?;
@@ -191,7 +208,7 @@ fn curve(
         ppl: p,
     });
     bar.update(1, "");
-    for k in 0..=max_k {
+    for (i, &k) in ks.iter().enumerate() {
         let (plan, dec) = pair.patched(k, dir)?;
         let p = score(gpu, &dec, ids, seq_len, "patched", true)?;
         rows.push(CurveRow {
@@ -207,7 +224,7 @@ fn curve(
             ppl: p,
         });
         bar.update(
-            k + 2,
+            i + 2,
             &format!("k={k}: ppl {:.3}", rows.last().expect("row").ppl.perplexity),
         );
     }
