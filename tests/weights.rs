@@ -9,6 +9,9 @@ use boomgpu::gpu::DType;
 use boomgpu::model::weights::{write_safetensors, Checkpoint};
 use boomgpu::model::ModelConfig;
 
+/// name → (dtype, shape, bytes), as write_safetensors takes them.
+type Tensors = BTreeMap<String, (DType, Vec<usize>, Vec<u8>)>;
+
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/models")
@@ -29,8 +32,7 @@ fn sharded(name: &str) -> (PathBuf, ModelConfig) {
     let ck = Checkpoint::open(&src).unwrap();
     let dir = scratch(name);
     std::fs::copy(src.join("config.json"), dir.join("config.json")).unwrap();
-    let mut shards: [BTreeMap<String, (DType, Vec<usize>, Vec<u8>)>; 2] =
-        [BTreeMap::new(), BTreeMap::new()];
+    let mut shards: [Tensors; 2] = [BTreeMap::new(), BTreeMap::new()];
     let mut map = serde_json::Map::new();
     for (i, (name, e)) in ck.tensors.iter().enumerate() {
         let file = format!("model-0000{}-of-00002.safetensors", i % 2 + 1);
@@ -134,7 +136,7 @@ fn unsupported_dtypes_are_named() {
     let cfg = ModelConfig::from_file(&src.join("config.json")).unwrap();
     let ck = Checkpoint::open(&src).unwrap();
     let dir = scratch("dtype");
-    let mut tensors: BTreeMap<String, (DType, Vec<usize>, Vec<u8>)> = BTreeMap::new();
+    let mut tensors: Tensors = BTreeMap::new();
     for (name, e) in &ck.tensors {
         tensors.insert(
             name.clone(),
