@@ -73,7 +73,20 @@ fn loss_parts_and_gradients_match_pytorch() {
         let mut rec = g.recorder();
         params.zero_grads(&mut rec);
         rec.run().unwrap();
-        let parts = micro_step(g, &teacher, &student, &params, &mb, &pairs, &w, 1, true).unwrap();
+        // With activation checkpointing first: the same loss and gradients.
+        let ck = micro_step(
+            g, &teacher, &student, &params, &mb, &pairs, &w, 1, true, true,
+        )
+        .unwrap();
+        let ck_grads = export_named(g, &scfg, &params, Which::Grad).unwrap();
+        let mut rec = g.recorder();
+        params.zero_grads(&mut rec);
+        rec.run().unwrap();
+        let parts = micro_step(
+            g, &teacher, &student, &params, &mb, &pairs, &w, 1, true, false,
+        )
+        .unwrap();
+        assert_eq!(ck, parts, "{teacher_name}: checkpointed loss differs");
         for (key, got) in [
             ("loss", parts.loss),
             ("ce", parts.ce),
@@ -104,6 +117,15 @@ fn loss_parts_and_gradients_match_pytorch() {
                 &want,
                 1e-3 * scale,
                 1e-3,
+            );
+            // Recomputing layers in backward gives the same gradients.
+            let ck = &ck_grads[name].1;
+            assert_close(
+                &format!("{teacher_name} checkpointed grad {name}"),
+                ck,
+                got,
+                1e-6 * scale,
+                1e-5,
             );
             checked += 1;
         }

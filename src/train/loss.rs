@@ -54,7 +54,9 @@ pub struct MicroBatch<'a> {
 
 /// Run one micro-batch. With `backward`, gradients of the loss divided by
 /// `accum` (the number of micro-batches in the optimiser step) are added
-/// into the student's gradient buffers. `pairs` are (student, teacher)
+/// into the student's gradient buffers; with `recompute`, the student keeps
+/// only each layer's input and recomputes layers during backward
+/// (activation checkpointing: less memory, one more student forward). `pairs` are (student, teacher)
 /// indices into the Hugging Face hidden-state lists.
 #[allow(clippy::too_many_arguments)]
 pub fn micro_step(
@@ -67,6 +69,7 @@ pub fn micro_step(
     w: &LossWeights,
     accum: usize,
     backward: bool,
+    recompute: bool,
 ) -> Result<LossParts> {
     let (b, t) = (mb.batch, mb.seq);
     let n = b * t;
@@ -107,43 +110,67 @@ pub fn micro_step(
     let mut rec = gpu.recorder();
     let t_out = teacher.forward(&mut rec, &batch, true, !pairs.is_empty())?;
     let t_logits = t_out.logits.expect("teacher logits");
-    let mut tape = Tape::new();
-    let s_out = student::forward(&mut tape, &mut rec, student, params, &batch)?;
+    // The student: on one tape, or with activation checkpointing.
+    enum Run {
+        Tape(Tape, student::TapeOut),
+        Checkpointed(Box<student::Checkpointed>),
+    }
+    let run = if recompute {
+        Run::Checkpointed(Box::new(student::forward_checkpointed(
+            &mut rec, student, params, &batch,
+        )?))
+    } else {
+        let mut tape = Tape::new();
+        let out = student::forward(&mut tape, &mut rec, student, params, &batch)?;
+        Run::Tape(tape, out)
+    };
+    let (s_logits, s_hidden): (Tensor, Vec<Tensor>) = match &run {
+        Run::Tape(tape, out) => (
+            tape.value(out.logits).clone(),
+            out.hidden.iter().map(|&v| tape.value(v).clone()).collect(),
+        ),
+        Run::Checkpointed(ck) => (ck.logits.clone(), ck.hidden.clone()),
+    };
     for &(si, ti) in pairs {
-        if si >= s_out.hidden.len() || ti >= t_out.hidden.len() {
+        if si >= s_hidden.len() || ti >= t_out.hidden.len() {
             return Err(Error::Invalid(format!(
                 "aligned pair {si}→{ti} is outside the hidden states ({} student, {} teacher)",
-                s_out.hidden.len(),
+                s_hidden.len(),
                 t_out.hidden.len()
             )));
         }
     }
-    let s_logits = tape.value(s_out.logits).clone();
     let (rows, ds) = distill_loss::distill_loss(&mut rec, &s_logits, &t_logits, &targets, &cfg)?;
     drop(s_logits);
     drop(t_logits);
-    let mut seeds: Vec<(crate::autodiff::Var, Tensor)> = vec![(s_out.logits, ds)];
+    let mut hidden_grads: Vec<(usize, Tensor)> = Vec::with_capacity(pairs.len());
     let mut cos_vals = Vec::with_capacity(pairs.len());
     for &(si, ti) in pairs {
-        let a = tape.value(s_out.hidden[si]).clone();
         let (val, grad) = cosine::cosine_loss(
             &mut rec,
-            &a,
+            &s_hidden[si],
             &t_out.hidden[ti],
             &mask,
             w.cos / n_pairs,
             n as f32 * accum_f,
         )?;
         cos_vals.push(val);
-        seeds.push((s_out.hidden[si], grad));
+        hidden_grads.push((si, grad));
     }
+    drop(s_hidden);
     drop(t_out.hidden);
     if backward {
-        tape.backward(&mut rec, seeds, 24)?;
-    } else {
-        drop(seeds);
+        match run {
+            Run::Tape(mut tape, out) => {
+                let mut seeds = vec![(out.logits, ds)];
+                seeds.extend(hidden_grads.into_iter().map(|(h, g)| (out.hidden[h], g)));
+                tape.backward(&mut rec, seeds, 24)?;
+            }
+            Run::Checkpointed(ck) => {
+                ck.backward(&mut rec, student, params, &batch, ds, hidden_grads)?
+            }
+        }
     }
-    drop(tape);
     rec.run()?;
 
     let sum = |t: &Tensor| -> Result<f64> { Ok(gpu.read_f32(t)?.iter().map(|&x| x as f64).sum()) };

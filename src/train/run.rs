@@ -34,6 +34,8 @@ pub struct DistillOptions {
     pub weight_decay: f32,
     pub max_grad_norm: f32,
     pub seed: u64,
+    /// Activation checkpointing: recompute each student layer in backward.
+    pub recompute: bool,
 }
 
 impl Default for DistillOptions {
@@ -50,6 +52,7 @@ impl Default for DistillOptions {
             weight_decay: 0.1,
             max_grad_norm: 1.0,
             seed: 0,
+            recompute: false,
         }
     }
 }
@@ -185,6 +188,7 @@ impl<'a> Trainer<'a> {
                 &self.opts.weights,
                 accum,
                 true,
+                self.opts.recompute,
             )?;
             sum.loss += p.loss / accum as f64;
             sum.ce += p.ce / accum as f64;
@@ -255,6 +259,7 @@ impl<'a> Trainer<'a> {
                 &self.pairs,
                 &self.opts.weights,
                 1,
+                false,
                 false,
             )?;
             sum.loss += p.loss / n;
