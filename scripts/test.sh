@@ -30,4 +30,4 @@ cargo build --all-targets --locked
 cargo test --locked -- --test-threads="${BOOMGPU_TEST_THREADS:-2}"
 # The main job, quick: with the test build (the GPU work runs in the driver).
 BOOMGPU_BIN=target/debug/boomgpu bash scripts/demo.sh --quick --work "$CACHE/demo"
-echo "1 passed, 0 failed: demo --quick"
+echo "demo: 1 passed, 0 failed"
