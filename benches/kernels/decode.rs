@@ -5,14 +5,12 @@
 //! is read once per token, so the ideal step time is weight bytes / peak
 //! GB/s.
 
-use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Instant;
 
-use boomgpu::gpu::{format_bytes, DType, Gpu, Tensor};
+use boomgpu::gpu::{format_bytes, DType};
 use boomgpu::infer::generate::step;
 use boomgpu::infer::KvCache;
-use boomgpu::model::decoder::{Decoder, Layer, Norm};
+use boomgpu::model::decoder::Decoder;
 use boomgpu::model::ModelConfig;
 use boomgpu::ops::sample::SampleParams;
 use boomgpu::Result;
@@ -31,60 +29,6 @@ fn config(small: bool) -> Result<ModelConfig> {
         "head_dim": d, "vocab_size": v, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0,
         "tie_word_embeddings": true, "hidden_act": "silu", "max_position_embeddings": 40960
     }))
-}
-
-/// A bf16 tensor of `shape` tiled from a pool of random values of about
-/// `scale` (norm weights: 1).
-fn random_bf16(gpu: &Gpu, name: &str, shape: &[usize], pool: &[u8], ones: bool) -> Result<Tensor> {
-    let n: usize = shape.iter().product();
-    let bytes: Vec<u8> = if ones {
-        half::bf16::from_f32(1.0)
-            .to_le_bytes()
-            .iter()
-            .copied()
-            .cycle()
-            .take(n * 2)
-            .collect()
-    } else {
-        pool.iter().copied().cycle().take(n * 2).collect()
-    };
-    gpu.upload_bytes(name, shape, DType::BF16, &bytes)
-}
-
-fn build(gpu: &Gpu, cfg: &ModelConfig) -> Result<Decoder> {
-    let mut state = 0x1234_5678_9abc_def0u64;
-    let scale = 1.0 / (cfg.hidden_size as f32).sqrt();
-    let pool: Vec<u8> = (0..(1 << 20) + 7)
-        .flat_map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            let u = (state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0;
-            half::bf16::from_f32(u * scale).to_le_bytes()
-        })
-        .collect();
-    let embed = random_bf16(
-        gpu,
-        "embed",
-        &[cfg.vocab_size, cfg.hidden_size],
-        &pool,
-        false,
-    )?;
-    let mut layers = Vec::new();
-    for l in 0..cfg.num_layers {
-        let mut tensors = HashMap::new();
-        for (name, shape) in cfg.layer_tensors() {
-            let ones = name.contains("norm");
-            let t = random_bf16(gpu, &format!("l{l}.{name}"), &shape, &pool, ones)?;
-            tensors.insert(name, t);
-        }
-        layers.push(Arc::new(Layer { tensors }));
-    }
-    let norm = Norm {
-        weight: random_bf16(gpu, "norm", &[cfg.hidden_size], &pool, true)?,
-        bias: None,
-    };
-    Ok(Decoder::from_parts(cfg, embed.clone(), layers, norm, embed))
 }
 
 fn line(b: &Bench, name: &str, secs_per_token: f64, bytes_per_token: f64) {
@@ -106,7 +50,7 @@ fn bench(b: &Bench) -> Result<()> {
     let cfg = config(small)?;
     let (prompt_len, new_tokens) = if small { (32, 16) } else { (32, 256) };
     let t0 = Instant::now();
-    let dec = build(gpu, &cfg)?;
+    let dec = Decoder::random(gpu, &cfg, DType::BF16, 1)?;
     gpu.wait()?;
     println!(
         "decode (columns: time per token, tokens/s, GB/s of weights read, % of peak bandwidth)"
