@@ -103,13 +103,15 @@ fn esc(s: &str) -> String {
 }
 
 /// A line plot of (x, y, label) points as a standalone SVG: the
-/// interpolation curve (perplexity against parameters in millions).
+/// interpolation curve (perplexity against parameters in millions). Points
+/// are joined in the order given (student to teacher) and labelled; the
+/// y axis is logarithmic when the values span more than a factor of 10.
 pub fn plot_svg(title: &str, points: &[(f64, f64, String)]) -> String {
     let (w, h) = (640.0, 420.0);
-    let (l, r, t, b) = (70.0, 20.0, 40.0, 50.0);
+    let (l, r, t, b) = (70.0, 30.0, 40.0, 50.0);
     let fin: Vec<&(f64, f64, String)> = points
         .iter()
-        .filter(|p| p.0.is_finite() && p.1.is_finite())
+        .filter(|p| p.0.is_finite() && p.1.is_finite() && p.1 > 0.0)
         .collect();
     let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
     for p in &fin {
@@ -119,19 +121,22 @@ pub fn plot_svg(title: &str, points: &[(f64, f64, String)]) -> String {
         y1 = y1.max(p.1);
     }
     if fin.is_empty() {
-        (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
+        (x0, x1, y0, y1) = (0.0, 1.0, 1.0, 2.0);
     }
+    let log_y = y1 / y0 > 10.0;
+    let fy = |y: f64| if log_y { y.log10() } else { y };
+    let inv = |v: f64| if log_y { 10f64.powf(v) } else { v };
     let pad = |a: f64, b: f64| {
         if (b - a).abs() < 1e-12 {
             (a - 1.0, b + 1.0)
         } else {
-            (a - 0.05 * (b - a), b + 0.05 * (b - a))
+            (a - 0.06 * (b - a), b + 0.06 * (b - a))
         }
     };
     let (x0, x1) = pad(x0, x1);
-    let (y0, y1) = pad(y0, y1);
+    let (v0, v1) = pad(fy(y0), fy(y1));
     let sx = |x: f64| l + (x - x0) / (x1 - x0) * (w - l - r);
-    let sy = |y: f64| h - b - (y - y0) / (y1 - y0) * (h - t - b);
+    let sy = |y: f64| h - b - (fy(y) - v0) / (v1 - v0) * (h - t - b);
     let mut s = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
          <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
@@ -145,30 +150,36 @@ pub fn plot_svg(title: &str, points: &[(f64, f64, String)]) -> String {
         h - b,
         h - b
     );
+    let xprec = if x1 - x0 < 1.0 {
+        3
+    } else if x1 - x0 < 10.0 {
+        2
+    } else {
+        1
+    };
     for i in 0..=4 {
-        let fx = x0 + (x1 - x0) * i as f64 / 4.0;
-        let fy = y0 + (y1 - y0) * i as f64 / 4.0;
+        let tx = x0 + (x1 - x0) * i as f64 / 4.0;
+        let ty = inv(v0 + (v1 - v0) * i as f64 / 4.0);
         s.push_str(&format!(
-            "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{:.1}</text>\n<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{:.2}</text>\n",
-            sx(fx),
+            "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{:.xprec$}</text>\n<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>\n",
+            sx(tx),
             h - b + 18.0,
-            fx,
+            tx,
             l - 6.0,
-            sy(fy) + 4.0,
-            fy
+            sy(ty) + 4.0,
+            if ty >= 100.0 { format!("{ty:.0}") } else { format!("{ty:.2}") }
         ));
     }
     s.push_str(&format!(
         "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">parameters (millions)</text>\n\
-         <text x=\"16\" y=\"{}\" text-anchor=\"middle\" transform=\"rotate(-90 16 {})\">perplexity</text>\n",
+         <text x=\"16\" y=\"{}\" text-anchor=\"middle\" transform=\"rotate(-90 16 {})\">perplexity{}</text>\n",
         (l + w - r) / 2.0,
         h - 12.0,
         (t + h - b) / 2.0,
-        (t + h - b) / 2.0
+        (t + h - b) / 2.0,
+        if log_y { " (log scale)" } else { "" }
     ));
-    let mut sorted = fin.clone();
-    sorted.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(std::cmp::Ordering::Equal));
-    let path: Vec<String> = sorted
+    let path: Vec<String> = fin
         .iter()
         .map(|p| format!("{:.1},{:.1}", sx(p.0), sy(p.1)))
         .collect();
@@ -176,15 +187,44 @@ pub fn plot_svg(title: &str, points: &[(f64, f64, String)]) -> String {
         "<polyline fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"2\" points=\"{}\"/>\n",
         path.join(" ")
     ));
-    for p in &sorted {
+    for p in &fin {
         s.push_str(&format!(
-            "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"4\" fill=\"#1f77b4\"><title>{}: {:.4}</title></circle>\n",
+            "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"4\" fill=\"#1f77b4\"><title>{}: {:.4}</title></circle>\n\
+             <text x=\"{:.1}\" y=\"{:.1}\" font-size=\"10\" fill=\"#555\">{}</text>\n",
             sx(p.0),
             sy(p.1),
             esc(&p.2),
-            p.1
+            p.1,
+            sx(p.0) + 6.0,
+            sy(p.1) - 6.0,
+            esc(&p.2)
         ));
     }
     s.push_str("</svg>\n");
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plot_svg;
+
+    #[test]
+    fn curve_plot_uses_log_scale_for_wide_ranges() {
+        let pts = vec![
+            (85.0, 5636.0, "student".to_string()),
+            (120.3, 2422.5, "first-2".to_string()),
+            (134.5, 73.06, "teacher".to_string()),
+        ];
+        let svg = plot_svg("t", &pts);
+        assert!(svg.contains("(log scale)"));
+        assert_eq!(svg.matches("<circle").count(), 3);
+        // Every tick label is a positive perplexity.
+        assert!(!svg.contains(">-"), "{svg}");
+        let narrow = plot_svg("t", &[(0.05, 525.0, "a".into()), (0.07, 515.0, "b".into())]);
+        assert!(!narrow.contains("log scale"));
+        assert!(
+            narrow.contains(">0.050<") || narrow.contains(">0.049<"),
+            "{narrow}"
+        );
+    }
 }
