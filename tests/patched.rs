@@ -87,6 +87,24 @@ fn every_size_in_both_directions_matches_transformers() {
 }
 
 #[test]
+fn a_student_of_another_family_is_refused_before_upload() {
+    // A private device, so other tests' buffers do not disturb the count.
+    let g = &boomgpu::gpu::Gpu::open(&boomgpu::gpu::GpuOptions::from_env()).unwrap();
+    let before = g.memory().buffers_created;
+    let e = Pair::load(
+        g,
+        fixture("qwen3").to_str().unwrap(),
+        fixture("llama-tied-distilled").to_str().unwrap(),
+        None,
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(e.contains("model_type qwen3 vs llama"), "{e}");
+    assert_eq!(g.memory().buffers_created, before, "nothing was uploaded");
+}
+
+#[test]
 fn out_of_range_layers_lists_the_valid_range() {
     let g = gpu();
     let pair = Pair::load(

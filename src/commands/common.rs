@@ -2,9 +2,10 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::boomerang::{Direction, LayerSource, Part, PatchPlan, PruneParams, PrunePlan};
 use crate::error::{Error, Result};
 use crate::gpu::{format_bytes, Gpu, GpuOptions};
-use crate::model::decoder::Decoder;
+use crate::model::decoder::{Decoder, Norm};
 use crate::model::tokenizer::Tokenizer;
 use crate::model::weights::Checkpoint;
 use crate::model::{source, ModelConfig};
@@ -28,7 +29,19 @@ pub fn load_model(gpu: &Gpu, reference: &str, as_f32: bool) -> Result<Loaded> {
     let dir = source::resolve(reference)?;
     let cfg = ModelConfig::from_file(&dir.join("config.json"))?;
     let ckpt = Checkpoint::open(&dir)?;
-    let decoder = Decoder::load(gpu, &cfg, &ckpt, as_f32)?;
+    upload(gpu, reference, dir, cfg, &ckpt, as_f32)
+}
+
+/// Upload an opened checkpoint and load its tokenizer.
+fn upload(
+    gpu: &Gpu,
+    reference: &str,
+    dir: PathBuf,
+    cfg: ModelConfig,
+    ckpt: &Checkpoint,
+    as_f32: bool,
+) -> Result<Loaded> {
+    let decoder = Decoder::load(gpu, &cfg, ckpt, as_f32)?;
     let tokenizer = if dir.join("tokenizer.json").exists() {
         Some(Tokenizer::from_dir(
             &dir,
@@ -59,11 +72,6 @@ pub fn read_text(path: &Path) -> Result<String> {
         .map_err(|_| Error::Invalid(format!("{}: not UTF-8 text", path.display())))
 }
 
-use crate::boomerang::{
-    Direction, LayerSource, Part, PatchPlan, PruneParams, PrunePlan, StudentConfig,
-};
-use crate::model::decoder::Norm;
-
 /// A teacher and its student, both on the GPU, with the student's plan:
 /// every intermediate size is a list of references into these two.
 pub struct Pair {
@@ -79,25 +87,29 @@ impl Pair {
         student: &str,
         params: Option<PruneParams>,
     ) -> Result<Pair> {
-        let teacher = load_model(gpu, teacher, false)?;
-        let student = load_model(gpu, student, false)?;
-        let (t, s) = (&teacher.cfg, &student.cfg);
-        if t.family != s.family || t.hidden_size != s.hidden_size || t.vocab_size != s.vocab_size {
-            return Err(Error::Invalid(format!(
-                "teacher ({}, hidden {}, vocab {}) and student ({}, hidden {}, vocab {}) do not form a pair",
-                t.family.model_type(),
-                t.hidden_size,
-                t.vocab_size,
-                s.family.model_type(),
-                s.hidden_size,
-                s.vocab_size
-            )));
-        }
-        let (plan, _) = StudentConfig::load_plan(&student.dir, t.num_layers, s.num_layers, params)?;
-        Ok(Pair {
+        // Every check `boomgpu patch` makes (architectures match, the plan
+        // agrees with any flags given) runs before anything is uploaded.
+        let files = super::patch::Pair::open(teacher, student, params)?;
+        let t = upload(
+            gpu,
             teacher,
+            files.teacher_dir,
+            files.teacher_cfg,
+            &files.teacher_ckpt,
+            false,
+        )?;
+        let s = upload(
+            gpu,
             student,
-            plan,
+            files.student_dir,
+            files.student_cfg,
+            &files.student_ckpt,
+            false,
+        )?;
+        Ok(Pair {
+            teacher: t,
+            student: s,
+            plan: files.prune,
         })
     }
 
