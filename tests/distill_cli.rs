@@ -186,3 +186,24 @@ fn sigkill_then_resume_is_bit_identical() {
     assert_eq!(strip(&la).len(), 24);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_student_of_another_teacher_is_refused() {
+    let dir = tmp("mismatch");
+    let out = distill()
+        .arg("--teacher")
+        .arg(fixture("qwen3"))
+        .arg("--student")
+        .arg(fixture("neox-distilled"))
+        .arg("--data")
+        .arg(root().join("tests/fixtures/text.txt"))
+        .arg("--out")
+        .arg(dir.join("out"))
+        .args(["--steps", "1", "--seq-len", "32"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("model_type qwen3 vs gpt_neox"), "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -4,6 +4,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::common::{load_model, open_gpu};
+use crate::boomerang::patch::check_compatible;
 use crate::boomerang::{reference_alignment, Hidden, PruneParams, PrunePlan, StudentConfig};
 use crate::commands::init_student::{init_student, student_config_json, InitStudentOptions};
 use crate::error::{Error, Result};
@@ -102,6 +103,8 @@ pub fn run(gpu_opts: &GpuOptions, a: &DistillArgs) -> Result<String> {
     });
     let (scfg, student, plan) = if let Some(ck) = &resume_dir {
         let cfg = ModelConfig::from_file(&ck.join("config.json"))?;
+        check_compatible(&teacher.cfg, &cfg)
+            .map_err(|e| Error::Invalid(format!("{}: {e}", ck.display())))?;
         let dec = Decoder::load(&gpu, &cfg, &Checkpoint::open(ck)?, true)?;
         let (plan, _) =
             StudentConfig::load_plan(ck, teacher.cfg.num_layers, cfg.num_layers, Some(params))?;
@@ -109,6 +112,7 @@ pub fn run(gpu_opts: &GpuOptions, a: &DistillArgs) -> Result<String> {
     } else if let Some(s) = &a.student {
         let dir = crate::model::source::resolve(s)?;
         let cfg = ModelConfig::from_file(&dir.join("config.json"))?;
+        check_compatible(&teacher.cfg, &cfg).map_err(|e| Error::Invalid(format!("{s}: {e}")))?;
         let (plan, _) =
             StudentConfig::load_plan(&dir, teacher.cfg.num_layers, cfg.num_layers, a.prune)?;
         let dec = Decoder::load(&gpu, &cfg, &Checkpoint::open(&dir)?, true)?;
