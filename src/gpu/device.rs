@@ -264,12 +264,33 @@ impl Capabilities {
         }
     }
 
-    /// The tensor-core configuration the matmul fast path needs:
-    /// 16×16×16, f16 inputs, f32 accumulation.
-    pub fn coop_16x16_f16_f32(&self) -> bool {
-        self.coop_matrix
-            .iter()
-            .any(|c| c.m == 16 && c.n == 16 && c.k == 16 && c.ab == "f16" && c.cr == "f32")
+    /// Whether the device offers square `size`³ cooperative matrices with
+    /// f16 inputs and f32 accumulation, and the f16 and subgroup features
+    /// that the cooperative matmul also uses.
+    pub fn coop_f16_f32(&self, size: u32) -> bool {
+        self.f16
+            && self.subgroup
+            && self.coop_matrix.iter().any(|c| {
+                c.m == size && c.n == size && c.k == size && c.ab == "f16" && c.cr == "f32"
+            })
+    }
+
+    /// The fragment edge the cooperative matmul would use here: 16 where
+    /// offered (tensor cores), else 8 (lavapipe, Apple), else none.
+    pub fn coop_matmul_size(&self) -> Option<u32> {
+        [16, 8].into_iter().find(|&s| self.coop_f16_f32(s))
+    }
+
+    /// Whether a shader's `//! requires:` item (`coop16`, `coop8`, `f16`,
+    /// `subgroup`) is met.
+    pub fn meets(&self, requirement: &str) -> bool {
+        match requirement {
+            "coop16" => self.coop_f16_f32(16),
+            "coop8" => self.coop_f16_f32(8),
+            "f16" => self.f16,
+            "subgroup" => self.subgroup,
+            _ => false,
+        }
     }
 
     /// Largest buffer that one shader binding may see.

@@ -71,6 +71,28 @@ impl Gpu {
             return Ok(m.clone());
         }
         let src = shaders::source(shader)?;
+        if let Some(r) = shaders::requires_of(&src)
+            .into_iter()
+            .find(|r| !self.caps.meets(r))
+        {
+            return Err(Error::Shader {
+                name: shader.to_string(),
+                message: format!(
+                    "needs '{r}', which {} does not offer (cooperative matrices: {})",
+                    self.info.name,
+                    if self.caps.coop_matrix.is_empty() {
+                        "none".to_string()
+                    } else {
+                        self.caps
+                            .coop_matrix
+                            .iter()
+                            .map(|c| c.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    }
+                ),
+            });
+        }
         let (naga_module, info) = shaders::parse_and_validate(shader, &src)?;
         let module = scoped(self, shader, || {
             self.device

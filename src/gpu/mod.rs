@@ -50,6 +50,9 @@ pub struct Gpu {
     pub alloc: Allocator,
     pub(crate) kernels: kernel::KernelCache,
     pub(crate) bind_groups: Mutex<HashMap<recorder::BindKey, wgpu::BindGroup>>,
+    /// Outcome of the cooperative matmul's one-time check against the
+    /// portable path (`ops::matmul::coop_ready`).
+    pub(crate) coop_matmul_ok: std::sync::OnceLock<bool>,
     errors: Arc<device::ErrorSink>,
     _instance: wgpu::Instance,
 }
@@ -83,6 +86,7 @@ impl Gpu {
             alloc,
             kernels: kernel::KernelCache::default(),
             bind_groups: Mutex::new(HashMap::new()),
+            coop_matmul_ok: std::sync::OnceLock::new(),
             errors,
             _instance: instance,
         })

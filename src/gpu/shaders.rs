@@ -90,6 +90,16 @@ pub fn targets_of(src: &str) -> Targets {
     }
 }
 
+/// Device capabilities a shader needs beyond the baseline, from a line
+/// `//! requires: coop16` (see `Capabilities::meets`).
+pub fn requires_of(src: &str) -> Vec<String> {
+    src.lines()
+        .filter_map(|l| l.trim().strip_prefix("//! requires:"))
+        .flat_map(|list| list.split(',').map(|x| x.trim().to_string()))
+        .filter(|x| !x.is_empty())
+        .collect()
+}
+
 /// Parse and validate WGSL with naga, with every capability the engine may
 /// request (the device still refuses what the adapter lacks).
 pub fn parse_and_validate(

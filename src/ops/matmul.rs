@@ -5,6 +5,13 @@
 //! transposed, so a Linear layer y = x·Wᵀ (W stored [out, in]) and both of
 //! its gradients, dx = dy·W and dW = dyᵀ·x, are single calls without copies.
 //! `beta = 1` accumulates into C (gradient accumulation).
+//!
+//! Paths: a workgroup-tiled one for GPUs, register-tiled direct ones for CPU
+//! adapters, and a cooperative-matrix (tensor core) one wherever the adapter
+//! offers 16×16×16 (or 8×8×8) f16·f16→f32 fragments. The cooperative path
+//! rounds A and B to f16 while staging (sums stay f32), the precision of
+//! PyTorch's f16 autocast; it is checked against the portable path once per
+//! device before first use, and `BOOMGPU_MATMUL=tiled` turns it off.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -148,6 +155,9 @@ pub enum Path {
     Direct4,
     /// Like `Direct4` with 8×8 outputs per invocation.
     Direct8,
+    /// Cooperative matrices (tensor cores): f16 operands, f32 sums. Needs
+    /// `Capabilities::coop_matmul_size`.
+    Coop,
 }
 
 impl Path {
@@ -157,6 +167,7 @@ impl Path {
             Path::Direct => "matmul_direct",
             Path::Direct4 => "matmul_direct4",
             Path::Direct8 => "matmul_direct8",
+            Path::Coop => "matmul_coop",
         }
     }
     /// Columns and rows of C per workgroup.
@@ -165,18 +176,119 @@ impl Path {
             Path::Tiled => [64, 64],
             Path::Direct | Path::Direct4 => [32, 32],
             Path::Direct8 => [64, 64],
+            Path::Coop => [0, 0],
         }
     }
 }
 
-/// The device's default path; `BOOMGPU_MATMUL=tiled|direct` overrides it
-/// (`direct` vectorises where the shapes allow).
+/// Shape and launch of the cooperative kernel on this device: the shader,
+/// the C tile edge (4 fragments) and the workgroup size (4 subgroups).
+fn coop_launch(gpu: &crate::gpu::Gpu) -> Result<(&'static str, u32, u32)> {
+    let caps = &gpu.caps;
+    let Some(s) = caps.coop_matmul_size() else {
+        shape_bail!(
+            "matmul: the cooperative-matrix path needs 16×16×16 or 8×8×8 f16·f16→f32 fragments, \
+             which {} does not offer",
+            gpu.info.name
+        );
+    };
+    let shader = if s == 16 {
+        "matmul_coop16"
+    } else {
+        "matmul_coop8"
+    };
+    let wg = 4 * caps.subgroup_max_size.max(1);
+    if wg > caps.limits.max_compute_invocations_per_workgroup {
+        shape_bail!(
+            "matmul: the cooperative path needs {wg} invocations per workgroup (4 subgroups of {}), \
+             {} allows {}",
+            caps.subgroup_max_size,
+            gpu.info.name,
+            caps.limits.max_compute_invocations_per_workgroup
+        );
+    }
+    Ok((shader, 4 * s, wg))
+}
+
+/// Whether the cooperative path may be used by default on this device: it
+/// is offered, and on first call it reproduces the portable path on an
+/// awkward problem (every layout, bf16 weights, accumulation). The outcome
+/// is kept for the device's lifetime; a failure is reported once.
+pub fn coop_ready(gpu: &crate::gpu::Gpu) -> bool {
+    if gpu.caps.coop_matmul_size().is_none() {
+        return false;
+    }
+    *gpu.coop_matmul_ok.get_or_init(|| match self_check(gpu) {
+        Ok(()) => true,
+        Err(e) => {
+            eprintln!(
+                "boomgpu: not using cooperative-matrix matmul on {}: {e}",
+                gpu.info.name
+            );
+            false
+        }
+    })
+}
+
+fn self_check(gpu: &crate::gpu::Gpu) -> Result<()> {
+    let (m, n, k) = (37usize, 45usize, 70usize);
+    // Values exact in f16, so both paths see the same operands.
+    let val = |i: usize, s: usize| ((i * s + 3) % 17) as f32 / 8.0 - 1.0;
+    let a: Vec<f32> = (0..m * k).map(|i| val(i, 5)).collect();
+    let bv: Vec<half::bf16> = (0..k * n)
+        .map(|i| half::bf16::from_f32(val(i, 7)))
+        .collect();
+    let c0: Vec<f32> = (0..m * n).map(|i| val(i, 3)).collect();
+    for (trans_a, trans_b) in [(false, true), (false, false), (true, false), (true, true)] {
+        let a_shape = if trans_a { [k, m] } else { [m, k] };
+        let b_shape = if trans_b { [n, k] } else { [k, n] };
+        let ta = gpu.upload_f32("coop.check.a", &a_shape, &a)?;
+        let tb = gpu.upload_bf16("coop.check.b", &b_shape, &bv)?;
+        let mut outs = Vec::new();
+        for path in [Path::Tiled, Path::Coop] {
+            let tc = gpu.upload_f32("coop.check.c", &[m, n], &c0)?;
+            let mut rec = gpu.recorder();
+            let mut g = Gemm::new(trans_a, trans_b);
+            g.alpha = 0.5;
+            g.beta = 1.0;
+            g.path = Some(path);
+            matmul_into(&mut rec, &ta, &tb, &tc, g)?;
+            rec.run()?;
+            outs.push(gpu.read_f32(&tc)?);
+        }
+        let worst = outs[0]
+            .iter()
+            .zip(&outs[1])
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        // Same f16-exact operands, f32 sums in another order.
+        if worst > 1e-4 || worst.is_nan() {
+            return Err(crate::error::Error::Gpu(format!(
+                "its result differs from the portable path by {worst} \
+                 (transposes {trans_a}/{trans_b}, {m}×{n}×{k})"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The device's default path; `BOOMGPU_MATMUL=tiled|direct|coop|portable`
+/// overrides it (`direct` vectorises where the shapes allow; `coop` skips
+/// the self-check; `portable` is the default without cooperative matrices). Adapters with cooperative matrices use them once
+/// `coop_ready` has passed, CPU adapters without them the direct path.
 pub fn choose_path(gpu: &crate::gpu::Gpu) -> Path {
+    let portable = if gpu.info.device_type == wgpu::DeviceType::Cpu {
+        Path::Direct
+    } else {
+        Path::Tiled
+    };
     match std::env::var("BOOMGPU_MATMUL").as_deref() {
         Ok("tiled") => Path::Tiled,
         Ok("direct") => Path::Direct,
-        _ if gpu.info.device_type == wgpu::DeviceType::Cpu => Path::Direct,
-        _ => Path::Tiled,
+        Ok("coop") => Path::Coop,
+        Ok("portable") => portable,
+        _ if gpu.info.device_type != wgpu::DeviceType::Cpu && coop_ready(gpu) => Path::Coop,
+        _ => portable,
     }
 }
 
@@ -266,6 +378,30 @@ pub fn matmul_into(rec: &mut Recorder, a: &Tensor, b: &Tensor, c: &Tensor, g: Ge
             p => p,
         },
     };
+    if path == Path::Coop {
+        let (shader, tile, wg) = coop_launch(gpu)?;
+        let k = gpu.kernel_with(
+            shader,
+            path.entry(),
+            &[
+                ("TRANS_A", g.trans_a as u32 as f64),
+                ("TRANS_B", g.trans_b as u32 as f64),
+                ("B_DTYPE", dtype_code(b.dtype())?),
+                ("WG", wg as f64),
+            ],
+        )?;
+        let groups = [
+            (pr.n as u32).div_ceil(tile),
+            (pr.m as u32).div_ceil(tile),
+            pr.batch as u32,
+        ];
+        return rec.dispatch(
+            &k,
+            &[("a", a), ("b", b), ("c", c)],
+            bytemuck::bytes_of(&p),
+            groups,
+        );
+    }
     let k = gpu.kernel_with(
         "matmul",
         path.entry(),

@@ -10,12 +10,20 @@ use boomgpu::gpu::{Gpu, GpuOptions};
 /// The device every test in this binary shares (lavapipe on CI).
 pub fn gpu() -> &'static Gpu {
     static GPU: OnceLock<Gpu> = OnceLock::new();
-    GPU.get_or_init(|| match Gpu::open(&GpuOptions::from_env()) {
-        Ok(g) => {
-            eprintln!("tests run on {}", g.describe());
-            g
+    GPU.get_or_init(|| {
+        // Model and gradient tests compare with f32 references at 1e-4; the
+        // cooperative matmul's f16 operands have their own test
+        // (ops_matmul), so the rest run the portable path unless told.
+        if std::env::var_os("BOOMGPU_MATMUL").is_none() {
+            std::env::set_var("BOOMGPU_MATMUL", "portable");
         }
-        Err(e) => panic!("cannot open a GPU for the tests: {e}"),
+        match Gpu::open(&GpuOptions::from_env()) {
+            Ok(g) => {
+                eprintln!("tests run on {}", g.describe());
+                g
+            }
+            Err(e) => panic!("cannot open a GPU for the tests: {e}"),
+        }
     })
 }
 
