@@ -1,7 +1,7 @@
 // Cooperative-matrix matmul with 8×8×8 fragments: f16 inputs, f32
 // accumulation. Only compiled on adapters that offer that configuration
 // (see ops::matmul); the body is in _matmul_coop.wgsl.
-//! targets: spv
+//! targets: spv, msl
 //! requires: coop8
 enable f16;
 enable wgpu_cooperative_matrix;
