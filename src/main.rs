@@ -134,6 +134,10 @@ enum Command {
         /// recompute the layer in backward (less GPU memory, ~1/3 more work).
         #[arg(long)]
         recompute: bool,
+        /// dtype of the written student: f32, bf16 or f16 (default: the
+        /// teacher's). Training and checkpoints stay f32.
+        #[arg(long, value_name = "DTYPE")]
+        save_dtype: Option<String>,
         #[command(flatten)]
         prune: PruneArgs,
         /// No progress bar.
@@ -376,6 +380,7 @@ fn main() -> ExitCode {
             log,
             random_init,
             recompute,
+            save_dtype,
             prune,
             quiet,
         } => {
@@ -409,6 +414,7 @@ fn main() -> ExitCode {
                 eval_tokens,
                 resume,
                 log,
+                save_dtype,
                 quiet,
             };
             boomgpu::commands::distill::run(&opts, &a).map(|s| print!("{s}"))

@@ -207,3 +207,77 @@ fn a_student_of_another_teacher_is_refused() {
     assert!(stderr.contains("model_type qwen3 vs gpt_neox"), "{stderr}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn save_dtype_rounds_the_student_and_keeps_f32_checkpoints() {
+    let dir = tmp("savedtype");
+    let data = root().join("tests/fixtures/text.txt");
+    let out_dir = dir.join("bf16");
+    let out = distill()
+        .arg("--teacher")
+        .arg(fixture("llama-tied"))
+        .arg("--data")
+        .arg(&data)
+        .arg("--out")
+        .arg(&out_dir)
+        .args(["--steps", "2", "--seq-len", "16", "--save-dtype", "bf16"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("(bf16 weights)"));
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("config.json")).unwrap())
+            .unwrap();
+    assert_eq!(cfg["torch_dtype"], "bfloat16");
+    use boomgpu::model::weights::Checkpoint;
+    let student = Checkpoint::open(&out_dir).unwrap();
+    let master = Checkpoint::open(&out_dir.join("checkpoint")).unwrap();
+    assert_eq!(student.tensors.len(), master.tensors.len());
+    for (name, e) in &student.tensors {
+        assert_eq!(e.dtype, safetensors::Dtype::BF16, "{name}");
+        let m = &master.tensors[name];
+        assert_eq!(m.dtype, safetensors::Dtype::F32, "{name}: checkpoint");
+        let want: Vec<f32> = master
+            .to_f32(name)
+            .unwrap()
+            .iter()
+            .map(|&x| half::bf16::from_f32(x).to_f32())
+            .collect();
+        assert_eq!(student.to_f32(name).unwrap(), want, "{name}");
+    }
+    // The bf16 student is a model like any other.
+    let ev = Command::new(env!("CARGO_BIN_EXE_boomgpu"))
+        .args(["eval", "--model"])
+        .arg(&out_dir)
+        .arg("--data")
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        ev.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ev.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ev.stdout).contains("perplexity"));
+
+    // A wrong value is refused before any work.
+    let bad = distill()
+        .arg("--teacher")
+        .arg(fixture("llama-tied"))
+        .arg("--data")
+        .arg(&data)
+        .arg("--out")
+        .arg(dir.join("bad"))
+        .args(["--save-dtype", "f8"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("--save-dtype f8"), "{err}");
+    assert!(!dir.join("bad").exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -8,7 +8,7 @@ use crate::boomerang::patch::check_compatible;
 use crate::boomerang::{reference_alignment, Hidden, PruneParams, PrunePlan, StudentConfig};
 use crate::commands::init_student::{init_student, student_config_json, InitStudentOptions};
 use crate::error::{Error, Result};
-use crate::gpu::{format_bytes, GpuOptions};
+use crate::gpu::{format_bytes, DType, GpuOptions};
 use crate::model::decoder::Decoder;
 use crate::model::weights::Checkpoint;
 use crate::model::ModelConfig;
@@ -30,7 +30,37 @@ pub struct DistillArgs {
     pub eval_tokens: usize,
     pub resume: Option<PathBuf>,
     pub log: Option<PathBuf>,
+    /// dtype of the written student (f32, bf16, f16); None: the teacher's.
+    pub save_dtype: Option<String>,
     pub quiet: bool,
+}
+
+/// The dtype the teacher's weights are stored in (that of its embedding,
+/// or of the first floating-point tensor), for saving the student alike.
+pub fn stored_dtype(dir: &std::path::Path) -> Result<DType> {
+    let ck = Checkpoint::open(dir)?;
+    let by_name = ck
+        .tensors
+        .iter()
+        .find(|(n, _)| n.ends_with("embed_tokens.weight") || n.ends_with("embed_in.weight"))
+        .or_else(|| ck.tensors.iter().next());
+    Ok(match by_name.map(|(_, e)| e.dtype) {
+        Some(safetensors::Dtype::BF16) => DType::BF16,
+        Some(safetensors::Dtype::F16) => DType::F16,
+        _ => DType::F32,
+    })
+}
+
+/// `--save-dtype` values.
+pub fn parse_save_dtype(s: &str) -> Result<DType> {
+    match s {
+        "f32" | "float32" => Ok(DType::F32),
+        "bf16" | "bfloat16" => Ok(DType::BF16),
+        "f16" | "float16" => Ok(DType::F16),
+        _ => Err(Error::Invalid(format!(
+            "--save-dtype {s}: expected f32, bf16 or f16"
+        ))),
+    }
 }
 
 /// Hidden-state pairs as Hugging Face indices: the reference's mapping
@@ -83,6 +113,7 @@ fn truncate_log(path: &Path, step: usize) -> Result<()> {
 }
 
 pub fn run(gpu_opts: &GpuOptions, a: &DistillArgs) -> Result<String> {
+    let save_dtype = a.save_dtype.as_deref().map(parse_save_dtype).transpose()?;
     let gpu = open_gpu(gpu_opts)?;
     std::fs::create_dir_all(&a.out).map_err(|e| Error::io(&a.out, e))?;
     let teacher = load_model(&gpu, &a.teacher, false)?;
@@ -242,10 +273,18 @@ pub fn run(gpu_opts: &GpuOptions, a: &DistillArgs) -> Result<String> {
         }
         last = Some(l);
     }
-    write_student_folder(&tr, &scfg, &teacher.dir, &sc.to_json(), &a.out)?;
+    let save_dtype = match save_dtype {
+        Some(d) => d,
+        None => stored_dtype(&teacher.dir)?,
+    };
+    write_student_folder(&tr, &scfg, &teacher.dir, &sc.to_json(), &a.out, save_dtype)?;
     tr.save_checkpoint(&scfg, &a.out)?;
     let held = tr.evaluate()?;
-    let mut out = format!("wrote the student to {}\n", a.out.display());
+    let mut out = format!(
+        "wrote the student to {} ({} weights)\n",
+        a.out.display(),
+        save_dtype.name()
+    );
     if let Some(l) = last {
         out.push_str(&format!(
             "last step {}: loss {:.4} ce {:.4} kl {:.4} cos {:.4}\n",

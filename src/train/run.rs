@@ -270,13 +270,35 @@ impl<'a> Trainer<'a> {
         Ok(Some(sum))
     }
 
-    /// Write the student's weights (Hugging Face names, f32).
-    pub fn write_weights(&self, cfg: &ModelConfig, path: &Path) -> Result<()> {
+    /// Write the student's weights (Hugging Face names) in `dtype`: f32
+    /// as trained, or rounded to nearest-even bf16 / f16.
+    pub fn write_weights(&self, cfg: &ModelConfig, path: &Path, dtype: DType) -> Result<()> {
         let named = export_named(self.gpu, cfg, &self.params, Which::Value)?;
-        let tensors: BTreeMap<String, (DType, Vec<usize>, Vec<u8>)> = named
-            .into_iter()
-            .map(|(n, (shape, v))| (n, (DType::F32, shape, bytemuck::cast_slice(&v).to_vec())))
-            .collect();
+        let mut tensors: BTreeMap<String, (DType, Vec<usize>, Vec<u8>)> = BTreeMap::new();
+        for (n, (shape, v)) in named {
+            let bytes = match dtype {
+                DType::F32 => bytemuck::cast_slice(&v).to_vec(),
+                DType::BF16 => {
+                    let h: Vec<half::bf16> = v.iter().map(|&x| half::bf16::from_f32(x)).collect();
+                    bytemuck::cast_slice(&h).to_vec()
+                }
+                DType::F16 => {
+                    if let Some(x) = v.iter().find(|x| x.abs() > 65504.0) {
+                        return Err(Error::Invalid(format!(
+                            "tensor '{n}' holds {x}, beyond the range of f16; save in bf16 or f32"
+                        )));
+                    }
+                    let h: Vec<half::f16> = v.iter().map(|&x| half::f16::from_f32(x)).collect();
+                    bytemuck::cast_slice(&h).to_vec()
+                }
+                DType::U32 => {
+                    return Err(Error::Invalid(
+                        "weights are saved as f32, bf16 or f16, not u32".into(),
+                    ))
+                }
+            };
+            tensors.insert(n, (dtype, shape, bytes));
+        }
         write_safetensors(path, &tensors, None)
     }
 
@@ -289,7 +311,8 @@ impl<'a> Trainer<'a> {
             std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
         }
         std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        self.write_weights(cfg, &tmp.join("model.safetensors"))?;
+        // Master weights in f32, so that --resume continues exactly.
+        self.write_weights(cfg, &tmp.join("model.safetensors"), DType::F32)?;
         let mut opt: BTreeMap<String, (DType, Vec<usize>, Vec<u8>)> = BTreeMap::new();
         for p in &self.params.params {
             for (kind, t) in [("m", &p.m), ("v", &p.v)] {
@@ -386,14 +409,15 @@ pub const SIDE_FILES: &[&str] = &[
     "special_tokens_map.json",
 ];
 
-/// Write the final student folder atomically: config.json, weights,
-/// tokenizer files and student_config.json.
+/// Write the final student folder atomically: config.json, weights in
+/// `dtype`, tokenizer files and student_config.json.
 pub fn write_student_folder(
     trainer: &Trainer,
     cfg: &ModelConfig,
     teacher_dir: &Path,
     student_config: &serde_json::Value,
     out: &Path,
+    dtype: DType,
 ) -> Result<PathBuf> {
     let tmp = out.join("student.tmp");
     if tmp.exists() {
@@ -401,14 +425,19 @@ pub fn write_student_folder(
     }
     std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     let mut raw = cfg.raw.clone();
-    raw["torch_dtype"] = json!("float32");
-    raw["dtype"] = json!("float32");
+    let torch_name = match dtype {
+        DType::BF16 => "bfloat16",
+        DType::F16 => "float16",
+        _ => "float32",
+    };
+    raw["torch_dtype"] = json!(torch_name);
+    raw["dtype"] = json!(torch_name);
     std::fs::write(
         tmp.join("config.json"),
         serde_json::to_string_pretty(&raw).expect("json"),
     )
     .map_err(|e| Error::io(&tmp, e))?;
-    trainer.write_weights(cfg, &tmp.join("model.safetensors"))?;
+    trainer.write_weights(cfg, &tmp.join("model.safetensors"), dtype)?;
     for f in SIDE_FILES {
         let src = teacher_dir.join(f);
         if src.exists() {
