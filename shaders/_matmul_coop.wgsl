@@ -20,32 +20,9 @@
 // of subgroup sg % 4 (the same values, stored to the same places).
 
 //#include _common
+//#include _matmul_io
 
-override TRANS_A: bool = false;
-override TRANS_B: bool = false;
-// 0: f32, 1: bf16 (pairs packed in u32), 2: f16 (pairs packed in u32)
-override B_DTYPE: u32 = 0u;
 override WG: u32 = 128u;
-
-struct Params {
-    m: u32,
-    n: u32,
-    k: u32,
-    lda: u32,
-    ldb: u32,
-    ldc: u32,
-    stride_a: u32,
-    stride_b: u32,
-    stride_c: u32,
-    alpha: f32,
-    beta: f32,
-    _pad: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> a: array<f32>;
-@group(0) @binding(2) var<storage, read> b: array<u32>;
-@group(0) @binding(3) var<storage, read_write> c: array<f32>;
 
 const TM: u32 = 2u;
 const TN: u32 = 2u;
@@ -57,16 +34,6 @@ const BK: u32 = 2u * S;
 var<workgroup> ta: array<f16, BM * BK>;
 var<workgroup> tb: array<f16, BK * BN>;
 var<workgroup> tc: array<f32, BM * BN>;
-
-fn load_b(e: u32) -> f32 {
-    if B_DTYPE == 1u {
-        return bf16_pick(b[e >> 1u], e);
-    } else if B_DTYPE == 2u {
-        let pair = unpack2x16float(b[e >> 1u]);
-        return select(pair.x, pair.y, (e & 1u) == 1u);
-    }
-    return bitcast<f32>(b[e]);
-}
 
 @compute @workgroup_size(WG)
 fn matmul_coop(
@@ -90,58 +57,16 @@ fn matmul_coop(
     }
 
     for (var k0 = 0u; k0 < p.k; k0 += BK) {
-        // Stage A (BM×BK); consecutive invocations read consecutive
-        // addresses in either layout.
+        // Stage A (BM×BK) and B (BK×BN) as f16, row-major.
         for (var idx = li; idx < BM * BK; idx += WG) {
-            var m: u32;
-            var kk: u32;
-            if TRANS_A {
-                m = idx % BM;
-                kk = idx / BM;
-            } else {
-                m = idx / BK;
-                kk = idx % BK;
-            }
-            let gm = row0 + m;
-            let gk = k0 + kk;
-            var v = 0.0;
-            if gm < p.m && gk < p.k {
-                var ai: u32;
-                if TRANS_A {
-                    ai = gk * p.lda + gm;
-                } else {
-                    ai = gm * p.lda + gk;
-                }
-                v = a[base_a + ai];
-            }
-            let dst = m * BK + kk;
-            ta[dst] = f16(v);
+            let t = stage_a(idx, BM, BK, row0, k0, base_a);
+            let dst = t.mn * BK + t.k;
+            ta[dst] = f16(t.v);
         }
-        // Stage B (BK×BN).
         for (var idx = li; idx < BK * BN; idx += WG) {
-            var n: u32;
-            var kk: u32;
-            if TRANS_B {
-                n = idx / BK;
-                kk = idx % BK;
-            } else {
-                n = idx % BN;
-                kk = idx / BN;
-            }
-            let gn = col0 + n;
-            let gk = k0 + kk;
-            var v = 0.0;
-            if gn < p.n && gk < p.k {
-                var bi: u32;
-                if TRANS_B {
-                    bi = gn * p.ldb + gk;
-                } else {
-                    bi = gk * p.ldb + gn;
-                }
-                v = load_b(base_b + bi);
-            }
-            let dst = kk * BN + n;
-            tb[dst] = f16(v);
+            let t = stage_b(idx, BN, BK, col0, k0, base_b);
+            let dst = t.k * BN + t.mn;
+            tb[dst] = f16(t.v);
         }
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk += S) {
@@ -175,15 +100,6 @@ fn matmul_coop(
     workgroupBarrier();
     // Epilogue: consecutive invocations write consecutive columns.
     for (var idx = li; idx < BM * BN; idx += WG) {
-        let gm = row0 + idx / BN;
-        let gn = col0 + idx % BN;
-        if gm < p.m && gn < p.n {
-            let ci = base_c + gm * p.ldc + gn;
-            var v = p.alpha * tc[idx];
-            if p.beta != 0.0 {
-                v += p.beta * c[ci];
-            }
-            c[ci] = v;
-        }
+        store_c(base_c, row0 + idx / BN, col0 + idx % BN, tc[idx]);
     }
 }

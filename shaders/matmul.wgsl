@@ -11,32 +11,8 @@
 // workgroup reads), K staged 16 at a time. Accumulation is f32.
 
 //#include _common
+//#include _matmul_io
 
-override TRANS_A: bool = false;
-override TRANS_B: bool = false;
-// 0: f32, 1: bf16 (pairs packed in u32), 2: f16 (pairs packed in u32)
-override B_DTYPE: u32 = 0u;
-
-struct Params {
-    m: u32,
-    n: u32,
-    k: u32,
-    lda: u32,
-    ldb: u32,
-    ldc: u32,
-    // Elements between consecutive batch entries (0 broadcasts).
-    stride_a: u32,
-    stride_b: u32,
-    stride_c: u32,
-    alpha: f32,
-    beta: f32,
-    _pad: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> a: array<f32>;
-@group(0) @binding(2) var<storage, read> b: array<u32>;
-@group(0) @binding(3) var<storage, read_write> c: array<f32>;
 // The same tensors seen as 4-wide vectors by the vectorised direct path.
 @group(0) @binding(4) var<storage, read> a4: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read> b4: array<vec4<u32>>;
@@ -49,17 +25,6 @@ const BK: u32 = 16u;
 // Tiles stored k-major: tile_a[k][m], tile_b[k][n].
 var<workgroup> tile_a: array<f32, 1024>;
 var<workgroup> tile_b: array<f32, 1024>;
-
-// Element e of B in its storage dtype.
-fn load_b(e: u32) -> f32 {
-    if B_DTYPE == 1u {
-        return bf16_pick(b[e >> 1u], e);
-    } else if B_DTYPE == 2u {
-        let pair = unpack2x16float(b[e >> 1u]);
-        return select(pair.x, pair.y, (e & 1u) == 1u);
-    }
-    return bitcast<f32>(b[e]);
-}
 
 @compute @workgroup_size(16, 16)
 fn matmul(
@@ -79,58 +44,15 @@ fn matmul(
     }
 
     for (var k0 = 0u; k0 < p.k; k0 += BK) {
-        // Stage A: 64×16 values, 4 per invocation; consecutive invocations
-        // read consecutive addresses in either layout.
+        // Stage A: 64×16 values, 4 per invocation.
         for (var r = 0u; r < 4u; r++) {
-            let idx = tid + r * 256u;
-            var m: u32;
-            var kk: u32;
-            if TRANS_A {
-                m = idx % BM;
-                kk = idx / BM;
-            } else {
-                m = idx / BK;
-                kk = idx % BK;
-            }
-            let gm = row0 + m;
-            let gk = k0 + kk;
-            var v = 0.0;
-            if gm < p.m && gk < p.k {
-                var ai: u32;
-                if TRANS_A {
-                    ai = gk * p.lda + gm;
-                } else {
-                    ai = gm * p.lda + gk;
-                }
-                v = a[base_a + ai];
-            }
-            tile_a[kk * BM + m] = v;
+            let t = stage_a(tid + r * 256u, BM, BK, row0, k0, base_a);
+            tile_a[t.k * BM + t.mn] = t.v;
         }
         // Stage B: 16×64 values.
         for (var r = 0u; r < 4u; r++) {
-            let idx = tid + r * 256u;
-            var n: u32;
-            var kk: u32;
-            if TRANS_B {
-                n = idx / BK;
-                kk = idx % BK;
-            } else {
-                n = idx % BN;
-                kk = idx / BN;
-            }
-            let gn = col0 + n;
-            let gk = k0 + kk;
-            var v = 0.0;
-            if gn < p.n && gk < p.k {
-                var bi: u32;
-                if TRANS_B {
-                    bi = gn * p.ldb + gk;
-                } else {
-                    bi = gk * p.ldb + gn;
-                }
-                v = load_b(base_b + bi);
-            }
-            tile_b[kk * BN + n] = v;
+            let t = stage_b(tid + r * 256u, BN, BK, col0, k0, base_b);
+            tile_b[t.k * BN + t.mn] = t.v;
         }
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk++) {
@@ -150,20 +72,8 @@ fn matmul(
     }
 
     for (var i = 0u; i < 4u; i++) {
-        let gm = row0 + lid.y + 16u * i;
-        if gm >= p.m {
-            continue;
-        }
         for (var j = 0u; j < 4u; j++) {
-            let gn = col0 + lid.x + 16u * j;
-            if gn < p.n {
-                let ci = base_c + gm * p.ldc + gn;
-                var v = p.alpha * acc[i * 4u + j];
-                if p.beta != 0.0 {
-                    v += p.beta * c[ci];
-                }
-                c[ci] = v;
-            }
+            store_c(base_c, row0 + lid.y + 16u * i, col0 + lid.x + 16u * j, acc[i * 4u + j]);
         }
     }
 }
@@ -229,15 +139,7 @@ fn matmul_direct(@builtin(global_invocation_id) gid: vec3<u32>) {
             break;
         }
         for (var j = 0u; j < 4u; j++) {
-            let gn = col0 + j;
-            if gn < p.n {
-                let ci = base_c + gm * p.ldc + gn;
-                var v = p.alpha * acc[i * 4u + j];
-                if p.beta != 0.0 {
-                    v += p.beta * c[ci];
-                }
-                c[ci] = v;
-            }
+            store_c(base_c, gm, col0 + j, acc[i * 4u + j]);
         }
     }
 }
@@ -319,15 +221,7 @@ fn matmul_direct4(@builtin(global_invocation_id) gid: vec3<u32>) {
         }
         let col = acc[j];
         for (var i = 0u; i < 4u; i++) {
-            let gm = row0 + i;
-            if gm < p.m {
-                let ci = base_c + gm * p.ldc + gn;
-                var v = p.alpha * col[i];
-                if p.beta != 0.0 {
-                    v += p.beta * c[ci];
-                }
-                c[ci] = v;
-            }
+            store_c(base_c, row0 + i, gn, col[i]);
         }
     }
 }
@@ -379,15 +273,7 @@ fn store_block(base: u32, row0: u32, col0: u32, blk: mat4x4<f32>) {
         }
         let col = blk[j];
         for (var i = 0u; i < 4u; i++) {
-            let gm = row0 + i;
-            if gm < p.m {
-                let ci = base + gm * p.ldc + gn;
-                var v = p.alpha * col[i];
-                if p.beta != 0.0 {
-                    v += p.beta * c[ci];
-                }
-                c[ci] = v;
-            }
+            store_c(base, row0 + i, gn, col[i]);
         }
     }
 }

@@ -26,6 +26,54 @@ fn upload_b(dtype: &str, shape: &[usize], vals: &[f32]) -> (Tensor, Vec<f32>) {
     }
 }
 
+/// One product to check: random operands in every layout and weight dtype,
+/// uploaded, with B as the GPU sees it (rounded to its dtype).
+struct Case {
+    m: usize,
+    n: usize,
+    k: usize,
+    trans_a: bool,
+    trans_b: bool,
+    what: String,
+    a: Vec<f32>,
+    b_used: Vec<f32>,
+    ta: Tensor,
+    tb: Tensor,
+}
+
+fn cases(rng: &mut Rng, shapes: &[(usize, usize, usize)]) -> Vec<Case> {
+    let g = gpu();
+    let mut out = Vec::new();
+    for &(m, n, k) in shapes {
+        for trans_a in [false, true] {
+            for trans_b in [false, true] {
+                for dtype in ["f32", "bf16", "f16"] {
+                    let a = rng.vec(m * k, 1.0);
+                    let bv = rng.vec(k * n, 1.0);
+                    let a_shape = if trans_a { [k, m] } else { [m, k] };
+                    let b_shape = if trans_b { [n, k] } else { [k, n] };
+                    let ta = g.upload_f32("a", &a_shape, &a).unwrap();
+                    let (tb, b_used) = upload_b(dtype, &b_shape, &bv);
+                    let what = format!("{m}x{n}x{k} ta={trans_a} tb={trans_b} {dtype}");
+                    out.push(Case {
+                        m,
+                        n,
+                        k,
+                        trans_a,
+                        trans_b,
+                        what,
+                        a,
+                        b_used,
+                        ta,
+                        tb,
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
 #[test]
 fn matmul_matches_cpu_for_all_layouts_and_dtypes() {
     let g = gpu();
@@ -41,32 +89,20 @@ fn matmul_matches_cpu_for_all_layouts_and_dtypes() {
         (8, 8, 8),
         (4, 12, 4),
     ];
-    for &(m, n, k) in &shapes {
-        for trans_a in [false, true] {
-            for trans_b in [false, true] {
-                for dtype in ["f32", "bf16", "f16"] {
-                    let a = rng.vec(m * k, 1.0);
-                    let bv = rng.vec(k * n, 1.0);
-                    let a_shape = if trans_a { [k, m] } else { [m, k] };
-                    let b_shape = if trans_b { [n, k] } else { [k, n] };
-                    let ta = g.upload_f32("a", &a_shape, &a).unwrap();
-                    let (tb, b_used) = upload_b(dtype, &b_shape, &bv);
-                    let mut rec = g.recorder();
-                    let c = matmul::matmul(&mut rec, &ta, &tb, trans_a, trans_b).unwrap();
-                    rec.run().unwrap();
-                    assert_eq!(c.shape(), &[m, n]);
-                    let want = cpu::matmul(&a, &b_used, m, n, k, trans_a, trans_b);
-                    let what = format!("{m}x{n}x{k} ta={trans_a} tb={trans_b} {dtype}");
-                    assert_close(
-                        &what,
-                        &g.read_f32(&c).unwrap(),
-                        &want,
-                        1e-5 * k as f32,
-                        1e-5,
-                    );
-                }
-            }
-        }
+    for cs in cases(&mut rng, &shapes) {
+        let (m, n, k) = (cs.m, cs.n, cs.k);
+        let mut rec = g.recorder();
+        let c = matmul::matmul(&mut rec, &cs.ta, &cs.tb, cs.trans_a, cs.trans_b).unwrap();
+        rec.run().unwrap();
+        assert_eq!(c.shape(), &[m, n]);
+        let want = cpu::matmul(&cs.a, &cs.b_used, m, n, k, cs.trans_a, cs.trans_b);
+        assert_close(
+            &cs.what,
+            &g.read_f32(&c).unwrap(),
+            &want,
+            1e-5 * k as f32,
+            1e-5,
+        );
     }
 }
 
@@ -314,38 +350,35 @@ fn coop_path_matches_f16_reference() {
         (64, 64, 64),
         (100, 72, 40),
     ];
-    for &(m, n, k) in &shapes {
-        for trans_a in [false, true] {
-            for trans_b in [false, true] {
-                for dtype in ["f32", "bf16", "f16"] {
-                    let a = rng.vec(m * k, 1.0);
-                    let bv = rng.vec(k * n, 1.0);
-                    let c0 = rng.vec(m * n, 1.0);
-                    let a_shape = if trans_a { [k, m] } else { [m, k] };
-                    let b_shape = if trans_b { [n, k] } else { [k, n] };
-                    let ta = g.upload_f32("a", &a_shape, &a).unwrap();
-                    let (tb, b_used) = upload_b(dtype, &b_shape, &bv);
-                    let tc = g.upload_f32("c", &[m, n], &c0).unwrap();
-                    let mut rec = g.recorder();
-                    let mut gm = Gemm::new(trans_a, trans_b);
-                    gm.path = Some(Path::Coop);
-                    gm.alpha = 0.75;
-                    gm.beta = 1.0;
-                    matmul::matmul_into(&mut rec, &ta, &tb, &tc, gm).unwrap();
-                    rec.run().unwrap();
-                    let prod = cpu::matmul(&f16r(&a), &f16r(&b_used), m, n, k, trans_a, trans_b);
-                    let want: Vec<f32> = prod.iter().zip(&c0).map(|(p, c)| 0.75 * p + c).collect();
-                    let what = format!("coop {m}x{n}x{k} ta={trans_a} tb={trans_b} {dtype}");
-                    assert_close(
-                        &what,
-                        &g.read_f32(&tc).unwrap(),
-                        &want,
-                        2e-6 * k as f32,
-                        1e-5,
-                    );
-                }
-            }
-        }
+    for cs in cases(&mut rng, &shapes) {
+        let (m, n, k) = (cs.m, cs.n, cs.k);
+        let c0 = rng.vec(m * n, 1.0);
+        let tc = g.upload_f32("c", &[m, n], &c0).unwrap();
+        let mut rec = g.recorder();
+        let mut gm = Gemm::new(cs.trans_a, cs.trans_b);
+        gm.path = Some(Path::Coop);
+        gm.alpha = 0.75;
+        gm.beta = 1.0;
+        matmul::matmul_into(&mut rec, &cs.ta, &cs.tb, &tc, gm).unwrap();
+        rec.run().unwrap();
+        let prod = cpu::matmul(
+            &f16r(&cs.a),
+            &f16r(&cs.b_used),
+            m,
+            n,
+            k,
+            cs.trans_a,
+            cs.trans_b,
+        );
+        let want: Vec<f32> = prod.iter().zip(&c0).map(|(p, c)| 0.75 * p + c).collect();
+        let what = format!("coop {}", cs.what);
+        assert_close(
+            &what,
+            &g.read_f32(&tc).unwrap(),
+            &want,
+            2e-6 * k as f32,
+            1e-5,
+        );
     }
     // Batched B with a broadcast A, and a Linear layer folding [2, 5, K].
     let (bn, m, n, k) = (3, 9, 20, 24);
