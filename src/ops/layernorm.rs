@@ -9,8 +9,7 @@
 
 use crate::error::Result;
 use crate::gpu::{DType, Recorder, Tensor};
-use crate::ops::colsum;
-use crate::ops::rmsnorm::{norm_rows, row_launch, NormParams};
+use crate::ops::rmsnorm::{norm_backward, norm_rows, row_launch, NormBackward, NormParams};
 use crate::shape_bail;
 
 /// What forward saves for backward: `[rows, 2]` f32, (mean, rstd) per row.
@@ -90,72 +89,15 @@ fn backward(
     dx: &Tensor,
     accumulate: bool,
 ) -> Result<(Tensor, Tensor)> {
-    let n = w.numel();
-    let rows = norm_rows("layernorm_backward", x, n)?;
-    if w.dtype() != DType::F32 {
-        shape_bail!("layernorm_backward: weight must be f32, got {:?}", w);
-    }
-    for (what, t) in [("dy", dy), ("dx", dx)] {
-        if t.dtype() != DType::F32 || t.numel() != x.numel() {
-            shape_bail!(
-                "layernorm_backward: {what} {:?} does not match x {:?}",
-                t,
-                x
-            );
-        }
-    }
-    if saved.stats.numel() != 2 * rows || saved.stats.dtype() != DType::F32 {
-        shape_bail!(
-            "layernorm_backward: stats {:?} should be f32 [{rows}, 2]",
-            saved.stats
-        );
-    }
-    let gpu = rec.gpu();
-    let chunk = colsum::chunk_rows(rows, n);
-    let chunks = colsum::num_chunks(rows, n);
-    let pw = Tensor::empty(gpu, "layernorm.dw_part", &[chunks, n], DType::F32)?;
-    let pb = Tensor::empty(gpu, "layernorm.db_part", &[chunks, n], DType::F32)?;
-    let (tpr, groups) = row_launch(rec, rows, n);
-    let p = NormParams {
-        rows: rows as u32,
-        n: n as u32,
-        tpr,
-        eps: 0.0,
-        chunk: chunk as u32,
-        accumulate: accumulate as u32,
-        _pad: [0; 2],
+    let nb = NormBackward {
+        shader: "layernorm",
+        partial_entry: "layernorm_bwd_dwdb_partial",
+        stats: ("stats", &saved.stats, 2),
+        parts: &["dw_part", "db_part"],
     };
-    if rows > 0 {
-        let k = gpu.kernel("layernorm", "layernorm_bwd_dx")?;
-        rec.dispatch(
-            &k,
-            &[
-                ("dy", dy),
-                ("x", x),
-                ("w", w),
-                ("stats", &saved.stats),
-                ("dx", dx),
-            ],
-            bytemuck::bytes_of(&p),
-            groups,
-        )?;
-    }
-    let col_groups = n.div_ceil(colsum::COLS_PER_GROUP) as u32;
-    let k = gpu.kernel("layernorm", "layernorm_bwd_dwdb_partial")?;
-    rec.dispatch(
-        &k,
-        &[
-            ("dy", dy),
-            ("x", x),
-            ("stats", &saved.stats),
-            ("dw_part", &pw),
-            ("db_part", &pb),
-        ],
-        bytemuck::bytes_of(&p),
-        [col_groups, chunks as u32, 1],
-    )?;
-    let dw = colsum::sum_partials(rec, &pw)?.reshape(w.shape())?;
-    let db = colsum::sum_partials(rec, &pb)?.reshape(w.shape())?;
+    let mut g = norm_backward(rec, &nb, dy, x, w, dx, accumulate)?;
+    let db = g.pop().expect("two gradients");
+    let dw = g.pop().expect("two gradients");
     Ok((dw, db))
 }
 

@@ -160,35 +160,66 @@ pub fn rmsnorm_residual_fwd(
     Ok((h, y, RmsNormSaved { rstd }))
 }
 
-fn backward(
+/// What a norm's backward reads and writes besides dy, x, w and dx.
+pub(crate) struct NormBackward<'a> {
+    /// Shader file; the dx entry point is `{shader}_bwd_dx`.
+    pub shader: &'a str,
+    /// Entry point writing per-chunk column partials of the parameter
+    /// gradients.
+    pub partial_entry: &'a str,
+    /// The saved per-row statistics: binding name, tensor, values per row.
+    pub stats: (&'a str, &'a Tensor, usize),
+    /// Binding names of the partial outputs, one per parameter gradient.
+    pub parts: &'a [&'a str],
+}
+
+/// The backward launches of RMSNorm and LayerNorm: dx row by row (written,
+/// or added when `accumulate`), then the parameter gradients as column
+/// partials over row chunks, summed. Returns the gradients in `parts` order.
+pub(crate) fn norm_backward(
     rec: &mut Recorder,
+    nb: &NormBackward,
     dy: &Tensor,
     x: &Tensor,
     w: &Tensor,
-    saved: &RmsNormSaved,
     dx: &Tensor,
     accumulate: bool,
-) -> Result<Tensor> {
+) -> Result<Vec<Tensor>> {
+    let op = format!("{}_backward", nb.shader);
     let n = w.numel();
-    let rows = norm_rows("rmsnorm_backward", x, n)?;
+    let rows = norm_rows(&op, x, n)?;
     if w.dtype() != DType::F32 {
-        shape_bail!("rmsnorm_backward: weight must be f32, got {:?}", w);
+        shape_bail!("{op}: weight must be f32, got {:?}", w);
     }
     for (what, t) in [("dy", dy), ("dx", dx)] {
         if t.dtype() != DType::F32 || t.numel() != x.numel() {
-            shape_bail!("rmsnorm_backward: {what} {:?} does not match x {:?}", t, x);
+            shape_bail!("{op}: {what} {:?} does not match x {:?}", t, x);
         }
     }
-    if saved.rstd.numel() != rows || saved.rstd.dtype() != DType::F32 {
-        shape_bail!(
-            "rmsnorm_backward: rstd {:?} should be f32 [{rows}]",
-            saved.rstd
-        );
+    let (stats_name, stats, per_row) = nb.stats;
+    if stats.numel() != per_row * rows || stats.dtype() != DType::F32 {
+        let shape = if per_row == 1 {
+            format!("[{rows}]")
+        } else {
+            format!("[{rows}, {per_row}]")
+        };
+        shape_bail!("{op}: {stats_name} {:?} should be f32 {shape}", stats);
     }
     let gpu = rec.gpu();
     let chunk = colsum::chunk_rows(rows, n);
     let chunks = colsum::num_chunks(rows, n);
-    let part = Tensor::empty(gpu, "rmsnorm.dw_part", &[chunks, n], DType::F32)?;
+    let parts = nb
+        .parts
+        .iter()
+        .map(|name| {
+            Tensor::empty(
+                gpu,
+                &format!("{}.{name}", nb.shader),
+                &[chunks, n],
+                DType::F32,
+            )
+        })
+        .collect::<Result<Vec<_>>>()?;
     let (tpr, groups) = row_launch(rec, rows, n);
     let p = NormParams {
         rows: rows as u32,
@@ -200,14 +231,14 @@ fn backward(
         _pad: [0; 2],
     };
     if rows > 0 {
-        let k = gpu.kernel("rmsnorm", "rmsnorm_bwd_dx")?;
+        let k = gpu.kernel(nb.shader, &format!("{}_bwd_dx", nb.shader))?;
         rec.dispatch(
             &k,
             &[
                 ("dy", dy),
                 ("x", x),
                 ("w", w),
-                ("rstd", &saved.rstd),
+                (stats_name, stats),
                 ("dx", dx),
             ],
             bytemuck::bytes_of(&p),
@@ -215,19 +246,38 @@ fn backward(
         )?;
     }
     let col_groups = n.div_ceil(colsum::COLS_PER_GROUP) as u32;
-    let k = gpu.kernel("rmsnorm", "rmsnorm_bwd_dw_partial")?;
+    let k = gpu.kernel(nb.shader, nb.partial_entry)?;
+    let mut bind: Vec<(&str, &Tensor)> = vec![("dy", dy), ("x", x), (stats_name, stats)];
+    bind.extend(nb.parts.iter().copied().zip(&parts));
     rec.dispatch(
         &k,
-        &[
-            ("dy", dy),
-            ("x", x),
-            ("rstd", &saved.rstd),
-            ("dw_part", &part),
-        ],
+        &bind,
         bytemuck::bytes_of(&p),
         [col_groups, chunks as u32, 1],
     )?;
-    colsum::sum_partials(rec, &part)?.reshape(w.shape())
+    parts
+        .iter()
+        .map(|part| colsum::sum_partials(rec, part)?.reshape(w.shape()))
+        .collect()
+}
+
+fn backward(
+    rec: &mut Recorder,
+    dy: &Tensor,
+    x: &Tensor,
+    w: &Tensor,
+    saved: &RmsNormSaved,
+    dx: &Tensor,
+    accumulate: bool,
+) -> Result<Tensor> {
+    let nb = NormBackward {
+        shader: "rmsnorm",
+        partial_entry: "rmsnorm_bwd_dw_partial",
+        stats: ("rstd", &saved.rstd, 1),
+        parts: &["dw_part"],
+    };
+    let mut g = norm_backward(rec, &nb, dy, x, w, dx, accumulate)?;
+    Ok(g.remove(0))
 }
 
 /// Backward of RMSNorm: (dx, dw) from dy, the forward input x, the f32
