@@ -1,4 +1,5 @@
-//! One error type for the whole engine. Every variant renders as a message a
+//! One error type for the whole engine (it depends on nothing else in the
+//! crate, so every module can use it). Every variant renders as a message a
 //! person can act on: what went wrong, with what, and what to do next.
 
 use std::fmt;
@@ -42,8 +43,24 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-fn human_bytes(b: u64) -> String {
-    crate::gpu::format_bytes(b)
+/// "1.50 GiB", "12.0 MiB", "512 B".
+pub fn format_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else if v >= 100.0 {
+        format!("{v:.0} {}", UNITS[u])
+    } else if v >= 10.0 {
+        format!("{v:.1} {}", UNITS[u])
+    } else {
+        format!("{v:.2} {}", UNITS[u])
+    }
 }
 
 impl fmt::Display for Error {
@@ -76,8 +93,8 @@ impl fmt::Display for Error {
             } => write!(
                 f,
                 "tensor '{tensor}' needs {} ({requested} bytes) but the {what} is {} ({limit} bytes). {hint}",
-                human_bytes(*requested),
-                human_bytes(*limit)
+                format_bytes(*requested),
+                format_bytes(*limit)
             ),
             Error::DeviceLost(m) => write!(
                 f,

@@ -18,27 +18,10 @@ pub use kernel::Kernel;
 pub use recorder::{Recorder, Submitted};
 pub use tensor::{DType, Tensor};
 
+// Byte sizes are formatted where the error messages need them, at the
+// bottom of the crate; the GPU layer reports sizes with the same function.
+pub use crate::error::format_bytes;
 use crate::error::{Error, Result};
-
-/// "1.50 GiB", "12.0 MiB", "512 B".
-pub fn format_bytes(b: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{b} B")
-    } else if v >= 100.0 {
-        format!("{v:.0} {}", UNITS[u])
-    } else if v >= 10.0 {
-        format!("{v:.1} {}", UNITS[u])
-    } else {
-        format!("{v:.2} {}", UNITS[u])
-    }
-}
 
 /// An opened GPU: device, queue, what it can do, the allocator and caches.
 pub struct Gpu {

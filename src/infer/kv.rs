@@ -10,7 +10,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Recorder, Tensor};
-use crate::model::decoder::Decoder;
+use crate::model::decoder::{Decoder, KvStore};
 
 /// Rows added per growth step.
 pub const DEFAULT_CHUNK: usize = 512;
@@ -171,5 +171,26 @@ impl KvCache {
         }
         self.capacity = cap;
         Ok(())
+    }
+}
+
+impl KvStore for KvCache {
+    fn layers(&self) -> usize {
+        self.k.len()
+    }
+    fn kv_dim(&self) -> usize {
+        self.kv_dim
+    }
+    fn filled(&self) -> usize {
+        self.len()
+    }
+    fn reserve(&mut self, rec: &mut Recorder, needed: usize) -> Result<()> {
+        KvCache::reserve(self, rec, needed)
+    }
+    fn layer(&self, l: usize) -> (&Tensor, &Tensor) {
+        (&self.k[l], &self.v[l])
+    }
+    fn push(&mut self, ids: &[u32]) -> Result<()> {
+        KvCache::push(self, ids)
     }
 }

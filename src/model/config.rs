@@ -331,6 +331,9 @@ impl ModelConfig {
                     add("self_attn.q_proj.bias", vec![q]);
                     add("self_attn.k_proj.bias", vec![kv]);
                     add("self_attn.v_proj.bias", vec![kv]);
+                    // Hugging Face's Llama and Qwen3 give o_proj a bias
+                    // under the same switch.
+                    add("self_attn.o_proj.bias", vec![h]);
                 }
                 if self.family == Family::Qwen3 {
                     add("self_attn.q_norm.weight", vec![self.head_dim]);

@@ -11,13 +11,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use super::config::{Family, ModelConfig};
+use super::exec::{Attend, Eager, Exec};
+use super::layers::{self, LayerCtx};
 use super::weights::Checkpoint;
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Recorder, Tensor};
-use crate::infer::kv::KvCache;
-use crate::ops::{
-    attention, bias_add, elementwise, gelu, gemv, layernorm, matmul, rmsnorm, rope, swiglu,
-};
+use crate::ops::attention::AttnConfig;
+use crate::ops::{gemv, rope};
 
 /// One decoder layer's weights on the GPU, names relative to the layer
 /// prefix (GPT-NeoX's fused query_key_value is split into q/k/v on load).
@@ -30,9 +30,6 @@ impl Layer {
         self.tensors
             .get(name)
             .ok_or_else(|| Error::Invalid(format!("layer has no tensor '{name}'")))
-    }
-    fn opt(&self, name: &str) -> Option<&Tensor> {
-        self.tensors.get(name)
     }
     pub fn bytes(&self) -> u64 {
         self.tensors.values().map(|t| t.byte_len()).sum()
@@ -65,12 +62,13 @@ pub struct Decoder {
     decode_gemv: Option<bool>,
 }
 
-/// What a forward pass returns.
-pub struct ForwardOut {
+/// What a forward pass returns: tensors, or tape variables when recorded
+/// for training.
+pub struct ForwardOut<V = Tensor> {
     /// [tokens, vocab] f32, when asked for.
-    pub logits: Option<Tensor>,
-    /// HF `output_hidden_states`: num_layers + 1 tensors [tokens, hidden].
-    pub hidden: Vec<Tensor>,
+    pub logits: Option<V>,
+    /// HF `output_hidden_states`: num_layers + 1 values [tokens, hidden].
+    pub hidden: Vec<V>,
 }
 
 /// The tokens of one forward pass: `batch` sequences of `seq` tokens,
@@ -84,21 +82,20 @@ pub struct Batch<'a> {
     pub mask: Option<&'a Tensor>,
 }
 
-/// Where a layer's attention reads keys and values.
-enum Attend<'a> {
-    /// The batch's own k and v.
-    Dense {
-        cfg: attention::AttnConfig,
-        mask: Option<&'a Tensor>,
-    },
-    /// A KV cache of one sequence: the new rows go to `past..`, then
-    /// attention reads rows `0..past + n`.
-    Cached {
-        k: &'a Tensor,
-        v: &'a Tensor,
-        past: usize,
-        capacity: usize,
-    },
+/// What a cached forward needs of a KV cache (`infer::KvCache` is one):
+/// per layer K and V, f32 `[capacity, kv_heads·head_dim]`, one row per
+/// position (after rope), and the token ids of the filled rows.
+pub trait KvStore {
+    fn layers(&self) -> usize;
+    fn kv_dim(&self) -> usize;
+    /// Rows filled so far (the next token's position).
+    fn filled(&self) -> usize;
+    /// Make room for `needed` rows in all (copies recorded into `rec`).
+    fn reserve(&mut self, rec: &mut Recorder, needed: usize) -> Result<()>;
+    /// Layer `l`'s K and V.
+    fn layer(&self, l: usize) -> (&Tensor, &Tensor);
+    /// Rows `[filled, filled + ids.len())` now hold `ids`.
+    fn push(&mut self, ids: &[u32]) -> Result<()>;
 }
 
 /// Split GPT-NeoX's fused query_key_value rows (per head: q, k, v of
@@ -300,300 +297,108 @@ impl Decoder {
         Ok(t)
     }
 
-    /// x·Wᵀ (+ b); `few_rows` (decode steps) takes the gemv kernel, which
-    /// reads each weight once for up to `gemv::MAX_ROWS` rows.
-    fn linear(
-        &self,
-        rec: &mut Recorder,
-        x: &Tensor,
-        w: &Tensor,
-        b: Option<&Tensor>,
-        few_rows: bool,
-    ) -> Result<Tensor> {
-        let y = if few_rows {
-            gemv::gemv(rec, x, w)?
-        } else {
-            matmul::matmul(rec, x, w, false, true)?
-        };
-        if let Some(b) = b {
-            bias_add::bias_add_inplace(rec, &y, b)?;
-        }
-        Ok(y)
-    }
-
-    /// One decoder layer: x [tokens, hidden] → new residual stream.
-    pub fn layer_forward(
-        &self,
-        rec: &mut Recorder,
-        layer: &Layer,
-        x: &Tensor,
-        batch: &Batch,
-        tables: &rope::RopeTables,
-    ) -> Result<Tensor> {
+    /// Attention of a dense batch over its own keys and values.
+    pub fn dense_attend<'a>(&self, batch: &Batch<'a>) -> Attend<'a> {
         let c = &self.cfg;
-        let cfg = attention::AttnConfig::new(
-            batch.batch,
-            batch.seq,
-            batch.seq,
-            c.num_heads,
-            c.num_kv_heads,
-            c.head_dim,
-        );
-        let src = Attend::Dense {
-            cfg,
+        Attend::Dense {
+            cfg: AttnConfig::new(
+                batch.batch,
+                batch.seq,
+                batch.seq,
+                c.num_heads,
+                c.num_kv_heads,
+                c.head_dim,
+            ),
             mask: batch.mask,
-        };
-        self.layer_impl(rec, layer, x, batch.positions, &src, tables)
+        }
     }
 
-    /// One decoder layer for `n` new tokens of one sequence at positions
-    /// `[past, past + n)` (`positions`), against this layer's KV cache
-    /// (`k_cache`, `v_cache`: `[capacity, kv_heads·head_dim]` f32): the new
-    /// keys and values (after rope) are written at rows `past..past + n`,
-    /// then the queries attend to rows `0..past + n`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn layer_forward_cached(
+    /// One decoder layer of this model's family: x → the new residual
+    /// stream (the code in `model::layers`, for any executor).
+    pub fn layer_forward<E: Exec>(
         &self,
-        rec: &mut Recorder,
+        e: &mut E,
         layer: &Layer,
-        x: &Tensor,
-        positions: &Tensor,
-        k_cache: &Tensor,
-        v_cache: &Tensor,
-        past: usize,
-        tables: &rope::RopeTables,
-    ) -> Result<Tensor> {
-        let n = positions.numel();
-        let kv_dim = self.cfg.num_kv_heads * self.cfg.head_dim;
-        let capacity = k_cache.numel() / kv_dim.max(1);
-        if x.numel() != n * self.cfg.hidden_size
-            || k_cache.numel() != v_cache.numel()
-            || k_cache.numel() != capacity * kv_dim
-            || past + n > capacity
-        {
-            return Err(Error::Shape(format!(
-                "layer_forward_cached: x {:?}, {n} positions from {past}, caches {:?} / {:?} of {kv_dim} columns",
-                x.shape(),
-                k_cache.shape(),
-                v_cache.shape()
-            )));
-        }
-        let src = Attend::Cached {
-            k: k_cache,
-            v: v_cache,
-            past,
-            capacity,
-        };
-        self.layer_impl(rec, layer, x, positions, &src, tables)
+        x: &E::V,
+        ctx: &LayerCtx,
+    ) -> Result<E::V> {
+        layers::layer_forward(&self.cfg, e, layer, x, ctx)
     }
 
-    /// Attention of q against the keys and values `src` names (k and v are
-    /// the new tokens' own, after rope).
-    fn attend(
-        &self,
-        rec: &mut Recorder,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        src: &Attend,
-    ) -> Result<Tensor> {
-        let c = &self.cfg;
-        match *src {
-            Attend::Dense { cfg, mask } => {
-                let inputs = attention::AttnInputs { q, k, v, mask };
-                Ok(attention::attention(rec, &cfg, &inputs)?.0)
-            }
-            Attend::Cached {
-                k: kc,
-                v: vc,
-                past,
-                capacity,
-            } => {
-                let row = (c.num_kv_heads * c.head_dim * 4) as u64;
-                let n = q.numel() / (c.num_heads * c.head_dim);
-                rec.copy(k, 0, kc, past as u64 * row, n as u64 * row)?;
-                rec.copy(v, 0, vc, past as u64 * row, n as u64 * row)?;
-                let cfg = attention::AttnConfig::new(
-                    1,
-                    n,
-                    past + n,
-                    c.num_heads,
-                    c.num_kv_heads,
-                    c.head_dim,
-                )
-                .with_q_offset(past)
-                .with_kv_cache(capacity);
-                let inputs = attention::AttnInputs {
-                    q,
-                    k: kc,
-                    v: vc,
-                    mask: None,
-                };
-                Ok(attention::attention(rec, &cfg, &inputs)?.0)
-            }
-        }
-    }
-
-    fn layer_impl(
-        &self,
-        rec: &mut Recorder,
-        layer: &Layer,
-        x: &Tensor,
-        positions: &Tensor,
-        src: &Attend,
-        tables: &rope::RopeTables,
-    ) -> Result<Tensor> {
-        let c = &self.cfg;
-        let eps = c.norm_eps as f32;
-        let few =
-            matches!(src, Attend::Cached { .. }) && self.gemv_rows(rec.gpu(), positions.numel());
-        match c.family {
-            Family::Llama | Family::Qwen3 => {
-                let h = rmsnorm::rmsnorm(rec, x, layer.get("input_layernorm.weight")?, eps)?;
-                let q = self.linear(
-                    rec,
-                    &h,
-                    layer.get("self_attn.q_proj.weight")?,
-                    layer.opt("self_attn.q_proj.bias"),
-                    few,
-                )?;
-                let k = self.linear(
-                    rec,
-                    &h,
-                    layer.get("self_attn.k_proj.weight")?,
-                    layer.opt("self_attn.k_proj.bias"),
-                    few,
-                )?;
-                let v = self.linear(
-                    rec,
-                    &h,
-                    layer.get("self_attn.v_proj.weight")?,
-                    layer.opt("self_attn.v_proj.bias"),
-                    few,
-                )?;
-                let (q, k) = if c.family == Family::Qwen3 {
-                    (
-                        rmsnorm::rmsnorm(rec, &q, layer.get("self_attn.q_norm.weight")?, eps)?,
-                        rmsnorm::rmsnorm(rec, &k, layer.get("self_attn.k_norm.weight")?, eps)?,
-                    )
-                } else {
-                    (q, k)
-                };
-                rope::rope_inplace(rec, &q, positions, &tables.cos, &tables.sin, c.head_dim)?;
-                rope::rope_inplace(rec, &k, positions, &tables.cos, &tables.sin, c.head_dim)?;
-                let a = self.attend(rec, &q, &k, &v, src)?;
-                let o = self.linear(rec, &a, layer.get("self_attn.o_proj.weight")?, None, few)?;
-                elementwise::add_inplace(rec, &o, 1.0, x)?;
-                let h2 =
-                    rmsnorm::rmsnorm(rec, &o, layer.get("post_attention_layernorm.weight")?, eps)?;
-                let g = self.linear(
-                    rec,
-                    &h2,
-                    layer.get("mlp.gate_proj.weight")?,
-                    layer.opt("mlp.gate_proj.bias"),
-                    few,
-                )?;
-                let u = self.linear(
-                    rec,
-                    &h2,
-                    layer.get("mlp.up_proj.weight")?,
-                    layer.opt("mlp.up_proj.bias"),
-                    few,
-                )?;
-                let m = swiglu::swiglu(rec, &g, &u)?;
-                let d = self.linear(
-                    rec,
-                    &m,
-                    layer.get("mlp.down_proj.weight")?,
-                    layer.opt("mlp.down_proj.bias"),
-                    few,
-                )?;
-                elementwise::add_inplace(rec, &d, 1.0, &o)?;
-                Ok(d)
-            }
-            Family::GptNeox => {
-                let h = layernorm::layernorm(
-                    rec,
-                    x,
-                    layer.get("input_layernorm.weight")?,
-                    layer.get("input_layernorm.bias")?,
-                    eps,
-                )?;
-                let q = self.linear(
-                    rec,
-                    &h,
-                    layer.get("attention.q.weight")?,
-                    layer.opt("attention.q.bias"),
-                    few,
-                )?;
-                let k = self.linear(
-                    rec,
-                    &h,
-                    layer.get("attention.k.weight")?,
-                    layer.opt("attention.k.bias"),
-                    few,
-                )?;
-                let v = self.linear(
-                    rec,
-                    &h,
-                    layer.get("attention.v.weight")?,
-                    layer.opt("attention.v.bias"),
-                    few,
-                )?;
-                rope::rope_inplace(rec, &q, positions, &tables.cos, &tables.sin, c.head_dim)?;
-                rope::rope_inplace(rec, &k, positions, &tables.cos, &tables.sin, c.head_dim)?;
-                let a = self.attend(rec, &q, &k, &v, src)?;
-                let o = self.linear(
-                    rec,
-                    &a,
-                    layer.get("attention.dense.weight")?,
-                    layer.opt("attention.dense.bias"),
-                    few,
-                )?;
-                let mlp_in = if c.use_parallel_residual {
-                    x.clone()
-                } else {
-                    elementwise::add_inplace(rec, &o, 1.0, x)?;
-                    o.clone()
-                };
-                let h2 = layernorm::layernorm(
-                    rec,
-                    &mlp_in,
-                    layer.get("post_attention_layernorm.weight")?,
-                    layer.get("post_attention_layernorm.bias")?,
-                    eps,
-                )?;
-                let u = self.linear(
-                    rec,
-                    &h2,
-                    layer.get("mlp.dense_h_to_4h.weight")?,
-                    layer.opt("mlp.dense_h_to_4h.bias"),
-                    few,
-                )?;
-                let m = gelu::gelu(rec, &u)?;
-                let d = self.linear(
-                    rec,
-                    &m,
-                    layer.get("mlp.dense_4h_to_h.weight")?,
-                    layer.opt("mlp.dense_4h_to_h.bias"),
-                    few,
-                )?;
-                elementwise::add_inplace(rec, &d, 1.0, &o)?;
-                if c.use_parallel_residual {
-                    elementwise::add_inplace(rec, &d, 1.0, x)?;
-                }
-                Ok(d)
-            }
-        }
+    /// The embeddings of `ids` (the first residual stream).
+    pub fn embed_forward<E: Exec>(&self, e: &mut E, ids: &Tensor) -> Result<E::V> {
+        let table = e.weight(&self.embed)?;
+        e.embedding(ids, &table)
     }
 
     /// The final norm applied to the residual stream.
-    pub fn final_norm_forward(&self, rec: &mut Recorder, x: &Tensor) -> Result<Tensor> {
+    pub fn final_norm_forward<E: Exec>(&self, e: &mut E, x: &E::V) -> Result<E::V> {
         let eps = self.cfg.norm_eps as f32;
+        let w = e.weight(&self.final_norm.weight)?;
         match &self.final_norm.bias {
-            Some(b) => layernorm::layernorm(rec, x, &self.final_norm.weight, b, eps),
-            None => rmsnorm::rmsnorm(rec, x, &self.final_norm.weight, eps),
+            Some(b) => {
+                let b = e.weight(b)?;
+                e.layernorm(x, &w, &b, eps)
+            }
+            None => e.rmsnorm(x, &w, eps),
         }
+    }
+
+    /// Logits `[tokens, vocab]` of final-normed states.
+    pub fn head_forward<E: Exec>(&self, e: &mut E, normed: &E::V) -> Result<E::V> {
+        let w = e.weight(&self.head)?;
+        e.linear(normed, &w, None)
+    }
+
+    /// Run the whole model on a batch with executor `e` (eagerly, or on a
+    /// tape for training). `want_logits` / `want_hidden` select the outputs.
+    pub fn forward_with<E: Exec>(
+        &self,
+        e: &mut E,
+        batch: &Batch,
+        want_logits: bool,
+        want_hidden: bool,
+    ) -> Result<ForwardOut<E::V>> {
+        let n = batch.batch * batch.seq;
+        if batch.ids.numel() != n || batch.positions.numel() != n {
+            return Err(Error::Shape(format!(
+                "forward: {} ids and {} positions for {}×{} tokens",
+                batch.ids.numel(),
+                batch.positions.numel(),
+                batch.batch,
+                batch.seq
+            )));
+        }
+        let tables = self.rope_tables(e.gpu(), batch.seq.max(1))?;
+        let attend = self.dense_attend(batch);
+        let ctx = LayerCtx {
+            positions: batch.positions,
+            tables: &tables,
+            attend: &attend,
+        };
+        let mut x = self.embed_forward(e, batch.ids)?;
+        let mut hidden = Vec::new();
+        for layer in &self.layers {
+            if want_hidden {
+                hidden.push(x.clone());
+            }
+            x = self.layer_forward(e, layer, &x, &ctx)?;
+            // Let each layer's temporaries go back to the pool before the
+            // next one allocates (decode steps are small: keep them whole).
+            if n > 1 {
+                e.flush()?;
+            }
+        }
+        let normed = self.final_norm_forward(e, &x)?;
+        let logits = if want_logits {
+            Some(self.head_forward(e, &normed)?)
+        } else {
+            None
+        };
+        if want_hidden {
+            hidden.push(normed);
+        }
+        Ok(ForwardOut { logits, hidden })
     }
 
     /// Run the whole model on a batch, recording into `rec` (nothing is
@@ -605,46 +410,12 @@ impl Decoder {
         want_logits: bool,
         want_hidden: bool,
     ) -> Result<ForwardOut> {
-        let gpu = rec.gpu();
-        let n = batch.batch * batch.seq;
-        if batch.ids.numel() != n || batch.positions.numel() != n {
-            return Err(Error::Shape(format!(
-                "forward: {} ids and {} positions for {}×{} tokens",
-                batch.ids.numel(),
-                batch.positions.numel(),
-                batch.batch,
-                batch.seq
-            )));
-        }
-        let tables = self.rope_tables(gpu, batch.seq.max(1))?;
-        let mut x = crate::ops::embedding::embedding(rec, batch.ids, &self.embed)?;
-        let mut hidden = Vec::new();
-        for layer in &self.layers {
-            if want_hidden {
-                hidden.push(x.clone());
-            }
-            x = self.layer_forward(rec, layer, &x, batch, &tables)?;
-            // Let each layer's temporaries go back to the pool before the
-            // next one allocates (decode steps are small: keep them whole).
-            if n > 1 {
-                rec.flush()?;
-            }
-        }
-        let normed = self.final_norm_forward(rec, &x)?;
-        if want_hidden {
-            hidden.push(normed.clone());
-        }
-        let logits = if want_logits {
-            Some(matmul::matmul(rec, &normed, &self.head, false, true)?)
-        } else {
-            None
-        };
-        Ok(ForwardOut { logits, hidden })
+        self.forward_with(&mut Eager::new(rec), batch, want_logits, want_hidden)
     }
 
     /// Run `ids`, the next tokens of the sequence whose first
-    /// `cache.len()` tokens the cache holds, at positions
-    /// `[past, past + n)` with `past = cache.len()`: the cache grows if
+    /// `cache.filled()` tokens the cache holds, at positions
+    /// `[past, past + n)` with `past = cache.filled()`: the cache grows if
     /// needed (an error past its context), each layer writes the new keys
     /// and values into it and attends to everything cached. Prefill is the
     /// whole prompt in one call; decoding one token per call (records
@@ -653,27 +424,26 @@ impl Decoder {
     /// Returns logits f32 `[n, vocab]` with `all_logits`, else `[1, vocab]`
     /// for the last token only. The result equals `forward` on the whole
     /// sequence (tests/infer.rs checks it).
-    pub fn forward_cached(
+    pub fn forward_cached<C: KvStore>(
         &self,
         rec: &mut Recorder,
         ids: &[u32],
-        cache: &mut KvCache,
+        cache: &mut C,
         all_logits: bool,
     ) -> Result<Tensor> {
+        let c = &self.cfg;
         let n = ids.len();
-        let past = cache.len();
+        let past = cache.filled();
+        let kv_dim = c.num_kv_heads * c.head_dim;
         if n == 0 {
             return Err(Error::Shape("forward_cached: no tokens".into()));
         }
-        if cache.layers() != self.layers.len()
-            || cache.kv_dim() != self.cfg.num_kv_heads * self.cfg.head_dim
-        {
+        if cache.layers() != self.layers.len() || cache.kv_dim() != kv_dim {
             return Err(Error::Shape(format!(
-                "forward_cached: the cache has {} layers of {} columns, the model {} of {}",
+                "forward_cached: the cache has {} layers of {} columns, the model {} of {kv_dim}",
                 cache.layers(),
                 cache.kv_dim(),
                 self.layers.len(),
-                self.cfg.num_kv_heads * self.cfg.head_dim
             )));
         }
         cache.reserve(rec, past + n)?;
@@ -682,39 +452,58 @@ impl Decoder {
         let tids = gpu.upload_u32("decode.ids", &[n], ids)?;
         let pos: Vec<u32> = (past as u32..(past + n) as u32).collect();
         let positions = gpu.upload_u32("decode.positions", &[n], &pos)?;
-        let mut x = crate::ops::embedding::embedding(rec, &tids, &self.embed)?;
+        let mut e = Eager::new(rec);
+        e.gemv = self.gemv_rows(gpu, n);
+        let mut x = self.embed_forward(&mut e, &tids)?;
+        let row = (kv_dim * 4) as u64;
         for (l, layer) in self.layers.iter().enumerate() {
-            x = self.layer_forward_cached(
-                rec,
-                layer,
-                &x,
-                &positions,
-                &cache.k[l],
-                &cache.v[l],
-                past,
-                &tables,
-            )?;
+            let (k_cache, v_cache) = cache.layer(l);
+            let capacity = k_cache.numel() / kv_dim.max(1);
+            if k_cache.numel() != v_cache.numel()
+                || k_cache.numel() != capacity * kv_dim
+                || past + n > capacity
+            {
+                return Err(Error::Shape(format!(
+                    "forward_cached: {n} positions from {past} into layer {l}'s caches {:?} / {:?} of {kv_dim} columns",
+                    k_cache.shape(),
+                    v_cache.shape()
+                )));
+            }
+            let cfg = AttnConfig::new(1, n, past + n, c.num_heads, c.num_kv_heads, c.head_dim)
+                .with_q_offset(past)
+                .with_kv_cache(capacity);
+            let attend = Attend::Cached {
+                cfg,
+                k: k_cache,
+                v: v_cache,
+                offset: past as u64 * row,
+            };
+            let ctx = LayerCtx {
+                positions: &positions,
+                tables: &tables,
+                attend: &attend,
+            };
+            x = self.layer_forward(&mut e, layer, &x, &ctx)?;
             if n > 1 {
-                rec.flush()?;
+                e.flush()?;
             }
         }
         cache.push(ids)?;
-        let h = self.cfg.hidden_size;
+        let h = c.hidden_size;
         let rows = if all_logits { n } else { 1 };
         let x = if rows == n {
             x
         } else {
             // The last row, copied (a view would start at an unaligned offset).
             let last = Tensor::empty(gpu, "decode.last", &[1, h], DType::F32)?;
-            rec.copy(&x, ((n - 1) * h * 4) as u64, &last, 0, (h * 4) as u64)?;
+            e.rec()
+                .copy(&x, ((n - 1) * h * 4) as u64, &last, 0, (h * 4) as u64)?;
             last
         };
-        let normed = self.final_norm_forward(rec, &x)?;
-        if self.gemv_rows(gpu, rows) {
-            gemv::gemv(rec, &normed, &self.head)
-        } else {
-            matmul::matmul(rec, &normed, &self.head, false, true)
-        }
+        e.gemv = false;
+        let normed = self.final_norm_forward(&mut e, &x)?;
+        e.gemv = self.gemv_rows(gpu, rows);
+        self.head_forward(&mut e, &normed)
     }
 }
 

@@ -3,7 +3,9 @@
 
 pub mod config;
 pub mod decoder;
+pub mod exec;
 pub mod gguf;
+pub mod layers;
 pub mod score;
 pub mod source;
 pub mod tokenizer;

@@ -1,15 +1,17 @@
 //! The student as trainable parameters: f32 values, gradient buffers and
-//! AdamW states, and its forward pass on the autodiff tape (the same
-//! architecture as `model::decoder`, recorded for backward).
+//! AdamW states, and its forward pass on the autodiff tape: the model's
+//! own forward (`Decoder::forward_with`, the layers of `model::layers`)
+//! run by the taping executor, whole or one layer at a time (recompute).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use crate::autodiff::{Tape, Var};
 use crate::error::Result;
 use crate::gpu::{DType, Gpu, Recorder, Tensor};
 use crate::model::decoder::{Batch, Decoder};
+use crate::model::exec::{tensor_key, ParamGrads, Taped};
+use crate::model::layers::LayerCtx;
 use crate::model::Family;
-use crate::ops::attention::AttnConfig;
 
 /// One trainable tensor.
 pub struct Param {
@@ -28,6 +30,16 @@ pub struct Param {
 pub struct StudentParams {
     pub params: Vec<Param>,
     index: BTreeMap<String, usize>,
+    /// Parameter by the identity of its value tensor.
+    by_tensor: HashMap<(u64, u64), usize>,
+}
+
+impl ParamGrads for StudentParams {
+    fn grad_of(&self, value: &Tensor) -> Option<&Tensor> {
+        self.by_tensor
+            .get(&tensor_key(value))
+            .map(|&i| &self.params[i].grad)
+    }
 }
 
 impl StudentParams {
@@ -55,6 +67,7 @@ impl StudentParams {
         }
         let mut params = Vec::new();
         let mut index = BTreeMap::new();
+        let mut by_tensor = HashMap::new();
         for (name, value) in named {
             if value.dtype() != DType::F32 {
                 return Err(crate::Error::Invalid(format!(
@@ -68,6 +81,7 @@ impl StudentParams {
             let m = gpu.zeros(&format!("adam_m.{name}"), &shape, DType::F32)?;
             let v = gpu.zeros(&format!("adam_v.{name}"), &shape, DType::F32)?;
             index.insert(name.clone(), params.len());
+            by_tensor.insert(tensor_key(&value), params.len());
             params.push(Param {
                 name,
                 value,
@@ -77,7 +91,11 @@ impl StudentParams {
                 decay,
             });
         }
-        Ok(StudentParams { params, index })
+        Ok(StudentParams {
+            params,
+            index,
+            by_tensor,
+        })
     }
 
     pub fn get(&self, name: &str) -> Option<&Param> {
@@ -104,8 +122,7 @@ pub struct TapeOut {
     pub hidden: Vec<Var>,
 }
 
-/// The student's forward pass on `tape` (architecture as in
-/// `Decoder::layer_forward`, which the tests compare against).
+/// The student's forward pass on `tape`: logits and every hidden state.
 pub fn forward(
     tape: &mut Tape,
     rec: &mut Recorder,
@@ -113,50 +130,12 @@ pub fn forward(
     params: &StudentParams,
     batch: &Batch,
 ) -> Result<TapeOut> {
-    let c = &student.cfg;
-    let gpu = rec.gpu();
-    let eps = c.norm_eps as f32;
-    let tables = student.rope_tables(gpu, batch.seq)?;
-    let p = |tape: &mut Tape, name: &str| -> Result<Var> {
-        let prm = params
-            .get(name)
-            .ok_or_else(|| crate::Error::Invalid(format!("student has no parameter '{name}'")))?;
-        tape.param(prm.value.clone(), prm.grad.clone())
-    };
-    let embed = p(tape, "embed")?;
-    let mut x = tape.embedding(rec, batch.ids, embed)?;
-    let mut hidden = Vec::with_capacity(c.num_layers + 1);
-    let attn_cfg = AttnConfig::new(
-        batch.batch,
-        batch.seq,
-        batch.seq,
-        c.num_heads,
-        c.num_kv_heads,
-        c.head_dim,
-    );
-    for i in 0..student.layers.len() {
-        hidden.push(x);
-        x = layer(tape, rec, student, params, i, x, batch, &tables, &attn_cfg)?;
-        if batch.batch * batch.seq > 1 {
-            rec.flush()?;
-        }
-    }
-    let fw = p(tape, "final_norm.weight")?;
-    let normed = match params.get("final_norm.bias") {
-        Some(_) => {
-            let fb = p(tape, "final_norm.bias")?;
-            tape.layernorm(rec, x, fw, fb, eps)?
-        }
-        None => tape.rmsnorm(rec, x, fw, eps)?,
-    };
-    hidden.push(normed);
-    let head = if params.get("head").is_some() {
-        p(tape, "head")?
-    } else {
-        embed
-    };
-    let logits = tape.linear(rec, normed, head)?;
-    Ok(TapeOut { logits, hidden })
+    let mut e = Taped::new(tape, rec, Some(params));
+    let out = student.forward_with(&mut e, batch, true, true)?;
+    Ok(TapeOut {
+        logits: out.logits.expect("logits were asked for"),
+        hidden: out.hidden,
+    })
 }
 
 /// Tensors by name: shape and f32 values on the host.
@@ -257,143 +236,6 @@ pub fn export_named(
     Ok(out)
 }
 
-/// Parameter `name` of the student as a tape variable.
-fn param_var(tape: &mut Tape, params: &StudentParams, name: &str) -> Result<Var> {
-    let prm = params
-        .get(name)
-        .ok_or_else(|| crate::Error::Invalid(format!("student has no parameter '{name}'")))?;
-    tape.param(prm.value.clone(), prm.grad.clone())
-}
-
-/// Decoder layer `i` of the student on `tape`: x → the new residual stream.
-#[allow(clippy::too_many_arguments)]
-fn layer(
-    tape: &mut Tape,
-    rec: &mut Recorder,
-    student: &Decoder,
-    params: &StudentParams,
-    i: usize,
-    x: Var,
-    batch: &Batch,
-    tables: &crate::ops::rope::RopeTables,
-    attn_cfg: &AttnConfig,
-) -> Result<Var> {
-    let c = &student.cfg;
-    let eps = c.norm_eps as f32;
-    let p = |tape: &mut Tape, name: &str| param_var(tape, params, name);
-    let l = |tape: &mut Tape, n: &str| p(tape, &format!("layers.{i}.{n}"));
-    let has = |n: &str| params.get(&format!("layers.{i}.{n}")).is_some();
-    let linear = |tape: &mut Tape, rec: &mut Recorder, x: Var, w: &str, b: &str| -> Result<Var> {
-        let wv = l(tape, w)?;
-        let y = tape.linear(rec, x, wv)?;
-        if has(b) {
-            let bv = l(tape, b)?;
-            tape.bias_add(rec, y, bv)
-        } else {
-            Ok(y)
-        }
-    };
-    let y = match c.family {
-        Family::Llama | Family::Qwen3 => {
-            let w = l(tape, "input_layernorm.weight")?;
-            let h = tape.rmsnorm(rec, x, w, eps)?;
-            let mut q = linear(
-                tape,
-                rec,
-                h,
-                "self_attn.q_proj.weight",
-                "self_attn.q_proj.bias",
-            )?;
-            let mut k = linear(
-                tape,
-                rec,
-                h,
-                "self_attn.k_proj.weight",
-                "self_attn.k_proj.bias",
-            )?;
-            let v = linear(
-                tape,
-                rec,
-                h,
-                "self_attn.v_proj.weight",
-                "self_attn.v_proj.bias",
-            )?;
-            if c.family == Family::Qwen3 {
-                let qn = l(tape, "self_attn.q_norm.weight")?;
-                q = tape.rmsnorm(rec, q, qn, eps)?;
-                let kn = l(tape, "self_attn.k_norm.weight")?;
-                k = tape.rmsnorm(rec, k, kn, eps)?;
-            }
-            let q = tape.rope(rec, q, batch.positions, tables, c.head_dim)?;
-            let k = tape.rope(rec, k, batch.positions, tables, c.head_dim)?;
-            let a = tape.attention(rec, attn_cfg, q, k, v, batch.mask)?;
-            let o = linear(
-                tape,
-                rec,
-                a,
-                "self_attn.o_proj.weight",
-                "self_attn.o_proj.bias",
-            )?;
-            let x2 = tape.add(rec, x, o)?;
-            let w2 = l(tape, "post_attention_layernorm.weight")?;
-            let h2 = tape.rmsnorm(rec, x2, w2, eps)?;
-            let g = linear(tape, rec, h2, "mlp.gate_proj.weight", "mlp.gate_proj.bias")?;
-            let u = linear(tape, rec, h2, "mlp.up_proj.weight", "mlp.up_proj.bias")?;
-            let m = tape.swiglu(rec, g, u)?;
-            let d = linear(tape, rec, m, "mlp.down_proj.weight", "mlp.down_proj.bias")?;
-            tape.add(rec, x2, d)?
-        }
-        Family::GptNeox => {
-            let w = l(tape, "input_layernorm.weight")?;
-            let b = l(tape, "input_layernorm.bias")?;
-            let h = tape.layernorm(rec, x, w, b, eps)?;
-            let q = linear(tape, rec, h, "attention.q.weight", "attention.q.bias")?;
-            let k = linear(tape, rec, h, "attention.k.weight", "attention.k.bias")?;
-            let v = linear(tape, rec, h, "attention.v.weight", "attention.v.bias")?;
-            let q = tape.rope(rec, q, batch.positions, tables, c.head_dim)?;
-            let k = tape.rope(rec, k, batch.positions, tables, c.head_dim)?;
-            let a = tape.attention(rec, attn_cfg, q, k, v, batch.mask)?;
-            let o = linear(
-                tape,
-                rec,
-                a,
-                "attention.dense.weight",
-                "attention.dense.bias",
-            )?;
-            let mlp_in = if c.use_parallel_residual {
-                x
-            } else {
-                tape.add(rec, x, o)?
-            };
-            let w2 = l(tape, "post_attention_layernorm.weight")?;
-            let b2 = l(tape, "post_attention_layernorm.bias")?;
-            let h2 = tape.layernorm(rec, mlp_in, w2, b2, eps)?;
-            let u = linear(
-                tape,
-                rec,
-                h2,
-                "mlp.dense_h_to_4h.weight",
-                "mlp.dense_h_to_4h.bias",
-            )?;
-            let m = tape.gelu(rec, u)?;
-            let d = linear(
-                tape,
-                rec,
-                m,
-                "mlp.dense_4h_to_h.weight",
-                "mlp.dense_4h_to_h.bias",
-            )?;
-            if c.use_parallel_residual {
-                let s = tape.add(rec, o, d)?;
-                tape.add(rec, x, s)?
-            } else {
-                tape.add(rec, mlp_in, d)?
-            }
-        }
-    };
-    Ok(y)
-}
-
 /// The student's forward pass with activation checkpointing: only each
 /// layer's input is kept; `backward` recomputes one layer at a time on a
 /// fresh tape, which bounds activation memory to one layer's worth.
@@ -409,7 +251,6 @@ pub struct Checkpointed {
     normed_var: Var,
     inputs: Vec<Tensor>,
     tables: std::sync::Arc<crate::ops::rope::RopeTables>,
-    attn_cfg: AttnConfig,
 }
 
 pub fn forward_checkpointed(
@@ -418,59 +259,39 @@ pub fn forward_checkpointed(
     params: &StudentParams,
     batch: &Batch,
 ) -> Result<Checkpointed> {
-    let c = &student.cfg;
     let gpu = rec.gpu();
-    let eps = c.norm_eps as f32;
     let tables = student.rope_tables(gpu, batch.seq)?;
-    let attn_cfg = AttnConfig::new(
-        batch.batch,
-        batch.seq,
-        batch.seq,
-        c.num_heads,
-        c.num_kv_heads,
-        c.head_dim,
-    );
+    let attend = student.dense_attend(batch);
+    let ctx = LayerCtx {
+        positions: batch.positions,
+        tables: &tables,
+        attend: &attend,
+    };
     let mut embed_tape = Tape::new();
-    let embed = param_var(&mut embed_tape, params, "embed")?;
-    let x0 = embed_tape.embedding(rec, batch.ids, embed)?;
+    let x0 = student.embed_forward(
+        &mut Taped::new(&mut embed_tape, rec, Some(params)),
+        batch.ids,
+    )?;
     let mut x = embed_tape.value(x0).clone();
     let mut inputs = Vec::with_capacity(student.layers.len());
-    for i in 0..student.layers.len() {
+    for layer in &student.layers {
         inputs.push(x.clone());
         // A throwaway tape: nothing is kept but the layer's output.
         let mut t = Tape::new();
         let xv = t.constant(x.clone());
-        let y = layer(
-            &mut t, rec, student, params, i, xv, batch, &tables, &attn_cfg,
-        )?;
+        let y =
+            student.layer_forward(&mut Taped::new(&mut t, rec, Some(params)), layer, &xv, &ctx)?;
         x = t.value(y).clone();
         drop(t);
         rec.flush()?;
     }
     let mut head_tape = Tape::new();
-    let head_in_grad = Tensor::empty(
-        gpu,
-        "checkpoint.head_in_grad",
-        x.shape(),
-        crate::gpu::DType::F32,
-    )?;
+    let head_in_grad = Tensor::empty(gpu, "checkpoint.head_in_grad", x.shape(), DType::F32)?;
     rec.clear(&head_in_grad);
     let hx = head_tape.param(x, head_in_grad.clone())?;
-    let fw = param_var(&mut head_tape, params, "final_norm.weight")?;
-    let normed_var = match params.get("final_norm.bias") {
-        Some(_) => {
-            let fb = param_var(&mut head_tape, params, "final_norm.bias")?;
-            head_tape.layernorm(rec, hx, fw, fb, eps)?
-        }
-        None => head_tape.rmsnorm(rec, hx, fw, eps)?,
-    };
-    let head_name = if params.get("head").is_some() {
-        "head"
-    } else {
-        "embed"
-    };
-    let head = param_var(&mut head_tape, params, head_name)?;
-    let logits_var = head_tape.linear(rec, normed_var, head)?;
+    let mut e = Taped::new(&mut head_tape, rec, Some(params));
+    let normed_var = student.final_norm_forward(&mut e, &hx)?;
+    let logits_var = student.head_forward(&mut e, &normed_var)?;
     let mut hidden = inputs.clone();
     hidden.push(head_tape.value(normed_var).clone());
     Ok(Checkpointed {
@@ -484,7 +305,6 @@ pub fn forward_checkpointed(
         normed_var,
         inputs,
         tables,
-        attn_cfg,
     })
 }
 
@@ -515,6 +335,12 @@ impl Checkpointed {
             seeds.push((self.normed_var, g));
         }
         self.head_tape.backward(rec, seeds, 0)?;
+        let attend = student.dense_attend(batch);
+        let ctx = LayerCtx {
+            positions: batch.positions,
+            tables: &self.tables,
+            attend: &attend,
+        };
         let mut g = self.head_in_grad.clone();
         for i in (0..n).rev() {
             if i + 1 < n {
@@ -526,21 +352,17 @@ impl Checkpointed {
                 rec.gpu(),
                 "checkpoint.dx",
                 self.inputs[i].shape(),
-                crate::gpu::DType::F32,
+                DType::F32,
             )?;
             rec.clear(&gx);
             let mut t = Tape::new();
             let xv = t.param(self.inputs[i].clone(), gx.clone())?;
-            let y = layer(
-                &mut t,
-                rec,
-                student,
-                params,
-                i,
-                xv,
-                batch,
-                &self.tables,
-                &self.attn_cfg,
+            let layer = &student.layers[i];
+            let y = student.layer_forward(
+                &mut Taped::new(&mut t, rec, Some(params)),
+                layer,
+                &xv,
+                &ctx,
             )?;
             t.backward(rec, vec![(y, g)], 24)?;
             g = gx;

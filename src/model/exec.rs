@@ -1,0 +1,287 @@
+//! The op interface a model's forward is written against, so that each
+//! family's layer exists once (`model::layers`) and serves every use:
+//!
+//! - [`Eager`] runs the ops straight into a [`Recorder`] with no tape: the
+//!   teacher, `eval`, prefill and cached decode. Values are tensors, and a
+//!   temporary the layer made may be updated in place (bias, rope,
+//!   residual adds), which saves a buffer and a pass each time; decode
+//!   steps can take the gemv kernel and write into a KV cache.
+//! - [`Taped`] records the same ops on an autodiff [`Tape`]: the student in
+//!   training, with or without recompute. Values are tape variables;
+//!   weights that have a gradient buffer become parameters, the rest
+//!   constants.
+//!
+//! Changing how an op is launched means changing it here, once per mode.
+
+use std::collections::HashMap;
+
+use crate::autodiff::{Tape, Var};
+use crate::error::{Error, Result};
+use crate::gpu::{Gpu, Recorder, Tensor};
+use crate::ops::attention::{self, AttnConfig};
+use crate::ops::rope::RopeTables;
+use crate::ops::{
+    bias_add, elementwise, embedding, gelu, gemv, layernorm, matmul, rmsnorm, rope, swiglu,
+};
+
+/// Where a layer's attention reads keys and values.
+pub enum Attend<'a> {
+    /// The batch's own keys and values (training, scoring, eval).
+    Dense {
+        cfg: AttnConfig,
+        /// u32 `[batch, seq]`: 1 = real token, 0 = padding.
+        mask: Option<&'a Tensor>,
+    },
+    /// A KV cache of one sequence: the new keys and values are copied into
+    /// `k`/`v` at byte `offset`, then the queries attend as `cfg` says
+    /// (rows `0..past + n` of the cache, queries offset by `past`).
+    Cached {
+        cfg: AttnConfig,
+        k: &'a Tensor,
+        v: &'a Tensor,
+        offset: u64,
+    },
+}
+
+/// The ops of a forward pass. `V` is a value: a tensor when run eagerly, a
+/// tape variable when recorded for backward.
+pub trait Exec {
+    type V: Clone;
+
+    fn gpu(&self) -> &Gpu;
+    /// The tensor behind a value.
+    fn value<'a>(&'a self, v: &'a Self::V) -> &'a Tensor;
+    /// A model weight as a value (a parameter when it has a gradient).
+    fn weight(&mut self, t: &Tensor) -> Result<Self::V>;
+    /// Rows of `table` gathered by `ids`.
+    fn embedding(&mut self, ids: &Tensor, table: &Self::V) -> Result<Self::V>;
+    /// x·wᵀ (+ b), w stored `[out, in]`.
+    fn linear(&mut self, x: &Self::V, w: &Self::V, b: Option<&Self::V>) -> Result<Self::V>;
+    fn rmsnorm(&mut self, x: &Self::V, w: &Self::V, eps: f32) -> Result<Self::V>;
+    fn layernorm(&mut self, x: &Self::V, w: &Self::V, b: &Self::V, eps: f32) -> Result<Self::V>;
+    /// Rotary embedding of `x` (consumed: an eager run rotates in place).
+    fn rope(
+        &mut self,
+        x: Self::V,
+        positions: &Tensor,
+        tables: &RopeTables,
+        head_dim: usize,
+    ) -> Result<Self::V>;
+    fn attention(&mut self, q: &Self::V, k: &Self::V, v: &Self::V, src: &Attend)
+        -> Result<Self::V>;
+    /// silu(g) ⊙ u.
+    fn swiglu(&mut self, g: &Self::V, u: &Self::V) -> Result<Self::V>;
+    fn gelu(&mut self, x: &Self::V) -> Result<Self::V>;
+    /// fresh + other, where `fresh` is a temporary the caller made and
+    /// gives up (an eager run adds into it in place).
+    fn residual_add(&mut self, fresh: Self::V, other: &Self::V) -> Result<Self::V>;
+    /// Submit what is recorded, so that temporaries return to the pool.
+    fn flush(&mut self) -> Result<()>;
+}
+
+/// Ops recorded straight into a recorder, no tape.
+pub struct Eager<'r, 'g> {
+    rec: &'r mut Recorder<'g>,
+    /// Linear layers take the gemv kernel (decode steps of a few rows).
+    pub gemv: bool,
+}
+
+impl<'r, 'g> Eager<'r, 'g> {
+    pub fn new(rec: &'r mut Recorder<'g>) -> Self {
+        Eager { rec, gemv: false }
+    }
+    pub fn rec(&mut self) -> &mut Recorder<'g> {
+        self.rec
+    }
+}
+
+impl Exec for Eager<'_, '_> {
+    type V = Tensor;
+
+    fn gpu(&self) -> &Gpu {
+        self.rec.gpu()
+    }
+    fn value<'a>(&'a self, v: &'a Tensor) -> &'a Tensor {
+        v
+    }
+    fn weight(&mut self, t: &Tensor) -> Result<Tensor> {
+        Ok(t.clone())
+    }
+    fn embedding(&mut self, ids: &Tensor, table: &Tensor) -> Result<Tensor> {
+        embedding::embedding(self.rec, ids, table)
+    }
+    fn linear(&mut self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+        let y = if self.gemv {
+            gemv::gemv(self.rec, x, w)?
+        } else {
+            matmul::matmul(self.rec, x, w, false, true)?
+        };
+        if let Some(b) = b {
+            bias_add::bias_add_inplace(self.rec, &y, b)?;
+        }
+        Ok(y)
+    }
+    fn rmsnorm(&mut self, x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
+        rmsnorm::rmsnorm(self.rec, x, w, eps)
+    }
+    fn layernorm(&mut self, x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Result<Tensor> {
+        layernorm::layernorm(self.rec, x, w, b, eps)
+    }
+    fn rope(
+        &mut self,
+        x: Tensor,
+        positions: &Tensor,
+        tables: &RopeTables,
+        head_dim: usize,
+    ) -> Result<Tensor> {
+        rope::rope_inplace(self.rec, &x, positions, &tables.cos, &tables.sin, head_dim)?;
+        Ok(x)
+    }
+    fn attention(&mut self, q: &Tensor, k: &Tensor, v: &Tensor, src: &Attend) -> Result<Tensor> {
+        match *src {
+            Attend::Dense { cfg, mask } => {
+                let inputs = attention::AttnInputs { q, k, v, mask };
+                Ok(attention::attention(self.rec, &cfg, &inputs)?.0)
+            }
+            Attend::Cached {
+                cfg,
+                k: kc,
+                v: vc,
+                offset,
+            } => {
+                self.rec.copy(k, 0, kc, offset, k.byte_len())?;
+                self.rec.copy(v, 0, vc, offset, v.byte_len())?;
+                let inputs = attention::AttnInputs {
+                    q,
+                    k: kc,
+                    v: vc,
+                    mask: None,
+                };
+                Ok(attention::attention(self.rec, &cfg, &inputs)?.0)
+            }
+        }
+    }
+    fn swiglu(&mut self, g: &Tensor, u: &Tensor) -> Result<Tensor> {
+        swiglu::swiglu(self.rec, g, u)
+    }
+    fn gelu(&mut self, x: &Tensor) -> Result<Tensor> {
+        gelu::gelu(self.rec, x)
+    }
+    fn residual_add(&mut self, fresh: Tensor, other: &Tensor) -> Result<Tensor> {
+        elementwise::add_inplace(self.rec, &fresh, 1.0, other)?;
+        Ok(fresh)
+    }
+    fn flush(&mut self) -> Result<()> {
+        self.rec.flush()
+    }
+}
+
+/// Gradient buffers of trainable weights: a weight with one is recorded
+/// as a parameter whose gradient `Tape::backward` adds into the buffer.
+pub trait ParamGrads {
+    fn grad_of(&self, value: &Tensor) -> Option<&Tensor>;
+}
+
+/// A weight's identity: the same device buffer and offset.
+pub fn tensor_key(t: &Tensor) -> (u64, u64) {
+    (t.buffer().id(), t.byte_offset())
+}
+
+/// Ops recorded on an autodiff tape.
+pub struct Taped<'t, 'r, 'g, 'p> {
+    pub tape: &'t mut Tape,
+    rec: &'r mut Recorder<'g>,
+    params: Option<&'p dyn ParamGrads>,
+    /// One variable per weight, so that a tied embedding and head share
+    /// their gradient like one parameter.
+    weights: HashMap<(u64, u64), Var>,
+}
+
+impl<'t, 'r, 'g, 'p> Taped<'t, 'r, 'g, 'p> {
+    /// `params` names the trainable weights; without it every weight is
+    /// constant (gradients flow to the inputs only).
+    pub fn new(
+        tape: &'t mut Tape,
+        rec: &'r mut Recorder<'g>,
+        params: Option<&'p dyn ParamGrads>,
+    ) -> Self {
+        Taped {
+            tape,
+            rec,
+            params,
+            weights: HashMap::new(),
+        }
+    }
+    pub fn rec(&mut self) -> &mut Recorder<'g> {
+        self.rec
+    }
+}
+
+impl Exec for Taped<'_, '_, '_, '_> {
+    type V = Var;
+
+    fn gpu(&self) -> &Gpu {
+        self.rec.gpu()
+    }
+    fn value<'a>(&'a self, v: &'a Var) -> &'a Tensor {
+        self.tape.value(*v)
+    }
+    fn weight(&mut self, t: &Tensor) -> Result<Var> {
+        let key = tensor_key(t);
+        if let Some(&v) = self.weights.get(&key) {
+            return Ok(v);
+        }
+        let v = match self.params.and_then(|p| p.grad_of(t)) {
+            Some(g) => self.tape.param(t.clone(), g.clone())?,
+            None => self.tape.constant(t.clone()),
+        };
+        self.weights.insert(key, v);
+        Ok(v)
+    }
+    fn embedding(&mut self, ids: &Tensor, table: &Var) -> Result<Var> {
+        self.tape.embedding(self.rec, ids, *table)
+    }
+    fn linear(&mut self, x: &Var, w: &Var, b: Option<&Var>) -> Result<Var> {
+        let y = self.tape.linear(self.rec, *x, *w)?;
+        match b {
+            Some(b) => self.tape.bias_add(self.rec, y, *b),
+            None => Ok(y),
+        }
+    }
+    fn rmsnorm(&mut self, x: &Var, w: &Var, eps: f32) -> Result<Var> {
+        self.tape.rmsnorm(self.rec, *x, *w, eps)
+    }
+    fn layernorm(&mut self, x: &Var, w: &Var, b: &Var, eps: f32) -> Result<Var> {
+        self.tape.layernorm(self.rec, *x, *w, *b, eps)
+    }
+    fn rope(
+        &mut self,
+        x: Var,
+        positions: &Tensor,
+        tables: &RopeTables,
+        head_dim: usize,
+    ) -> Result<Var> {
+        self.tape.rope(self.rec, x, positions, tables, head_dim)
+    }
+    fn attention(&mut self, q: &Var, k: &Var, v: &Var, src: &Attend) -> Result<Var> {
+        match src {
+            Attend::Dense { cfg, mask } => self.tape.attention(self.rec, cfg, *q, *k, *v, *mask),
+            Attend::Cached { .. } => Err(Error::Invalid(
+                "attention over a KV cache is for inference; training attends to its own batch"
+                    .into(),
+            )),
+        }
+    }
+    fn swiglu(&mut self, g: &Var, u: &Var) -> Result<Var> {
+        self.tape.swiglu(self.rec, *g, *u)
+    }
+    fn gelu(&mut self, x: &Var) -> Result<Var> {
+        self.tape.gelu(self.rec, *x)
+    }
+    fn residual_add(&mut self, fresh: Var, other: &Var) -> Result<Var> {
+        self.tape.add(self.rec, fresh, *other)
+    }
+    fn flush(&mut self) -> Result<()> {
+        self.rec.flush()
+    }
+}
