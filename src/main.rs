@@ -33,28 +33,60 @@ struct GpuArgs {
 /// How a student was pruned, for students without student_config.json.
 #[derive(Args, Clone, Copy)]
 struct PruneArgs {
-    /// The student was pruned keeping one teacher layer out of every EVERY.
+    /// For a student without student_config.json: it kept one teacher layer out of every EVERY [default: 2].
     #[arg(long)]
     every: Option<usize>,
-    /// Leading teacher layers the student kept.
+    /// For a student without student_config.json: the leading teacher layers it kept [default: 1].
     #[arg(long)]
     keep_first: Option<usize>,
-    /// Trailing teacher layers the student kept.
+    /// For a student without student_config.json: the trailing teacher layers it kept [default: 2].
     #[arg(long)]
     keep_last: Option<usize>,
 }
 
 impl PruneArgs {
     fn params(self) -> Option<PruneParams> {
-        if self.every.is_none() && self.keep_first.is_none() && self.keep_last.is_none() {
-            return None;
+        prune_params(self.every, self.keep_first, self.keep_last)
+    }
+}
+
+/// One model, or a teacher and its student (any size between them).
+#[derive(Args)]
+struct ModelArgs {
+    /// One model: folder or hub id (e.g. Qwen/Qwen3-4B-Base).
+    #[arg(long, conflicts_with_all = ["teacher", "student"])]
+    model: Option<String>,
+    /// Teacher of a boomerang pair (folder or hub id).
+    #[arg(long, requires = "student")]
+    teacher: Option<String>,
+    /// Student of the pair (with student_config.json, or pass --every/--keep-first/--keep-last).
+    #[arg(long, requires = "teacher")]
+    student: Option<String>,
+    #[command(flatten)]
+    prune: PruneArgs,
+}
+
+/// Which student layers get their teacher blocks back.
+#[derive(Args, Clone, Copy)]
+struct OrderArgs {
+    /// Patch the first student layers (the default for Llama).
+    #[arg(long, conflicts_with = "last")]
+    first: bool,
+    /// Patch the last student layers (the default for Qwen3 and Pythia).
+    #[arg(long)]
+    last: bool,
+}
+
+impl OrderArgs {
+    /// The order asked for, or None for the family's default.
+    fn direction(self) -> Option<Direction> {
+        if self.first {
+            Some(Direction::First)
+        } else if self.last {
+            Some(Direction::Last)
+        } else {
+            None
         }
-        let d = PruneParams::default();
-        Some(PruneParams {
-            every: self.every.unwrap_or(d.every),
-            keep_first: self.keep_first.unwrap_or(d.keep_first),
-            keep_last: self.keep_last.unwrap_or(d.keep_last),
-        })
     }
 }
 
@@ -153,26 +185,13 @@ enum Command {
     /// Perplexity of a model, of one intermediate size of a teacher/student
     /// pair (--layers K), or of every size (--layers all: table, CSV, SVG).
     Eval {
-        /// Model folder or hub id (e.g. Qwen/Qwen3-4B-Base).
-        #[arg(long, conflicts_with_all = ["teacher", "student"])]
-        model: Option<String>,
-        /// Teacher of a boomerang pair (folder or hub id).
-        #[arg(long, requires = "student")]
-        teacher: Option<String>,
-        /// Student of the pair (with student_config.json, or pass --every/--keep-first/--keep-last).
-        #[arg(long, requires = "teacher")]
-        student: Option<String>,
+        #[command(flatten)]
+        models: ModelArgs,
         /// Student layers to patch with teacher blocks: K, a list K1,K2,... (a curve), or `all`.
         #[arg(long)]
         layers: Option<String>,
-        /// Patch the first student layers (the default for Llama).
-        #[arg(long, conflicts_with = "last")]
-        first: bool,
-        /// Patch the last student layers (the default for Qwen3 and Pythia).
-        #[arg(long)]
-        last: bool,
         #[command(flatten)]
-        prune: PruneArgs,
+        order: OrderArgs,
         /// UTF-8 text file to score.
         #[arg(long)]
         data: PathBuf,
@@ -243,12 +262,8 @@ enum Command {
         /// Number of student layers to replace by teacher blocks (0..=P; P gives the teacher).
         #[arg(long, value_name = "K")]
         layers: usize,
-        /// Patch the first K student layers (default for llama).
-        #[arg(long, conflicts_with = "last")]
-        first: bool,
-        /// Patch the last K student layers (default for qwen3 and gpt_neox).
-        #[arg(long)]
-        last: bool,
+        #[command(flatten)]
+        order: OrderArgs,
         /// Folder to write the model to.
         #[arg(long)]
         out: PathBuf,
@@ -268,29 +283,18 @@ enum Command {
     },
     /// Talk to a model: one --prompt, or an interactive conversation on stdin
     /// (/help lists the commands; Ctrl-C stops an answer).
+    ///
+    /// Without --model/--teacher/--student: the pair Qwen/Qwen3-4B-Base +
+    /// Harvard-DCML/boomerang-qwen3-2.3B.
     Chat {
-        /// One model: folder or hub id. Without --model/--teacher/--student,
-        /// the pair Qwen/Qwen3-4B-Base + Harvard-DCML/boomerang-qwen3-2.3B.
-        #[arg(long, conflicts_with_all = ["teacher", "student"])]
-        model: Option<String>,
-        /// Teacher of a boomerang pair (folder or hub id).
-        #[arg(long, requires = "student")]
-        teacher: Option<String>,
-        /// Student of the pair.
-        #[arg(long, requires = "teacher")]
-        student: Option<String>,
+        #[command(flatten)]
+        models: ModelArgs,
         /// Number of student layers to patch with teacher blocks (default: the student itself);
         /// `/layers N` changes it without reloading.
         #[arg(long)]
         layers: Option<usize>,
-        /// Patch the first student layers (the default for Llama).
-        #[arg(long, conflicts_with = "last")]
-        first: bool,
-        /// Patch the last student layers (the default for Qwen3 and Pythia).
-        #[arg(long)]
-        last: bool,
         #[command(flatten)]
-        prune: PruneArgs,
+        order: OrderArgs,
         /// Answer this once and exit; the answer alone goes to stdout.
         #[arg(long)]
         prompt: Option<String>,
@@ -332,15 +336,8 @@ struct PairArgs {
     /// Its student (local folder or hub id), with student_config.json.
     #[arg(long)]
     student: String,
-    /// For a student without student_config.json: the --every it was made with [default: 2].
-    #[arg(long)]
-    every: Option<usize>,
-    /// For a student without student_config.json: its --keep-first [default: 1].
-    #[arg(long)]
-    keep_first: Option<usize>,
-    /// For a student without student_config.json: its --keep-last [default: 2].
-    #[arg(long)]
-    keep_last: Option<usize>,
+    #[command(flatten)]
+    prune: PruneArgs,
 }
 
 fn main() -> ExitCode {
@@ -420,22 +417,15 @@ fn main() -> ExitCode {
             boomgpu::commands::distill::run(&opts, &a).map(|s| print!("{s}"))
         }
         Command::Eval {
-            model,
-            teacher,
-            student,
+            models,
             layers,
-            first,
-            last,
-            prune,
+            order,
             data,
             seq_len,
             json,
             csv,
             svg,
-        } => eval(
-            model, teacher, student, layers, first, last, prune, data, seq_len, json, csv, svg,
-            &opts,
-        ),
+        } => eval(models, layers, order, data, seq_len, json, csv, svg, &opts),
         Command::InitStudent {
             teacher,
             out,
@@ -460,28 +450,21 @@ fn main() -> ExitCode {
         Command::Patch {
             pair,
             layers,
-            first,
-            last,
+            order,
             out,
             force,
         } => boomgpu::commands::patch::run(&PatchOptions {
-            params: prune_params(pair.every, pair.keep_first, pair.keep_last),
+            params: pair.prune.params(),
             teacher: pair.teacher,
             student: pair.student,
             k: layers,
-            direction: if first {
-                Some(Direction::First)
-            } else if last {
-                Some(Direction::Last)
-            } else {
-                None
-            },
+            direction: order.direction(),
             out,
             force,
         })
         .map(|s| print!("{s}")),
         Command::Plan { pair, json } => boomgpu::commands::plan::run(&PlanOptions {
-            params: prune_params(pair.every, pair.keep_first, pair.keep_last),
+            params: pair.prune.params(),
             teacher: pair.teacher,
             student: pair.student,
             json,
@@ -494,13 +477,9 @@ fn main() -> ExitCode {
             force,
         } => boomgpu::commands::import_gguf::run(&file, &out, &dtype, force).map(|s| print!("{s}")),
         Command::Chat {
-            model,
-            teacher,
-            student,
+            models,
             layers,
-            first,
-            last,
-            prune,
+            order,
             prompt,
             max_tokens,
             temperature,
@@ -512,7 +491,8 @@ fn main() -> ExitCode {
             max_context,
             stop,
         } => {
-            let target = match (model, teacher, student) {
+            let prune = models.prune;
+            let target = match (models.model, models.teacher, models.student) {
                 (Some(m), _, _) => boomgpu::commands::chat::ChatTarget::Model(m),
                 (None, Some(t), Some(s)) => boomgpu::commands::chat::ChatTarget::Pair {
                     teacher: t,
@@ -526,8 +506,8 @@ fn main() -> ExitCode {
             let a = boomgpu::commands::chat::ChatArgs {
                 target,
                 layers,
-                first,
-                last,
+                first: order.first,
+                last: order.last,
                 prune: prune.params(),
                 prompt,
                 max_tokens,
@@ -554,13 +534,9 @@ fn main() -> ExitCode {
 
 #[allow(clippy::too_many_arguments)]
 fn eval(
-    model: Option<String>,
-    teacher: Option<String>,
-    student: Option<String>,
+    models: ModelArgs,
     layers: Option<String>,
-    first: bool,
-    last: bool,
-    prune: PruneArgs,
+    order: OrderArgs,
     data: PathBuf,
     seq_len: Option<usize>,
     json: bool,
@@ -569,7 +545,8 @@ fn eval(
     opts: &GpuOptions,
 ) -> boomgpu::Result<()> {
     use boomgpu::commands::eval::{run, EvalArgs, Sizes, Target};
-    let target = match (&model, &teacher, &student) {
+    let (first, last) = (order.first, order.last);
+    let target = match (&models.model, &models.teacher, &models.student) {
         (Some(m), None, None) => Target::Model(m),
         (None, Some(t), Some(s)) => {
             let spec = layers.as_deref().ok_or_else(|| {
@@ -584,7 +561,7 @@ fn eval(
                 sizes,
                 first,
                 last,
-                params: prune.params(),
+                params: models.prune.params(),
             }
         }
         _ => {

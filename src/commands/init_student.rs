@@ -7,7 +7,7 @@
 //! renamed into place at the end, so an interrupted run leaves no
 //! half-written student.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde_json::Value;
@@ -143,27 +143,9 @@ pub fn init_student(opts: &InitStudentOptions) -> Result<InitStudentReport> {
         .filter(|k| !used.contains(k.as_str()) && !is_pruned_layer_tensor(&cfg, &plan, k))
         .cloned()
         .collect();
-    let mut dtypes: Vec<String> = tensors
-        .values()
-        .map(|t| format!("{:?}", t.dtype).to_lowercase())
-        .collect();
-    dtypes.sort();
-    dtypes.dedup();
-    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
-    let path = tmp.join("model.safetensors");
-    safetensors::serialize_to_file(tensors, Some(metadata), &path)
-        .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
-
+    let dtypes = outdir.write_weights(tensors)?;
     // Tokenizer and generation settings, student_config.json.
-    let mut copied_files = Vec::new();
-    for name in COPIED_FILES {
-        let src = teacher_dir.join(name);
-        if src.is_file() {
-            let dst = tmp.join(name);
-            std::fs::copy(&src, &dst).map_err(|e| Error::io(&src, e))?;
-            copied_files.push(name.to_string());
-        }
-    }
+    let copied_files = outdir.copy_files(&teacher_dir, COPIED_FILES)?;
     StudentConfig::from_plan(&plan)
         .write(&tmp.join(crate::boomerang::student_config::FILE_NAME))?;
 

@@ -86,6 +86,39 @@ impl OutDir {
         self.tmp.as_deref().expect("not committed")
     }
 
+    /// Write `model.safetensors` from `tensors`; returns their dtype
+    /// names, sorted and without repeats.
+    pub fn write_weights(
+        &self,
+        tensors: std::collections::BTreeMap<String, crate::boomerang::init::OutTensor<'_>>,
+    ) -> Result<Vec<String>> {
+        let mut dtypes: Vec<String> = tensors
+            .values()
+            .map(|t| format!("{:?}", t.dtype).to_lowercase())
+            .collect();
+        dtypes.sort();
+        dtypes.dedup();
+        let metadata = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
+        let path = self.path().join("model.safetensors");
+        safetensors::serialize_to_file(tensors, Some(metadata), &path)
+            .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
+        Ok(dtypes)
+    }
+
+    /// Copy those of `names` that exist in `dir` (tokenizer, generation
+    /// settings); returns the names copied.
+    pub fn copy_files(&self, dir: &Path, names: &[&str]) -> Result<Vec<String>> {
+        let mut copied = Vec::new();
+        for name in names {
+            let src = dir.join(name);
+            if src.is_file() {
+                std::fs::copy(&src, self.path().join(name)).map_err(|e| Error::io(&src, e))?;
+                copied.push(name.to_string());
+            }
+        }
+        Ok(copied)
+    }
+
     /// Move the finished folder into place.
     pub fn commit(mut self) -> Result<PathBuf> {
         let tmp = self.tmp.clone().expect("not committed");

@@ -314,28 +314,10 @@ pub fn patch(opts: &PatchOptions) -> Result<PatchReport> {
             expected.len()
         )));
     }
-    let mut dtypes: Vec<String> = tensors
-        .values()
-        .map(|t| format!("{:?}", t.dtype).to_lowercase())
-        .collect();
-    dtypes.sort();
-    dtypes.dedup();
     let size = pair.size(&layout);
-    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
-    let path = tmp.join("model.safetensors");
-    safetensors::serialize_to_file(tensors, Some(metadata), &path)
-        .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
-
+    let dtypes = outdir.write_weights(tensors)?;
     // Tokenizer and generation settings from the teacher, provenance.
-    let mut copied_files = Vec::new();
-    for name in COPIED_FILES {
-        let src = pair.teacher_dir.join(name);
-        if src.is_file() {
-            let dst = tmp.join(name);
-            std::fs::copy(&src, &dst).map_err(|e| Error::io(&src, e))?;
-            copied_files.push(name.to_string());
-        }
-    }
+    let copied_files = outdir.copy_files(&pair.teacher_dir, COPIED_FILES)?;
     let path = tmp.join(PROVENANCE_FILE);
     let text =
         serde_json::to_string_pretty(&provenance(&pair, &plan, &layout, size)).expect("JSON value");

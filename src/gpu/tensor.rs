@@ -248,22 +248,12 @@ impl Gpu {
     /// Read any float tensor as f32 (bf16 and f16 are widened on the host).
     pub fn read_f32(&self, t: &Tensor) -> Result<Vec<f32>> {
         let bytes = self.read_bytes(t)?;
-        Ok(match t.dtype {
-            DType::F32 => bytemuck::pod_collect_to_vec(&bytes),
-            DType::BF16 => bytes
-                .chunks_exact(2)
-                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            DType::F16 => bytes
-                .chunks_exact(2)
-                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            DType::U32 => {
-                return Err(Error::Shape(
-                    "read_f32 of a u32 tensor; use read_u32".into(),
-                ))
-            }
-        })
+        if t.dtype == DType::U32 {
+            return Err(Error::Shape(
+                "read_f32 of a u32 tensor; use read_u32".into(),
+            ));
+        }
+        Ok(to_f32(&bytes, t.dtype))
     }
 
     pub fn read_u32(&self, t: &Tensor) -> Result<Vec<u32>> {
@@ -274,5 +264,28 @@ impl Gpu {
             )));
         }
         Ok(bytemuck::pod_collect_to_vec(&self.read_bytes(t)?))
+    }
+}
+
+/// Little-endian elements of `dtype` as f32 (16-bit floats widened
+/// exactly, u32 converted as numbers).
+pub fn to_f32(bytes: &[u8], dtype: DType) -> Vec<f32> {
+    match dtype {
+        DType::F32 => bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        DType::BF16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        DType::F16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        DType::U32 => bytes
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32)
+            .collect(),
     }
 }

@@ -189,15 +189,7 @@ impl Decoder {
         } else {
             ckpt.upload(gpu, cfg.head_name(), as_f32)?
         };
-        Ok(Decoder {
-            cfg: cfg.with_layers(keep.len()),
-            embed,
-            layers,
-            final_norm,
-            head,
-            rope: Arc::new(Mutex::new(None)),
-            decode_gemv: None,
-        })
+        Ok(Decoder::from_parts(cfg, embed, layers, final_norm, head))
     }
 
     /// A decoder assembled from parts of others (patched models).
@@ -209,15 +201,10 @@ impl Decoder {
         final_norm: Norm,
         head: Tensor,
     ) -> Decoder {
-        let cfg = base.cfg.with_layers(layers.len());
         Decoder {
-            cfg,
-            embed,
-            layers,
-            final_norm,
-            head,
             rope: base.rope.clone(),
             decode_gemv: base.decode_gemv,
+            ..Decoder::from_parts(&base.cfg, embed, layers, final_norm, head)
         }
     }
 

@@ -293,26 +293,7 @@ pub fn dtype_of(d: safetensors::Dtype) -> Option<DType> {
     }
 }
 
-pub fn to_f32(bytes: &[u8], dtype: DType) -> Vec<f32> {
-    match dtype {
-        DType::F32 => bytes
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-        DType::BF16 => bytes
-            .chunks_exact(2)
-            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        DType::F16 => bytes
-            .chunks_exact(2)
-            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        DType::U32 => bytes
-            .chunks_exact(4)
-            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32)
-            .collect(),
-    }
-}
+pub use crate::gpu::tensor::to_f32;
 
 /// Write tensors as one safetensors file, atomically (temporary name, then
 /// rename). `tensors`: name → (dtype, shape, little-endian bytes).

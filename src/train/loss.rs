@@ -45,6 +45,16 @@ pub struct LossParts {
     pub cos_pairs: Vec<f64>,
 }
 
+impl LossParts {
+    /// Add `p`'s scalar parts divided by `n` (a running mean of `n`).
+    pub fn add_mean(&mut self, p: &LossParts, n: f64) {
+        self.loss += p.loss / n;
+        self.ce += p.ce / n;
+        self.kl += p.kl / n;
+        self.cos += p.cos / n;
+    }
+}
+
 /// Token ids of a micro-batch: `batch` packed sequences of `seq` tokens.
 pub struct MicroBatch<'a> {
     pub ids: &'a [u32],

@@ -178,22 +178,8 @@ impl<'a> Trainer<'a> {
                 batch: self.opts.batch,
                 seq: self.corpus.seq_len,
             };
-            let p = micro_step(
-                gpu,
-                self.teacher,
-                &self.student,
-                &self.params,
-                &mb,
-                &self.pairs,
-                &self.opts.weights,
-                accum,
-                true,
-                self.opts.recompute,
-            )?;
-            sum.loss += p.loss / accum as f64;
-            sum.ce += p.ce / accum as f64;
-            sum.kl += p.kl / accum as f64;
-            sum.cos += p.cos / accum as f64;
+            let p = self.micro_step(&mb, accum, true)?;
+            sum.add_mean(&p, accum as f64);
         }
         let lr = self.opts.lr_at(self.step);
         let mut rec = gpu.recorder();
@@ -237,6 +223,23 @@ impl<'a> Trainer<'a> {
         })
     }
 
+    /// The loss of one micro-batch, and with `backward` its gradients
+    /// (scaled by 1/`accum`) added into the parameters' buffers.
+    fn micro_step(&self, mb: &MicroBatch, accum: usize, backward: bool) -> Result<LossParts> {
+        micro_step(
+            self.gpu,
+            self.teacher,
+            &self.student,
+            &self.params,
+            mb,
+            &self.pairs,
+            &self.opts.weights,
+            accum,
+            backward,
+            backward && self.opts.recompute,
+        )
+    }
+
     /// Mean loss parts over the held-out sequences (no gradients).
     pub fn evaluate(&self) -> Result<Option<LossParts>> {
         if self.corpus.eval.is_empty() {
@@ -250,22 +253,8 @@ impl<'a> Trainer<'a> {
                 batch: 1,
                 seq: self.corpus.seq_len,
             };
-            let p = micro_step(
-                self.gpu,
-                self.teacher,
-                &self.student,
-                &self.params,
-                &mb,
-                &self.pairs,
-                &self.opts.weights,
-                1,
-                false,
-                false,
-            )?;
-            sum.loss += p.loss / n;
-            sum.ce += p.ce / n;
-            sum.kl += p.kl / n;
-            sum.cos += p.cos / n;
+            let p = self.micro_step(&mb, 1, false)?;
+            sum.add_mean(&p, n);
         }
         Ok(Some(sum))
     }
