@@ -93,17 +93,9 @@ pub fn run(opts: &GpuOptions, as_json: bool) -> Result<String> {
             ""
         };
         s.push_str(&format!("[{i}] {}{mark}\n", adapter_label(a)));
-        let feats: Vec<&str> = v["features"]
-            .as_array()
-            .map(|a| a.iter().filter_map(Value::as_str).collect())
-            .unwrap_or_default();
         s.push_str(&format!(
             "    features: {}\n",
-            if feats.is_empty() {
-                "none of the optional ones".to_string()
-            } else {
-                feats.join(", ")
-            }
+            joined(&v["features"], "none of the optional ones")
         ));
         let l = &v["limits"];
         let g = |k: &str| l[k].as_u64().unwrap_or(0);
@@ -121,18 +113,23 @@ pub fn run(opts: &GpuOptions, as_json: bool) -> Result<String> {
             v["subgroup_size"][0],
             v["subgroup_size"][1],
         ));
-        let coop: Vec<&str> = v["cooperative_matrix"]
-            .as_array()
-            .map(|a| a.iter().filter_map(Value::as_str).collect())
-            .unwrap_or_default();
         s.push_str(&format!(
             "    cooperative matrices: {}\n",
-            if coop.is_empty() {
-                "none".to_string()
-            } else {
-                coop.join(", ")
-            }
+            joined(&v["cooperative_matrix"], "none")
         ));
     }
     Ok(s)
+}
+
+/// The strings of a JSON list, comma-separated, or `none` if there are none.
+fn joined(list: &Value, none: &str) -> String {
+    let items: Vec<&str> = list
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    if items.is_empty() {
+        none.to_string()
+    } else {
+        items.join(", ")
+    }
 }
