@@ -131,88 +131,37 @@ pub fn dequantize(ty: u32, data: &[u8], n: usize) -> Result<Vec<f32>> {
         Q4_0 => {
             for (b, y) in blocks {
                 let d = f16_at(b, 0);
-                let qs = &b[2..18];
-                for j in 0..16 {
-                    y[j] = d * ((qs[j] & 0x0f) as i32 - 8) as f32;
-                    y[j + 16] = d * ((qs[j] >> 4) as i32 - 8) as f32;
-                }
+                legacy_codes(&b[2..18], 0, y, |q| d * (q as i32 - 8) as f32);
             }
         }
         Q4_1 => {
             for (b, y) in blocks {
                 let (d, m) = (f16_at(b, 0), f16_at(b, 2));
-                let qs = &b[4..20];
-                for j in 0..16 {
-                    y[j] = d * (qs[j] & 0x0f) as f32 + m;
-                    y[j + 16] = d * (qs[j] >> 4) as f32 + m;
-                }
+                legacy_codes(&b[4..20], 0, y, |q| d * q as f32 + m);
             }
         }
         Q5_0 => {
             for (b, y) in blocks {
                 let d = f16_at(b, 0);
                 let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
-                let qs = &b[6..22];
-                for j in 0..16 {
-                    let lo = (qs[j] & 0x0f) as u32 | ((qh >> j) & 1) << 4;
-                    let hi = (qs[j] >> 4) as u32 | ((qh >> (j + 16)) & 1) << 4;
-                    y[j] = d * (lo as i32 - 16) as f32;
-                    y[j + 16] = d * (hi as i32 - 16) as f32;
-                }
+                legacy_codes(&b[6..22], qh, y, |q| d * (q as i32 - 16) as f32);
             }
         }
         Q5_1 => {
             for (b, y) in blocks {
                 let (d, m) = (f16_at(b, 0), f16_at(b, 2));
                 let qh = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
-                let qs = &b[8..24];
-                for j in 0..16 {
-                    let lo = (qs[j] & 0x0f) as u32 | ((qh >> j) & 1) << 4;
-                    let hi = (qs[j] >> 4) as u32 | ((qh >> (j + 16)) & 1) << 4;
-                    y[j] = d * lo as f32 + m;
-                    y[j + 16] = d * hi as f32 + m;
-                }
+                legacy_codes(&b[8..24], qh, y, |q| d * q as f32 + m);
             }
         }
         Q4_K => {
             for (b, y) in blocks {
-                let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
-                let scales = &b[4..16];
-                let qs = &b[16..144];
-                for g in 0..4 {
-                    let (sc1, m1) = scale_min_k4(2 * g, scales);
-                    let (sc2, m2) = scale_min_k4(2 * g + 1, scales);
-                    let (d1, m1) = (d * sc1 as f32, dmin * m1 as f32);
-                    let (d2, m2) = (d * sc2 as f32, dmin * m2 as f32);
-                    let q = &qs[32 * g..32 * g + 32];
-                    let y = &mut y[64 * g..64 * g + 64];
-                    for l in 0..32 {
-                        y[l] = d1 * (q[l] & 0x0f) as f32 - m1;
-                        y[l + 32] = d2 * (q[l] >> 4) as f32 - m2;
-                    }
-                }
+                k_quant_groups(b, None, &b[16..144], y);
             }
         }
         Q5_K => {
             for (b, y) in blocks {
-                let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
-                let scales = &b[4..16];
-                let qh = &b[16..48];
-                let qs = &b[48..176];
-                for g in 0..4 {
-                    let (sc1, m1) = scale_min_k4(2 * g, scales);
-                    let (sc2, m2) = scale_min_k4(2 * g + 1, scales);
-                    let (d1, m1) = (d * sc1 as f32, dmin * m1 as f32);
-                    let (d2, m2) = (d * sc2 as f32, dmin * m2 as f32);
-                    let q = &qs[32 * g..32 * g + 32];
-                    let y = &mut y[64 * g..64 * g + 64];
-                    for l in 0..32 {
-                        let h1 = ((qh[l] >> (2 * g)) & 1) << 4;
-                        let h2 = ((qh[l] >> (2 * g + 1)) & 1) << 4;
-                        y[l] = d1 * ((q[l] & 0x0f) | h1) as f32 - m1;
-                        y[l + 32] = d2 * ((q[l] >> 4) | h2) as f32 - m2;
-                    }
-                }
+                k_quant_groups(b, Some(&b[16..48]), &b[48..176], y);
             }
         }
         Q6_K => {
@@ -244,6 +193,48 @@ pub fn dequantize(ty: u32, data: &[u8], n: usize) -> Result<Vec<f32>> {
         _ => unreachable!("checked by is_supported_type"),
     }
     Ok(out)
+}
+
+/// The 32 codes of a Q4_0/Q4_1/Q5_0/Q5_1 block: codes `j` and `j + 16` are
+/// the low and high nibbles of `qs[j]`, each with a fifth bit from `qh`
+/// (bits `j` and `j + 16`; zero for the 4-bit formats). `value` turns a code
+/// into the element, which is where the four formats differ.
+fn legacy_codes(qs: &[u8], qh: u32, y: &mut [f32], value: impl Fn(u32) -> f32) {
+    for j in 0..16 {
+        let lo = (qs[j] & 0x0f) as u32 | ((qh >> j) & 1) << 4;
+        let hi = (qs[j] >> 4) as u32 | ((qh >> (j + 16)) & 1) << 4;
+        y[j] = value(lo);
+        y[j + 16] = value(hi);
+    }
+}
+
+/// One Q4_K or Q5_K super-block `b` into `y`: d and dmin, twelve bytes of
+/// packed 6-bit scales and mins, then four groups of 64 values whose low
+/// nibbles are in `qs`. Q5_K adds a fifth bit per value from `qh` (bit
+/// `2g` for the first 32 values of group `g`, `2g + 1` for the second);
+/// Q4_K has none.
+fn k_quant_groups(b: &[u8], qh: Option<&[u8]>, qs: &[u8], y: &mut [f32]) {
+    let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
+    let scales = &b[4..16];
+    for g in 0..4 {
+        let (sc1, m1) = scale_min_k4(2 * g, scales);
+        let (sc2, m2) = scale_min_k4(2 * g + 1, scales);
+        let (d1, m1) = (d * sc1 as f32, dmin * m1 as f32);
+        let (d2, m2) = (d * sc2 as f32, dmin * m2 as f32);
+        let q = &qs[32 * g..32 * g + 32];
+        let y = &mut y[64 * g..64 * g + 64];
+        for l in 0..32 {
+            let (h1, h2) = match qh {
+                Some(qh) => (
+                    ((qh[l] >> (2 * g)) & 1) << 4,
+                    ((qh[l] >> (2 * g + 1)) & 1) << 4,
+                ),
+                None => (0, 0),
+            };
+            y[l] = d1 * ((q[l] & 0x0f) | h1) as f32 - m1;
+            y[l + 32] = d2 * ((q[l] >> 4) | h2) as f32 - m2;
+        }
+    }
 }
 
 /// The 6-bit scale and min of sub-block `j` of a Q4_K/Q5_K block.
