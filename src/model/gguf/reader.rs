@@ -385,10 +385,8 @@ impl Gguf {
 
     fn parse(bytes: Bytes, source: String) -> Result<Gguf> {
         let parsed = parse_header(bytes.as_slice());
-        let (version, metadata, tensors, alignment, data_start) = parsed.map_err(|e| match e {
-            Error::Invalid(m) => Error::Invalid(format!("{source}: not a valid GGUF file: {m}")),
-            other => other,
-        })?;
+        let (version, metadata, tensors, alignment, data_start) =
+            parsed.map_err(|e| prefix_invalid(e, &format!("{source}: not a valid GGUF file: ")))?;
         let index = metadata
             .iter()
             .enumerate()
@@ -423,12 +421,17 @@ impl Gguf {
     /// A tensor dequantised to f32, in ggml element order (which is also the
     /// row-major order of its Hugging Face shape).
     pub fn tensor_f32(&self, t: &TensorInfo) -> Result<Vec<f32>> {
-        dequantize(t.ggml_type, self.tensor_bytes(t), t.n_elements as usize).map_err(|e| match e {
-            Error::Invalid(m) => {
-                Error::Invalid(format!("{}: tensor '{}': {m}", self.source, t.name))
-            }
-            other => other,
-        })
+        dequantize(t.ggml_type, self.tensor_bytes(t), t.n_elements as usize)
+            .map_err(|e| prefix_invalid(e, &format!("{}: tensor '{}': ", self.source, t.name)))
+    }
+}
+
+/// An [`Error::Invalid`] message with `prefix` (which file, which tensor) in
+/// front; other errors pass through.
+fn prefix_invalid(e: Error, prefix: &str) -> Error {
+    match e {
+        Error::Invalid(m) => Error::Invalid(format!("{prefix}{m}")),
+        other => other,
     }
 }
 

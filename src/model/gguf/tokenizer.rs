@@ -183,16 +183,9 @@ pub fn tokenizer_files(g: &Gguf, p: &LlamaParams) -> Result<TokenizerFiles> {
     let name_of = |id: Option<u32>| id.and_then(|i| tokens.get(i as usize)).cloned();
     let bos = name_of(p.bos_token_id);
     let eos = name_of(p.eos_token_id);
-    let add_bos = g
-        .get("tokenizer.ggml.add_bos_token")
-        .and_then(MetaValue::as_bool)
-        .unwrap_or(false)
-        && bos.is_some();
-    let add_eos = g
-        .get("tokenizer.ggml.add_eos_token")
-        .and_then(MetaValue::as_bool)
-        .unwrap_or(false)
-        && eos.is_some();
+    let flag = |key: &str| g.get(key).and_then(MetaValue::as_bool).unwrap_or(false);
+    let add_bos = flag("tokenizer.ggml.add_bos_token") && bos.is_some();
+    let add_eos = flag("tokenizer.ggml.add_eos_token") && eos.is_some();
     let post_processor = template_processing(
         bos.clone().zip(p.bos_token_id).filter(|_| add_bos),
         eos.clone().zip(p.eos_token_id).filter(|_| add_eos),
