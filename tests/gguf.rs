@@ -138,31 +138,48 @@ struct RawTensor {
     data: Vec<u8>,
 }
 
+/// The fixed header (magic, version, counts) followed by `rest`.
+fn header_only(version: u32, n_tensors: u64, n_kv: u64, rest: &[u8]) -> Vec<u8> {
+    let mut b = b"GGUF".to_vec();
+    b.extend_from_slice(&version.to_le_bytes());
+    b.extend_from_slice(&n_tensors.to_le_bytes());
+    b.extend_from_slice(&n_kv.to_le_bytes());
+    b.extend_from_slice(rest);
+    b
+}
+
+fn kv_bytes(key: &str, v: &V) -> Vec<u8> {
+    let mut b = Vec::new();
+    put_str(&mut b, key);
+    b.extend_from_slice(&v.type_id().to_le_bytes());
+    v.write(&mut b);
+    b
+}
+
+fn tensor_info(name: &str, dims: &[u64], ty: u32, offset: u64) -> Vec<u8> {
+    let mut b = Vec::new();
+    put_str(&mut b, name);
+    b.extend_from_slice(&(dims.len() as u32).to_le_bytes());
+    for d in dims {
+        b.extend_from_slice(&d.to_le_bytes());
+    }
+    b.extend_from_slice(&ty.to_le_bytes());
+    b.extend_from_slice(&offset.to_le_bytes());
+    b
+}
+
 /// Serialise a GGUF file. The file ends right after the last tensor, so any
 /// shorter prefix is a truncated file.
 fn write_gguf(version: u32, kv: &[(String, V)], tensors: &[RawTensor], alignment: u64) -> Vec<u8> {
-    let mut b = b"GGUF".to_vec();
-    b.extend_from_slice(&version.to_le_bytes());
-    b.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
-    b.extend_from_slice(&(kv.len() as u64).to_le_bytes());
-    for (k, v) in kv {
-        put_str(&mut b, k);
-        b.extend_from_slice(&v.type_id().to_le_bytes());
-        v.write(&mut b);
-    }
+    let mut rest: Vec<u8> = kv.iter().flat_map(|(k, v)| kv_bytes(k, v)).collect();
     let mut offset = 0u64;
     let mut offsets = Vec::new();
     for t in tensors {
-        put_str(&mut b, &t.name);
-        b.extend_from_slice(&(t.dims.len() as u32).to_le_bytes());
-        for d in &t.dims {
-            b.extend_from_slice(&d.to_le_bytes());
-        }
-        b.extend_from_slice(&t.ty.to_le_bytes());
-        b.extend_from_slice(&offset.to_le_bytes());
+        rest.extend(tensor_info(&t.name, &t.dims, t.ty, offset));
         offsets.push(offset);
         offset = (offset + t.data.len() as u64).div_ceil(alignment) * alignment;
     }
+    let mut b = header_only(version, tensors.len() as u64, kv.len() as u64, &rest);
     let start = (b.len() as u64).div_ceil(alignment) * alignment;
     b.resize(start as usize, 0);
     for (t, off) in tensors.iter().zip(offsets) {
@@ -1121,35 +1138,6 @@ fn corrupted_bytes_never_panic() {
         "{errors} of {} corruptions detected",
         4 * header
     );
-}
-
-fn header_only(version: u32, n_tensors: u64, n_kv: u64, rest: &[u8]) -> Vec<u8> {
-    let mut b = b"GGUF".to_vec();
-    b.extend_from_slice(&version.to_le_bytes());
-    b.extend_from_slice(&n_tensors.to_le_bytes());
-    b.extend_from_slice(&n_kv.to_le_bytes());
-    b.extend_from_slice(rest);
-    b
-}
-
-fn kv_bytes(key: &str, v: &V) -> Vec<u8> {
-    let mut b = Vec::new();
-    put_str(&mut b, key);
-    b.extend_from_slice(&v.type_id().to_le_bytes());
-    v.write(&mut b);
-    b
-}
-
-fn tensor_info(name: &str, dims: &[u64], ty: u32, offset: u64) -> Vec<u8> {
-    let mut b = Vec::new();
-    put_str(&mut b, name);
-    b.extend_from_slice(&(dims.len() as u32).to_le_bytes());
-    for d in dims {
-        b.extend_from_slice(&d.to_le_bytes());
-    }
-    b.extend_from_slice(&ty.to_le_bytes());
-    b.extend_from_slice(&offset.to_le_bytes());
-    b
 }
 
 #[test]
