@@ -473,6 +473,25 @@ fn block_formats_match_gguf_py() {
     }
 }
 
+/// The converter's reshape(n_head, 2, d/2, in).swapaxes(1, 2), spelled out:
+/// GGUF row `h·d + 2i + s` is HF row `h·d + s·d/2 + i`. `to_gguf` moves
+/// HF rows to GGUF order, otherwise back. `v` is row-major `[rows, cols]`.
+fn converter_rows(v: &[f32], rows: usize, cols: usize, heads: usize, to_gguf: bool) -> Vec<f32> {
+    let d = rows / heads;
+    let mut out = vec![0f32; v.len()];
+    for h in 0..heads {
+        for i in 0..d / 2 {
+            for s in 0..2 {
+                let gg = h * d + 2 * i + s;
+                let hf = h * d + s * d / 2 + i;
+                let (dst, src) = if to_gguf { (gg, hf) } else { (hf, gg) };
+                out[dst * cols..(dst + 1) * cols].copy_from_slice(&v[src * cols..(src + 1) * cols]);
+            }
+        }
+    }
+    out
+}
+
 #[test]
 fn qk_rotary_rows_round_trip() {
     // One head of dimension 4: GGUF rows are HF rows 0, 2, 1, 3.
@@ -480,20 +499,9 @@ fn qk_rotary_rows_round_trip() {
     let gg = permute_qk_rows(&hf, 4, 2, 1).unwrap();
     assert_eq!(gg, vec![0., 1., 4., 5., 2., 3., 6., 7.]);
     assert_eq!(unpermute_qk_rows(&gg, 4, 2, 1).unwrap(), hf);
-    // The converter's reshape(n_head, 2, d/2, in).swapaxes(1, 2), spelled out.
     let (heads, d, cols) = (3, 8, 5);
     let hf: Vec<f32> = (0..heads * d * cols).map(|x| x as f32).collect();
-    let mut want = vec![0f32; hf.len()];
-    for h in 0..heads {
-        for i in 0..d / 2 {
-            for s in 0..2 {
-                let dst = h * d + i * 2 + s;
-                let src = h * d + s * d / 2 + i;
-                want[dst * cols..(dst + 1) * cols]
-                    .copy_from_slice(&hf[src * cols..(src + 1) * cols]);
-            }
-        }
-    }
+    let want = converter_rows(&hf, heads * d, cols, heads, true);
     let gg = permute_qk_rows(&hf, heads * d, cols, heads).unwrap();
     assert_eq!(gg, want);
     assert_eq!(unpermute_qk_rows(&gg, heads * d, cols, heads).unwrap(), hf);
@@ -709,22 +717,7 @@ fn tiny_model(tied: bool, add_bos: bool, version: u32, alignment: u64) -> TinyMo
         let (data, gg_vals) = encode_random(ty, n, &mut rng);
         let hf_vals = match permute {
             None => gg_vals,
-            Some(h) => {
-                let (rows, cols) = (hf_shape[0], hf_shape[1]);
-                let mut out = vec![0f32; n];
-                let d = rows / h;
-                for head in 0..h {
-                    for i in 0..d / 2 {
-                        for s in 0..2 {
-                            let g = head * d + 2 * i + s;
-                            let f = head * d + s * d / 2 + i;
-                            out[f * cols..(f + 1) * cols]
-                                .copy_from_slice(&gg_vals[g * cols..(g + 1) * cols]);
-                        }
-                    }
-                }
-                out
-            }
+            Some(h) => converter_rows(&gg_vals, hf_shape[0], hf_shape[1], h, false),
         };
         tensors.push(RawTensor {
             name: gname.into(),
@@ -741,61 +734,25 @@ fn tiny_model(tied: bool, add_bos: bool, version: u32, alignment: u64) -> TinyMo
         None,
     );
     for l in 0..LAYERS {
-        let p = format!("blk.{l}.");
-        add(
-            &format!("{p}attn_norm.weight"),
-            vec![HIDDEN],
-            Some(ggml_type::F32),
-            None,
-        );
-        add(
-            &format!("{p}attn_q.weight"),
-            vec![HEADS * HEAD_DIM, HIDDEN],
-            None,
-            Some(HEADS),
-        );
-        add(
-            &format!("{p}attn_k.weight"),
-            vec![KV_HEADS * HEAD_DIM, HIDDEN],
-            None,
-            Some(KV_HEADS),
-        );
-        add(
-            &format!("{p}attn_v.weight"),
-            vec![KV_HEADS * HEAD_DIM, HIDDEN],
-            None,
-            None,
-        );
-        add(
-            &format!("{p}attn_output.weight"),
-            vec![HIDDEN, HEADS * HEAD_DIM],
-            None,
-            None,
-        );
-        add(
-            &format!("{p}ffn_norm.weight"),
-            vec![HIDDEN],
-            Some(ggml_type::F32),
-            None,
-        );
-        add(
-            &format!("{p}ffn_gate.weight"),
-            vec![INTER, HIDDEN],
-            None,
-            None,
-        );
-        add(
-            &format!("{p}ffn_up.weight"),
-            vec![INTER, HIDDEN],
-            None,
-            None,
-        );
-        add(
-            &format!("{p}ffn_down.weight"),
-            vec![HIDDEN, INTER],
-            None,
-            None,
-        );
+        // (part, HF shape, type or the next of ALL_TYPES, heads to permute)
+        for (part, hf_shape, ty, permute) in [
+            ("attn_norm", vec![HIDDEN], Some(ggml_type::F32), None),
+            ("attn_q", vec![HEADS * HEAD_DIM, HIDDEN], None, Some(HEADS)),
+            (
+                "attn_k",
+                vec![KV_HEADS * HEAD_DIM, HIDDEN],
+                None,
+                Some(KV_HEADS),
+            ),
+            ("attn_v", vec![KV_HEADS * HEAD_DIM, HIDDEN], None, None),
+            ("attn_output", vec![HIDDEN, HEADS * HEAD_DIM], None, None),
+            ("ffn_norm", vec![HIDDEN], Some(ggml_type::F32), None),
+            ("ffn_gate", vec![INTER, HIDDEN], None, None),
+            ("ffn_up", vec![INTER, HIDDEN], None, None),
+            ("ffn_down", vec![HIDDEN, INTER], None, None),
+        ] {
+            add(&format!("blk.{l}.{part}.weight"), hf_shape, ty, permute);
+        }
     }
     add(
         "output_norm.weight",
