@@ -775,19 +775,34 @@ fn tiny_model(tied: bool, add_bos: bool, version: u32, alignment: u64) -> TinyMo
     }
 }
 
-fn check_import(m: &TinyModel, out: &Path, tied: bool, add_bos: bool) {
+/// An imported folder's config and checkpoint, the checkpoint checked
+/// against the config.
+fn open_checked(out: &Path) -> (ModelConfig, Checkpoint) {
     let cfg = ModelConfig::from_file(&out.join("config.json")).unwrap();
+    let ck = Checkpoint::open(out).unwrap();
+    ck.check(&cfg).unwrap();
+    (cfg, ck)
+}
+
+/// hidden, layers, heads, kv heads, head dim, intermediate.
+fn dims(cfg: &ModelConfig) -> [usize; 6] {
+    [
+        cfg.hidden_size,
+        cfg.num_layers,
+        cfg.num_heads,
+        cfg.num_kv_heads,
+        cfg.head_dim,
+        cfg.intermediate_size,
+    ]
+}
+
+fn check_import(m: &TinyModel, out: &Path, tied: bool, add_bos: bool) {
+    let (cfg, ck) = open_checked(out);
     assert_eq!(
-        (
-            cfg.hidden_size,
-            cfg.num_layers,
-            cfg.num_heads,
-            cfg.num_kv_heads,
-            cfg.head_dim
-        ),
-        (HIDDEN, LAYERS, HEADS, KV_HEADS, HEAD_DIM)
+        dims(&cfg),
+        [HIDDEN, LAYERS, HEADS, KV_HEADS, HEAD_DIM, INTER]
     );
-    assert_eq!((cfg.intermediate_size, cfg.vocab_size), (INTER, m.vocab));
+    assert_eq!(cfg.vocab_size, m.vocab);
     assert_eq!(cfg.tie_word_embeddings, tied);
     assert_eq!((cfg.rope_theta, cfg.norm_eps), (100000.0, 1e-5));
     assert_eq!(cfg.max_position_embeddings, 1024);
@@ -795,8 +810,6 @@ fn check_import(m: &TinyModel, out: &Path, tied: bool, add_bos: bool) {
         (cfg.bos_token_id, cfg.eos_token_ids.clone()),
         (Some(1), vec![2])
     );
-    let ck = Checkpoint::open(out).unwrap();
-    ck.check(&cfg).unwrap();
     assert_eq!(ck.tensors.len(), m.expected.len());
     for (name, (shape, want)) in &m.expected {
         assert_eq!(&ck.tensors[name].shape, shape, "{name}");
@@ -901,7 +914,7 @@ fn tiny_model_imports_exactly_tied_and_untied() {
             } else {
                 // Rounded copies of the same values (all exact in bf16/f16 or
                 // within their rounding).
-                let cfg = ModelConfig::from_file(&out.join("config.json")).unwrap();
+                let (cfg, ck) = open_checked(&out);
                 assert_eq!(
                     cfg.raw["torch_dtype"],
                     if dtype == DType::BF16 {
@@ -910,8 +923,6 @@ fn tiny_model_imports_exactly_tied_and_untied() {
                         "float16"
                     }
                 );
-                let ck = Checkpoint::open(&out).unwrap();
-                ck.check(&cfg).unwrap();
                 for (name, (_, want)) in &m.expected {
                     let got = ck.to_f32(name).unwrap();
                     for (g, w) in got.iter().zip(want) {
@@ -1387,18 +1398,8 @@ fn smollm2_imports_like_transformers() {
     );
     assert_eq!(r.source_types.get("Q4_1"), Some(&210));
     assert_eq!(r.source_types.get("Q8_0"), Some(&1));
-    let cfg = ModelConfig::from_file(&out.join("config.json")).unwrap();
-    assert_eq!(
-        (
-            cfg.hidden_size,
-            cfg.num_layers,
-            cfg.num_heads,
-            cfg.num_kv_heads,
-            cfg.head_dim,
-            cfg.intermediate_size
-        ),
-        (576, 30, 9, 3, 64, 1536)
-    );
+    let (cfg, ck) = open_checked(&out);
+    assert_eq!(dims(&cfg), [576, 30, 9, 3, 64, 1536]);
     assert_eq!(
         (cfg.rope_theta, cfg.norm_eps, cfg.max_position_embeddings),
         (100000.0, 1e-5, 8192)
@@ -1407,8 +1408,6 @@ fn smollm2_imports_like_transformers() {
         (cfg.bos_token_id, cfg.eos_token_ids.clone()),
         (Some(1), vec![2])
     );
-    let ck = Checkpoint::open(&out).unwrap();
-    ck.check(&cfg).unwrap();
 
     // Values transformers 5.23 loads from the same file (float32): rows that
     // the q/k reordering moves, and position-weighted sums that any
