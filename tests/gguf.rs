@@ -56,6 +56,13 @@ fn scratch(name: &str) -> PathBuf {
     dir
 }
 
+/// Write `bytes` to `dir/name` and return the path.
+fn write_at(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
 // ---------------------------------------------------------------------------
 // A GGUF writer (independent of the parser under test)
 // ---------------------------------------------------------------------------
@@ -864,8 +871,7 @@ fn tiny_model_imports_exactly_tied_and_untied() {
     let dir = scratch("tiny");
     for (tied, add_bos, version, alignment) in [(true, false, 3, 32), (false, true, 2, 64)] {
         let m = tiny_model(tied, add_bos, version, alignment);
-        let src = dir.join(format!("tiny-{tied}.gguf"));
-        std::fs::write(&src, &m.bytes).unwrap();
+        let src = write_at(&dir, &format!("tiny-{tied}.gguf"), &m.bytes);
 
         let g = Gguf::open(&src).unwrap();
         assert_eq!((g.version, g.alignment), (version, alignment));
@@ -935,8 +941,7 @@ fn tiny_model_imports_exactly_tied_and_untied() {
     // Sharding: a limit below one tensor's size puts every tensor in its own
     // file, with an index the checkpoint reader follows.
     let m = tiny_model(false, false, 3, 32);
-    let src = dir.join("shard.gguf");
-    std::fs::write(&src, &m.bytes).unwrap();
+    let src = write_at(&dir, "shard.gguf", &m.bytes);
     let out = dir.join("sharded");
     let opts = ImportOptions {
         max_shard_bytes: 300_000,
@@ -957,18 +962,20 @@ fn tiny_model_imports_exactly_tied_and_untied() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The message of an import that must fail.
+fn import_err(src: &Path, out: &Path, opts: &ImportOptions) -> String {
+    import_gguf(src, out, opts).unwrap_err().to_string()
+}
+
 #[test]
 fn output_folder_is_replaced_only_with_force() {
     let dir = scratch("force");
     let m = tiny_model(true, false, 3, 32);
-    let src = dir.join("m.gguf");
-    std::fs::write(&src, &m.bytes).unwrap();
+    let src = write_at(&dir, "m.gguf", &m.bytes);
     let out = dir.join("out");
     std::fs::create_dir_all(&out).unwrap();
     std::fs::write(out.join("keep.txt"), "user data").unwrap();
-    let e = import_gguf(&src, &out, &ImportOptions::default())
-        .unwrap_err()
-        .to_string();
+    let e = import_err(&src, &out, &ImportOptions::default());
     assert!(e.contains("--force"), "{e}");
     assert!(out.join("keep.txt").exists());
     let opts = ImportOptions {
@@ -984,13 +991,10 @@ fn output_folder_is_replaced_only_with_force() {
     import_gguf(&src, &empty, &ImportOptions::default()).unwrap();
     // The source inside --out is refused even with --force.
     std::fs::copy(&src, out.join("inside.gguf")).unwrap();
-    let e = import_gguf(&out.join("inside.gguf"), &out, &opts)
-        .unwrap_err()
-        .to_string();
+    let e = import_err(&out.join("inside.gguf"), &out, &opts);
     assert!(e.contains("inside"), "{e}");
     // A failed import leaves neither the output nor temporary folders.
-    let bad = dir.join("bad.gguf");
-    std::fs::write(&bad, &m.bytes[..m.bytes.len() - 10]).unwrap();
+    let bad = write_at(&dir, "bad.gguf", &m.bytes[..m.bytes.len() - 10]);
     assert!(import_gguf(&bad, &dir.join("never"), &ImportOptions::default()).is_err());
     assert!(!dir.join("never").exists());
     let leftovers: Vec<_> = std::fs::read_dir(&dir)
@@ -1271,20 +1275,27 @@ fn unsupported_models_are_refused_before_writing() {
             })
             .collect()
     };
+    // Write the file, import it: the message, and nothing written.
+    let refused = |name: &str, kv: &[(String, V)], tensors: &[RawTensor]| {
+        let src = write_at(
+            &dir,
+            &format!("{name}.gguf"),
+            &write_gguf(3, kv, tensors, 32),
+        );
+        let out = dir.join(name);
+        let e = import_err(&src, &out, &ImportOptions::default());
+        assert!(!out.exists(), "{name}: {e}");
+        e
+    };
     let q2k = raw(&g, &|n| {
         (n == "blk.1.attn_v.weight")
             .then(|| (10, vec![0u8; (KV_HEADS * HEAD_DIM * HIDDEN) / 256 * 84]))
     });
-    let src = dir.join("q2k.gguf");
-    std::fs::write(&src, write_gguf(3, &kv, &q2k, 32)).unwrap();
-    let e = import_gguf(&src, &dir.join("o1"), &ImportOptions::default())
-        .unwrap_err()
-        .to_string();
+    let e = refused("q2k", &kv, &q2k);
     assert!(
         e.contains("unsupported ggml type 10 (Q2_K) for tensor 'blk.1.attn_v.weight'"),
         "{e}"
     );
-    assert!(!dir.join("o1").exists());
 
     // A tensor with no Hugging Face name, another architecture, a missing layer.
     let mut extra = raw(&g, &|_| None);
@@ -1294,31 +1305,19 @@ fn unsupported_models_are_refused_before_writing() {
         ty: 0,
         data: vec![0; HEADS * HEAD_DIM * 4],
     });
-    let src = dir.join("extra.gguf");
-    std::fs::write(&src, write_gguf(3, &kv, &extra, 32)).unwrap();
-    let e = import_gguf(&src, &dir.join("o2"), &ImportOptions::default())
-        .unwrap_err()
-        .to_string();
+    let e = refused("extra", &kv, &extra);
     assert!(e.contains("blk.0.attn_q.bias"), "{e}");
 
     let mut arch = kv.clone();
     arch[0].1 = V::Str("qwen2".into());
-    let src = dir.join("arch.gguf");
-    std::fs::write(&src, write_gguf(3, &arch, &raw(&g, &|_| None), 32)).unwrap();
-    let e = import_gguf(&src, &dir.join("o3"), &ImportOptions::default())
-        .unwrap_err()
-        .to_string();
+    let e = refused("arch", &arch, &raw(&g, &|_| None));
     assert!(e.contains("architecture 'qwen2'"), "{e}");
 
     let missing: Vec<RawTensor> = raw(&g, &|_| None)
         .into_iter()
         .filter(|t| t.name != "blk.1.ffn_up.weight")
         .collect();
-    let src = dir.join("missing.gguf");
-    std::fs::write(&src, write_gguf(3, &kv, &missing, 32)).unwrap();
-    let e = import_gguf(&src, &dir.join("o4"), &ImportOptions::default())
-        .unwrap_err()
-        .to_string();
+    let e = refused("missing", &kv, &missing);
     assert!(
         e.contains("model.layers.1.mlp.up_proj.weight is missing"),
         "{e}"
@@ -1330,8 +1329,7 @@ fn unsupported_models_are_refused_before_writing() {
 fn cli_import_gguf_prints_what_it_wrote() {
     let dir = scratch("cli");
     let m = tiny_model(true, false, 3, 32);
-    let src = dir.join("m.gguf");
-    std::fs::write(&src, &m.bytes).unwrap();
+    let src = write_at(&dir, "m.gguf", &m.bytes);
     let out = dir.join("hf");
     let run = |extra: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_boomgpu"))
