@@ -11,6 +11,7 @@ pub mod gpu;
 pub mod infer;
 pub mod model;
 pub mod ops;
+pub mod plot;
 pub mod progress;
 pub mod train;
 

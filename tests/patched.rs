@@ -148,8 +148,15 @@ fn curve_through_the_cli_writes_table_csv_and_svg() {
     let csv = std::fs::read_to_string(dir.join("c.csv")).unwrap();
     assert_eq!(csv.lines().count(), 1 + 1 + 3, "{csv}");
     let svg = std::fs::read_to_string(dir.join("c.svg")).unwrap();
+    // One line, four points and the legend's marker; the sizes labelled.
     assert!(
-        svg.starts_with("<svg") && svg.contains("<polyline") && svg.matches("<circle").count() == 4
+        svg.starts_with("<svg")
+            && svg.contains("<polyline")
+            && svg.matches("<circle").count() == 4 + 1
+            && ["student", "last-0", "last-1", "teacher", "boomerang"]
+                .iter()
+                .all(|l| svg.contains(&format!("\n{l}\n"))),
+        "{svg}"
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }

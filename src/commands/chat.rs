@@ -1,11 +1,14 @@
 //! `boomgpu chat`: answer one `--prompt` (the answer alone on stdout), or
-//! an interactive conversation on stdin with /commands; Ctrl-C stops the
-//! answer being written, not the program.
+//! an interactive conversation on stdin with /commands (line editing and
+//! history on a terminal); Ctrl-C stops the answer being written, not the
+//! program.
 
-use std::io::{BufRead, Write};
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use rustyline::error::ReadlineError;
 use serde_json::Value;
 
 use super::common::{load_model, open_gpu, Pair};
@@ -219,9 +222,106 @@ fn report(st: &crate::infer::GenStats, stop: StopReason) {
     );
 }
 
+/// Where the interactive lines come from: a line editor (rustyline:
+/// editing, history, Ctrl-C clears the line, Ctrl-D leaves) when stdin is a
+/// terminal; plain lines otherwise (piped input, tests), read as they come.
+enum Input {
+    Editor {
+        editor: Box<rustyline::DefaultEditor>,
+        history: Option<PathBuf>,
+    },
+    Plain(std::io::Stdin),
+}
+
+/// Where the history of the line editor is kept across sessions, or None
+/// without a data folder (`~/.local/share/boomgpu/chat_history` on Linux).
+fn history_file() -> Option<PathBuf> {
+    let dir = dirs::data_dir()?.join("boomgpu");
+    std::fs::create_dir_all(&dir).ok()?;
+    Some(dir.join("chat_history"))
+}
+
+impl Input {
+    fn new() -> Input {
+        if !std::io::stdin().is_terminal() {
+            return Input::Plain(std::io::stdin());
+        }
+        // The editor talks to the terminal itself (/dev/tty), so that stdout
+        // keeps the answers alone when it is redirected.
+        let config = rustyline::Config::builder()
+            .behavior(rustyline::config::Behavior::PreferTerm)
+            .auto_add_history(false);
+        let config = match config.max_history_size(1000) {
+            Ok(c) => c,
+            Err(_) => return Input::Plain(std::io::stdin()),
+        };
+        match rustyline::DefaultEditor::with_config(config.build()) {
+            Ok(mut editor) => {
+                let history = history_file();
+                if let Some(h) = &history {
+                    // A missing file is the first session, not an error.
+                    let _ = editor.load_history(h);
+                }
+                Input::Editor {
+                    editor: Box::new(editor),
+                    history,
+                }
+            }
+            Err(_) => Input::Plain(std::io::stdin()),
+        }
+    }
+
+    /// The next line without its line ending; None at the end (Ctrl-D,
+    /// end of input).
+    fn line(&mut self) -> Result<Option<String>> {
+        match self {
+            Input::Plain(stdin) => {
+                eprint!("> ");
+                let _ = std::io::stderr().flush();
+                let mut line = String::new();
+                if stdin
+                    .lock()
+                    .read_line(&mut line)
+                    .map_err(|e| Error::io("stdin", e))?
+                    == 0
+                {
+                    eprintln!();
+                    return Ok(None);
+                }
+                Ok(Some(line.trim_end_matches(['\n', '\r']).to_string()))
+            }
+            Input::Editor { editor, history } => loop {
+                match editor.readline("> ") {
+                    Ok(line) => {
+                        if !line.trim().is_empty() {
+                            let _ = editor.add_history_entry(line.as_str());
+                            if let Some(h) = history {
+                                // History is a convenience: a read-only home
+                                // must not stop the conversation.
+                                let _ = editor.append_history(h);
+                            }
+                        }
+                        return Ok(Some(line));
+                    }
+                    // Ctrl-C at the prompt clears the line (as in a shell).
+                    Err(ReadlineError::Interrupted) => continue,
+                    Err(ReadlineError::Eof) => return Ok(None),
+                    Err(e) => {
+                        return Err(Error::Invalid(format!(
+                            "cannot read from the terminal: {e}"
+                        )))
+                    }
+                }
+            },
+        }
+    }
+}
+
 fn interactive(session: &mut Session) -> Result<()> {
-    // Ctrl-C while an answer is being written stops it; at the prompt it
-    // leaves, as usual.
+    // Ctrl-C while an answer is being written stops it. At the line editor's
+    // prompt the terminal is in raw mode and rustyline reads Ctrl-C as a key
+    // (it clears the line), so this handler only sees it during an answer,
+    // or at the plain prompt of piped input, where it leaves as usual.
     let generating = Arc::new(AtomicBool::new(false));
     let interrupt = Arc::new(AtomicBool::new(false));
     {
@@ -238,27 +338,13 @@ fn interactive(session: &mut Session) -> Result<()> {
         .map_err(|e| Error::Invalid(format!("cannot install the Ctrl-C handler: {e}")))?;
     }
     eprintln!("type a message, /help for commands, /quit or Ctrl-D to leave");
-    let stdin = std::io::stdin();
     let stdout = std::io::stdout();
-    let mut line = String::new();
-    loop {
-        eprint!("> ");
-        let _ = std::io::stderr().flush();
-        line.clear();
-        if stdin
-            .lock()
-            .read_line(&mut line)
-            .map_err(|e| Error::io("stdin", e))?
-            == 0
-        {
-            eprintln!();
-            return Ok(());
-        }
-        let text = line.trim_end_matches(['\n', '\r']);
+    let mut input = Input::new();
+    while let Some(text) = input.line()? {
         if text.trim().is_empty() {
             continue;
         }
-        match session.command(text) {
+        match session.command(&text) {
             Reply::Quit => return Ok(()),
             Reply::Text(t) => {
                 let mut out = stdout.lock();
@@ -269,7 +355,7 @@ fn interactive(session: &mut Session) -> Result<()> {
                 interrupt.store(false, Ordering::SeqCst);
                 generating.store(true, Ordering::SeqCst);
                 let mut out = stdout.lock();
-                let r = session.ask(text, Some(&interrupt), &mut |piece| {
+                let r = session.ask(&text, Some(&interrupt), &mut |piece| {
                     let _ = out.write_all(piece.as_bytes());
                     let _ = out.flush();
                 });
@@ -284,4 +370,5 @@ fn interactive(session: &mut Session) -> Result<()> {
             }
         }
     }
+    Ok(())
 }

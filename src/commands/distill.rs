@@ -262,10 +262,10 @@ pub fn run(gpu_opts: &GpuOptions, a: &DistillArgs) -> Result<String> {
         );
         if a.eval_every > 0 && l.step % a.eval_every == 0 {
             if let Some(e) = tr.evaluate()? {
-                eprintln!(
-                    "\nheld-out at step {}: loss {:.4} ce {:.4} kl {:.4} cos {:.4}",
+                bar.println(&format!(
+                    "held-out at step {}: loss {:.4} ce {:.4} kl {:.4} cos {:.4}",
                     l.step, e.loss, e.ce, e.kl, e.cos
-                );
+                ));
             }
         }
         if a.save_every > 0 && l.step % a.save_every == 0 && l.step < a.opts.steps {

@@ -13,6 +13,7 @@ use crate::gpu::{format_bytes, Gpu, GpuOptions};
 use crate::model::decoder::Decoder;
 use crate::model::score::{self, Perplexity};
 use crate::model::tokenizer::Tokenizer;
+use crate::plot::{curve_svg, Point, Series};
 use crate::progress::Progress;
 
 /// Which sizes of a pair to evaluate.
@@ -256,13 +257,23 @@ fn curve(
         ));
     }
     std::fs::write(&csv_path, &csv).map_err(|e| Error::io(&csv_path, e))?;
-    let svg = crate::progress::plot_svg(
-        &format!("Perplexity of every size ({dir}-k patching)"),
-        &rows
+    let boomerang = Series {
+        name: "boomerang".into(),
+        points: rows
             .iter()
-            .map(|r| (r.params as f64 / 1e6, r.ppl.perplexity, r.label.clone()))
-            .collect::<Vec<_>>(),
-    );
+            .map(|r| Point {
+                x: r.params as f64 / 1e6,
+                y: r.ppl.perplexity,
+                label: r.label.clone(),
+            })
+            .collect(),
+    };
+    let svg = curve_svg(
+        &format!("Perplexity of every size ({dir}-k patching)"),
+        "parameters (millions)",
+        "perplexity",
+        &[boomerang],
+    )?;
     std::fs::write(&svg_path, svg).map_err(|e| Error::io(&svg_path, e))?;
     if a.json {
         let v: Vec<serde_json::Value> = rows
