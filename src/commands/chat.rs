@@ -233,9 +233,16 @@ enum Input {
     Plain(std::io::Stdin),
 }
 
-/// Where the history of the line editor is kept across sessions, or None
-/// without a data folder (`~/.local/share/boomgpu/chat_history` on Linux).
+/// Where the history of the line editor is kept across sessions
+/// (`~/.local/share/boomgpu/chat_history` on Linux), or None without a
+/// data folder or when `BOOMGPU_CHAT_HISTORY` is `off` (prompts can be
+/// private); another value of that variable is the file to use.
 fn history_file() -> Option<PathBuf> {
+    match std::env::var_os("BOOMGPU_CHAT_HISTORY") {
+        Some(v) if v == "off" || v.is_empty() => return None,
+        Some(v) => return Some(PathBuf::from(v)),
+        None => {}
+    }
     let dir = dirs::data_dir()?.join("boomgpu");
     std::fs::create_dir_all(&dir).ok()?;
     Some(dir.join("chat_history"))
