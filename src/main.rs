@@ -286,46 +286,81 @@ enum Command {
     ///
     /// Without --model/--teacher/--student: the pair Qwen/Qwen3-4B-Base +
     /// Harvard-DCML/boomerang-qwen3-2.3B.
-    Chat {
-        #[command(flatten)]
-        models: ModelArgs,
-        /// Number of student layers to patch with teacher blocks (default: the student itself);
-        /// `/layers N` changes it without reloading.
-        #[arg(long)]
-        layers: Option<usize>,
-        #[command(flatten)]
-        order: OrderArgs,
-        /// Answer this once and exit; the answer alone goes to stdout.
-        #[arg(long)]
-        prompt: Option<String>,
-        /// Most tokens per answer (default 512).
-        #[arg(long)]
-        max_tokens: Option<usize>,
-        /// 0 = greedy (default: generation_config.json, else greedy).
-        #[arg(long)]
-        temperature: Option<f32>,
-        /// Keep the K most likely tokens (0 = off).
-        #[arg(long)]
-        top_k: Option<usize>,
-        /// Keep the most likely tokens up to this probability mass (1 = off).
-        #[arg(long)]
-        top_p: Option<f32>,
-        /// Drop tokens less likely than this fraction of the top one (0 = off).
-        #[arg(long)]
-        min_p: Option<f32>,
-        /// Penalise tokens already in the conversation (1 = off; HF semantics).
-        #[arg(long)]
-        repetition_penalty: Option<f32>,
-        /// Random seed, for reproducible sampling.
-        #[arg(long)]
-        seed: Option<u64>,
-        /// Context length in tokens (default min(4096, max_position_embeddings)).
-        #[arg(long)]
-        max_context: Option<usize>,
-        /// Stop the answer at this string (repeatable; not printed).
-        #[arg(long)]
-        stop: Vec<String>,
-    },
+    Chat(ChatCmd),
+}
+
+/// The flags of `boomgpu chat`.
+#[derive(Args)]
+struct ChatCmd {
+    #[command(flatten)]
+    models: ModelArgs,
+    /// Number of student layers to patch with teacher blocks (default: the student itself);
+    /// `/layers N` changes it without reloading.
+    #[arg(long)]
+    layers: Option<usize>,
+    #[command(flatten)]
+    order: OrderArgs,
+    /// Answer this once and exit; the answer alone goes to stdout.
+    #[arg(long)]
+    prompt: Option<String>,
+    /// Most tokens per answer (default 512).
+    #[arg(long)]
+    max_tokens: Option<usize>,
+    /// 0 = greedy (default: generation_config.json, else greedy).
+    #[arg(long)]
+    temperature: Option<f32>,
+    /// Keep the K most likely tokens (0 = off).
+    #[arg(long)]
+    top_k: Option<usize>,
+    /// Keep the most likely tokens up to this probability mass (1 = off).
+    #[arg(long)]
+    top_p: Option<f32>,
+    /// Drop tokens less likely than this fraction of the top one (0 = off).
+    #[arg(long)]
+    min_p: Option<f32>,
+    /// Penalise tokens already in the conversation (1 = off; HF semantics).
+    #[arg(long)]
+    repetition_penalty: Option<f32>,
+    /// Random seed, for reproducible sampling.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Context length in tokens (default min(4096, max_position_embeddings)).
+    #[arg(long)]
+    max_context: Option<usize>,
+    /// Stop the answer at this string (repeatable; not printed).
+    #[arg(long)]
+    stop: Vec<String>,
+}
+
+impl ChatCmd {
+    fn into_args(self) -> boomgpu::commands::chat::ChatArgs {
+        use boomgpu::commands::chat::{ChatArgs, ChatTarget, DEFAULT_STUDENT, DEFAULT_TEACHER};
+        let target = match (self.models.model, self.models.teacher, self.models.student) {
+            (Some(m), _, _) => ChatTarget::Model(m),
+            (None, Some(teacher), Some(student)) => ChatTarget::Pair { teacher, student },
+            _ => ChatTarget::Pair {
+                teacher: DEFAULT_TEACHER.into(),
+                student: DEFAULT_STUDENT.into(),
+            },
+        };
+        ChatArgs {
+            target,
+            layers: self.layers,
+            first: self.order.first,
+            last: self.order.last,
+            prune: self.models.prune.params(),
+            prompt: self.prompt,
+            max_tokens: self.max_tokens,
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repetition_penalty: self.repetition_penalty,
+            seed: self.seed,
+            max_context: self.max_context,
+            stop: self.stop,
+        }
+    }
 }
 
 #[derive(Args)]
@@ -476,52 +511,7 @@ fn main() -> ExitCode {
             dtype,
             force,
         } => boomgpu::commands::import_gguf::run(&file, &out, &dtype, force).map(|s| print!("{s}")),
-        Command::Chat {
-            models,
-            layers,
-            order,
-            prompt,
-            max_tokens,
-            temperature,
-            top_k,
-            top_p,
-            min_p,
-            repetition_penalty,
-            seed,
-            max_context,
-            stop,
-        } => {
-            let prune = models.prune;
-            let target = match (models.model, models.teacher, models.student) {
-                (Some(m), _, _) => boomgpu::commands::chat::ChatTarget::Model(m),
-                (None, Some(t), Some(s)) => boomgpu::commands::chat::ChatTarget::Pair {
-                    teacher: t,
-                    student: s,
-                },
-                _ => boomgpu::commands::chat::ChatTarget::Pair {
-                    teacher: boomgpu::commands::chat::DEFAULT_TEACHER.into(),
-                    student: boomgpu::commands::chat::DEFAULT_STUDENT.into(),
-                },
-            };
-            let a = boomgpu::commands::chat::ChatArgs {
-                target,
-                layers,
-                first: order.first,
-                last: order.last,
-                prune: prune.params(),
-                prompt,
-                max_tokens,
-                temperature,
-                top_k,
-                top_p,
-                min_p,
-                repetition_penalty,
-                seed,
-                max_context,
-                stop,
-            };
-            boomgpu::commands::chat::run(&opts, &a)
-        }
+        Command::Chat(c) => boomgpu::commands::chat::run(&opts, &c.into_args()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
