@@ -95,6 +95,30 @@ impl Tokenizer {
         self.inner.get_vocab_size(true)
     }
 
+    /// One more than the highest id the tokenizer can produce.
+    pub fn id_bound(&self) -> usize {
+        self.inner
+            .get_vocab(true)
+            .values()
+            .map(|&i| i as usize + 1)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Every id the tokenizer produces must have a row in the embedding.
+    pub fn check_vocab(&self, dir: &Path, vocab_size: usize) -> Result<()> {
+        let bound = self.id_bound();
+        if bound > vocab_size {
+            return Err(Error::Invalid(format!(
+                "{}: 'vocab_size' in config.json is {vocab_size}, but tokenizer.json has ids up \
+                 to {}; expected a vocab_size of at least {bound}",
+                dir.display(),
+                bound - 1
+            )));
+        }
+        Ok(())
+    }
+
     pub fn token_to_id(&self, s: &str) -> Option<u32> {
         self.inner.token_to_id(s)
     }
