@@ -77,7 +77,10 @@ pub const MAX_ELEMENTS: usize = 1 << 40;
 fn show(v: &Value) -> String {
     let s = v.to_string();
     if s.len() > 60 {
-        format!("{}…", &s[..s.char_indices().nth(57).map(|c| c.0).unwrap_or(s.len())])
+        format!(
+            "{}…",
+            &s[..s.char_indices().nth(57).map(|c| c.0).unwrap_or(s.len())]
+        )
     } else {
         s
     }
@@ -247,8 +250,16 @@ impl ModelConfig {
         let q = num_heads.checked_mul(head_dim);
         for (what, a, b) in [
             ("vocab_size × hidden_size", Some(vocab_size), hidden_size),
-            ("intermediate_size × hidden_size", Some(intermediate_size), hidden_size),
-            ("num_attention_heads × head_dim × hidden_size", q, hidden_size),
+            (
+                "intermediate_size × hidden_size",
+                Some(intermediate_size),
+                hidden_size,
+            ),
+            (
+                "num_attention_heads × head_dim × hidden_size",
+                q,
+                hidden_size,
+            ),
         ] {
             match a.and_then(|a| a.checked_mul(b)) {
                 Some(n) if n <= MAX_ELEMENTS => {}

@@ -87,9 +87,9 @@ fn read_header(
             "tensor '{name}' has data_offsets that do not start where the previous tensor \
              ends (offsets must be contiguous from 0)"
         )),
-        E::TensorInvalidInfo => bad(
-            "a tensor's data_offsets do not span dtype size × shape bytes".to_string(),
-        ),
+        E::TensorInvalidInfo => {
+            bad("a tensor's data_offsets do not span dtype size × shape bytes".to_string())
+        }
         E::ValidationOverflow => bad("a tensor's shape overflows when multiplied out".into()),
         other => bad(format!("invalid safetensors file: {other}")),
     })?;
@@ -261,7 +261,13 @@ impl Checkpoint {
         let prefix = prefix.trim_end_matches("0.");
         self.tensors
             .keys()
-            .filter_map(|n| n.strip_prefix(prefix)?.split('.').next()?.parse::<usize>().ok())
+            .filter_map(|n| {
+                n.strip_prefix(prefix)?
+                    .split('.')
+                    .next()?
+                    .parse::<usize>()
+                    .ok()
+            })
             .map(|i| i.saturating_add(1))
             .max()
             .unwrap_or(0)
