@@ -674,3 +674,146 @@ fn mutated_inputs_are_refused_or_load_sanely() {
     );
     assert!(t.cases >= 1000, "only {} cases", t.cases);
 }
+
+// ---------------------------------------------------------------------------
+// The failures the fuzz of `boomgpu eval --json` found, one test each
+// ---------------------------------------------------------------------------
+
+fn with_config(name: &str, key: &str, value: Value) -> PathBuf {
+    let dir = copy_fixture("qwen3", name);
+    let path = dir.join("config.json");
+    let mut v: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    v[key] = value;
+    std::fs::write(&path, v.to_string()).unwrap();
+    dir
+}
+
+fn with_header_len(name: &str, fixture_name: &str, f: impl Fn(u64) -> u64) -> PathBuf {
+    let dir = copy_fixture(fixture_name, name);
+    let path = dir.join("model.safetensors");
+    let mut b = std::fs::read(&path).unwrap();
+    let n = u64::from_le_bytes(b[..8].try_into().unwrap());
+    b[..8].copy_from_slice(&f(n).to_le_bytes());
+    std::fs::write(&path, b).unwrap();
+    dir
+}
+
+fn load_err(dir: &Path) -> String {
+    load_folder(dir, None).expect_err("accepted")
+}
+
+#[test]
+fn header_length_one_byte_short_is_refused() {
+    for fx in ["qwen3", "llama-tied", "neox", "llama-rope3"] {
+        let dir = with_header_len(&format!("short-{fx}"), fx, |n| n - 1);
+        let e = load_err(&dir);
+        assert!(
+            e.contains("model.safetensors") && e.contains("end of the file"),
+            "{fx}: {e}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+#[test]
+fn header_length_past_the_file_says_how_much_follows() {
+    let dir = with_header_len("long", "qwen3", |_| 386_312);
+    let e = load_err(&dir);
+    assert!(
+        e.contains("model.safetensors")
+            && e.contains("says 386312 bytes but only 386304 bytes follow it"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn huge_layer_counts_are_refused_before_allocating() {
+    for n in [json!(2147483648u64), json!(9223372036854775808u64)] {
+        let dir = with_config("layers", "num_hidden_layers", n.clone());
+        let e = load_err(&dir);
+        assert!(
+            e.contains("'num_hidden_layers'")
+                && e.contains(&n.to_string())
+                && e.contains("1 to 4096"),
+            "{e}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+    // Within bounds but not what the checkpoint holds.
+    let dir = with_config("layers7", "num_hidden_layers", json!(7));
+    let e = load_err(&dir);
+    assert!(
+        e.contains("'num_hidden_layers'") && e.contains("holds 6"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn non_positive_eps_is_refused() {
+    for eps in [json!(-1), json!(-1e308), json!(0), json!(1e308)] {
+        let dir = with_config("eps", "rms_norm_eps", eps.clone());
+        let e = load_err(&dir);
+        assert!(
+            e.contains("'rms_norm_eps'") && e.contains("0 < eps < 1"),
+            "{eps}: {e}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+fn eval_json(dir: &Path) -> (bool, Value, String) {
+    let text = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/text.txt");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_boomgpu"))
+        .args(["eval", "--json", "--seq-len", "32", "--model"])
+        .arg(dir)
+        .arg("--data")
+        .arg(&text)
+        .env("BOOMGPU_MATMUL", "portable")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    let v: Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {stdout}\n{stderr}"));
+    (out.status.success(), v, stderr)
+}
+
+/// The GPU path: a good model gives a finite perplexity; the inputs the
+/// fuzz found, and weights that overflow to NaN, give an `"error"` object
+/// and a failing exit status.
+#[test]
+fn eval_json_reports_errors_not_null_perplexities() {
+    let (ok, v, err) = eval_json(&fixture("qwen3"));
+    assert!(ok, "{err}");
+    assert!(v["perplexity"].as_f64().is_some_and(f64::is_finite), "{v}");
+
+    let short = with_header_len("eval-short", "qwen3", |n| n - 1);
+    let eps = with_config("eval-eps", "rms_norm_eps", json!(-1));
+    let nan = copy_fixture("qwen3", "eval-nan");
+    // The final norm's weights set to NaN: the checkpoint is well-formed,
+    // the numbers are not.
+    let ck = Checkpoint::open(&nan).unwrap();
+    let e = ck.tensors["model.norm.weight"].clone();
+    drop(ck);
+    let mut b = std::fs::read(nan.join("model.safetensors")).unwrap();
+    for c in b[e.start..e.end].chunks_exact_mut(4) {
+        c.copy_from_slice(&f32::NAN.to_le_bytes());
+    }
+    std::fs::write(nan.join("model.safetensors"), b).unwrap();
+    for (dir, want) in [
+        (&short, "end of the file"),
+        (&eps, "rms_norm_eps"),
+        (&nan, "not a finite number"),
+    ] {
+        let (ok, v, err) = eval_json(dir);
+        assert!(!ok, "{} was accepted: {v}", dir.display());
+        let m = v["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error field: {v}"));
+        assert!(m.contains(want), "{m}\n{err}");
+        assert!(v.get("perplexity").is_none(), "{v}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
