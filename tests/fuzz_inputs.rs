@@ -317,7 +317,7 @@ fn fuzz_safetensors(
         .filter(|k| *k != "__metadata__")
         .cloned()
         .collect();
-    let edits: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
+    let edits: Vec<(&str, HeaderEdit)> = vec![
         ("start+1", Box::new(|e| bump(e, 0, 1))),
         ("start-1", Box::new(|e| bump(e, 0, -1))),
         ("end+1", Box::new(|e| bump(e, 1, 1))),
@@ -367,6 +367,12 @@ fn fuzz_safetensors(
     std::fs::write(&path, &original).unwrap();
 }
 
+/// A change to one tensor's header entry.
+type HeaderEdit = Box<dyn Fn(&mut Value)>;
+
+/// name → (dtype, shape, bytes), as write_safetensors takes them.
+type Tensors = BTreeMap<String, (DType, Vec<usize>, Vec<u8>)>;
+
 fn bump(e: &mut Value, i: usize, d: i64) {
     let x = e["data_offsets"][i].as_i64().unwrap() + d;
     e["data_offsets"][i] = json!(x);
@@ -378,7 +384,7 @@ fn sharded_qwen3() -> PathBuf {
     let dir = copy_fixture("qwen3", "sharded");
     std::fs::remove_file(dir.join("model.safetensors")).unwrap();
     let ck = Checkpoint::open(&src).unwrap();
-    let mut shards: [BTreeMap<String, (DType, Vec<usize>, Vec<u8>)>; 2] = Default::default();
+    let mut shards: [Tensors; 2] = Default::default();
     let mut map = serde_json::Map::new();
     for (i, (name, e)) in ck.tensors.iter().enumerate() {
         let file = format!("model-0000{}-of-00002.safetensors", i % 2 + 1);

@@ -230,7 +230,7 @@ impl ModelConfig {
             )));
         }
         let head_dim = head_dim_key.unwrap_or(hidden_size / num_heads);
-        if head_dim % 2 != 0 {
+        if !head_dim.is_multiple_of(2) {
             return Err(Error::Invalid(format!(
                 "the head size is {head_dim} ('head_dim', or hidden_size / num_attention_heads); \
                  expected an even number (rotary embeddings rotate pairs)"
@@ -356,7 +356,7 @@ impl ModelConfig {
                 let rotary_pct = match pct {
                     Some((key, p)) => {
                         let rot = (head_dim as f64 * p) as usize;
-                        if !(p > 0.0 && p <= 1.0) || rot < 2 || rot % 2 != 0 {
+                        if !(p > 0.0 && p <= 1.0) || rot < 2 || !rot.is_multiple_of(2) {
                             return Err(Error::Invalid(format!(
                                 "'{key}' is {p}, expected a fraction in (0, 1] that rotates an \
                                  even number (at least 2) of the {head_dim} dimensions of a head"
@@ -378,7 +378,7 @@ impl ModelConfig {
                 1.0,
             ),
         };
-        if family == Family::GptNeox && rotary_pct == 0.25 && (head_dim / 4) % 2 != 0 {
+        if family == Family::GptNeox && rotary_pct == 0.25 && !(head_dim / 4).is_multiple_of(2) {
             return Err(Error::Invalid(format!(
                 "the default 'rotary_pct' 0.25 rotates {} of the {head_dim} dimensions of a head; \
                  expected an even number",
