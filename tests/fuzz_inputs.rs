@@ -823,3 +823,53 @@ fn eval_json_reports_errors_not_null_perplexities() {
         std::fs::remove_dir_all(dir).unwrap();
     }
 }
+
+/// A teacher whose numbers overflow: distill stops at the first step,
+/// names it, and writes no checkpoint.
+#[test]
+fn distill_stops_on_a_non_finite_loss_before_any_checkpoint() {
+    let teacher = copy_fixture("qwen3", "distill-nan");
+    let ck = Checkpoint::open(&teacher).unwrap();
+    let e = ck.tensors["model.norm.weight"].clone();
+    drop(ck);
+    let path = teacher.join("model.safetensors");
+    let mut b = std::fs::read(&path).unwrap();
+    for c in b[e.start..e.end].chunks_exact_mut(4) {
+        c.copy_from_slice(&f32::NAN.to_le_bytes());
+    }
+    std::fs::write(&path, b).unwrap();
+    let out = scratch("distill-nan-out").join("student");
+    let text = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/text.txt");
+    let r = std::process::Command::new(env!("CARGO_BIN_EXE_boomgpu"))
+        .args(["distill", "--quiet", "--teacher"])
+        .arg(&teacher)
+        .arg("--student")
+        .arg(fixture("qwen3-student"))
+        .arg("--data")
+        .arg(&text)
+        .arg("--out")
+        .arg(&out)
+        .args([
+            "--steps",
+            "3",
+            "--seq-len",
+            "16",
+            "--batch",
+            "2",
+            "--save-every",
+            "1",
+        ])
+        .env("BOOMGPU_MATMUL", "portable")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("step 1:") && stderr.contains("not a finite number"),
+        "{stderr}"
+    );
+    assert!(!out.join("checkpoint").exists());
+    assert!(!out.join("model.safetensors").exists());
+    std::fs::remove_dir_all(&teacher).unwrap();
+    let _ = std::fs::remove_dir_all(out.parent().unwrap());
+}
