@@ -568,5 +568,18 @@ fn eval(
         csv,
         svg,
     };
-    run(opts, &a).map(|s| print!("{s}"))
+    match run(opts, &a) {
+        Ok(s) => {
+            print!("{s}");
+            Ok(())
+        }
+        Err(e) => {
+            // A script reading --json gets an object it can tell apart
+            // from a result (and the exit status still says failure).
+            if json {
+                println!("{}", serde_json::json!({ "error": e.to_string() }));
+            }
+            Err(e)
+        }
+    }
 }

@@ -41,16 +41,16 @@ fn upload(
     ckpt: &Checkpoint,
     as_f32: bool,
 ) -> Result<Loaded> {
-    let decoder = Decoder::load(gpu, &cfg, ckpt, as_f32)?;
+    // Files are checked before anything goes to the GPU.
+    ckpt.check(&cfg)?;
     let tokenizer = if dir.join("tokenizer.json").exists() {
-        Some(Tokenizer::from_dir(
-            &dir,
-            &cfg.eos_token_ids,
-            cfg.bos_token_id,
-        )?)
+        let t = Tokenizer::from_dir(&dir, &cfg.eos_token_ids, cfg.bos_token_id)?;
+        t.check_vocab(&dir, cfg.vocab_size)?;
+        Some(t)
     } else {
         None
     };
+    let decoder = Decoder::load(gpu, &cfg, ckpt, as_f32)?;
     eprintln!(
         "loaded {reference}: {} ({} layers, {:.1}M parameters, {} on the GPU)",
         cfg.family.model_type(),

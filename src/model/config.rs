@@ -64,23 +64,122 @@ pub struct ModelConfig {
     pub raw: Value,
 }
 
-fn get_usize(v: &Value, key: &str) -> Option<usize> {
-    v.get(key).and_then(Value::as_u64).map(|x| x as usize)
+/// Largest layer count, head count and per-dimension size a config may
+/// name: far above any published model, low enough that nothing planned
+/// from them (layer lists, tensor names) is a large allocation before the
+/// checkpoint's own tensors confirm the sizes.
+pub const MAX_LAYERS: usize = 4096;
+pub const MAX_HEADS: usize = 1 << 16;
+pub const MAX_DIM: usize = 1 << 24;
+/// Largest element count of any one tensor the config implies (2⁴⁰).
+pub const MAX_ELEMENTS: usize = 1 << 40;
+
+fn show(v: &Value) -> String {
+    let s = v.to_string();
+    if s.len() > 60 {
+        format!(
+            "{}…",
+            &s[..s.char_indices().nth(57).map(|c| c.0).unwrap_or(s.len())]
+        )
+    } else {
+        s
+    }
 }
 
-fn get_f64(v: &Value, key: &str) -> Option<f64> {
-    v.get(key).and_then(Value::as_f64)
+fn wrong(key: &str, v: &Value, expected: &str) -> Error {
+    Error::Invalid(format!("'{key}' is {}, expected {expected}", show(v)))
 }
 
-fn ids(v: Option<&Value>) -> Vec<u32> {
-    match v {
-        Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-        Some(Value::Array(a)) => a
-            .iter()
-            .filter_map(Value::as_u64)
-            .map(|x| x as u32)
-            .collect(),
-        _ => Vec::new(),
+/// An optional non-negative integer: absent or null → None; anything else
+/// that is not an integer (a string, a fraction, a negative number) is an error.
+fn opt_uint(v: &Value, key: &str) -> Result<Option<u64>> {
+    match v.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(x) => x
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| wrong(key, x, "a non-negative integer")),
+    }
+}
+
+/// An optional integer in `[lo, hi]`.
+fn opt_in(v: &Value, key: &str, lo: usize, hi: usize) -> Result<Option<usize>> {
+    match opt_uint(v, key)? {
+        None => Ok(None),
+        Some(x) if (lo as u64..=hi as u64).contains(&x) => Ok(Some(x as usize)),
+        Some(_) => Err(wrong(
+            key,
+            &v[key],
+            &format!("an integer from {lo} to {hi}"),
+        )),
+    }
+}
+
+/// A required integer in `[lo, hi]`.
+fn need_in(v: &Value, key: &str, lo: usize, hi: usize) -> Result<usize> {
+    opt_in(v, key, lo, hi)?.ok_or_else(|| {
+        Error::Invalid(format!(
+            "'{key}' is missing, expected an integer from {lo} to {hi}"
+        ))
+    })
+}
+
+fn opt_f64(v: &Value, key: &str) -> Result<Option<f64>> {
+    match v.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(x) => x
+            .as_f64()
+            .map(Some)
+            .ok_or_else(|| wrong(key, x, "a number")),
+    }
+}
+
+/// An optional number with `ok(x)`; `expected` says what is allowed.
+fn opt_f64_where(
+    v: &Value,
+    key: &str,
+    ok: impl Fn(f64) -> bool,
+    expected: &str,
+) -> Result<Option<f64>> {
+    match opt_f64(v, key)? {
+        Some(x) if !ok(x) => Err(wrong(key, &v[key], expected)),
+        x => Ok(x),
+    }
+}
+
+fn opt_bool(v: &Value, key: &str) -> Result<Option<bool>> {
+    match v.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(x) => Err(wrong(key, x, "true or false")),
+    }
+}
+
+fn opt_str<'a>(v: &'a Value, key: &str) -> Result<Option<&'a str>> {
+    match v.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(x) => Err(wrong(key, x, "a string")),
+    }
+}
+
+/// A positive number that stays finite (and non-zero) in f32, where the
+/// GPU uses it.
+fn positive_f32(x: f64) -> bool {
+    x > 0.0 && x.is_finite() && (x as f32).is_finite() && (x as f32) > 0.0
+}
+
+/// Token ids: one integer, a list of them, or absent/null; each below `vocab`.
+fn token_ids(v: &Value, key: &str, vocab: usize) -> Result<Vec<u32>> {
+    let expected = format!("a token id below vocab_size {vocab}, or a list of them");
+    let one = |x: &Value| match x.as_u64() {
+        Some(i) if i < vocab as u64 => Ok(i as u32),
+        _ => Err(wrong(key, &v[key], &expected)),
+    };
+    match v.get(key) {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(a)) => a.iter().map(one).collect(),
+        Some(x) => Ok(vec![one(x)?]),
     }
 }
 
@@ -92,12 +191,18 @@ impl ModelConfig {
         ModelConfig::from_json(v).map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))
     }
 
+    /// Parse and validate a config: every key boomgpu reads has the right
+    /// type and a usable value (positive sizes within bounds, heads that
+    /// divide, finite positive eps and rope theta), or the error names the
+    /// key, its value and what was expected.
     pub fn from_json(v: Value) -> Result<ModelConfig> {
-        let model_type = v
-            .get("model_type")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string();
+        if !v.is_object() {
+            return Err(Error::Invalid(format!(
+                "the config is {}, expected a JSON object",
+                show(&v)
+            )));
+        }
+        let model_type = opt_str(&v, "model_type")?.unwrap_or("").to_string();
         let family = match model_type.as_str() {
             "qwen3" => Family::Qwen3,
             "llama" => Family::Llama,
@@ -109,63 +214,121 @@ impl ModelConfig {
                 )))
             }
         };
-        let need = |key: &str| {
-            get_usize(&v, key)
-                .ok_or_else(|| Error::Invalid(format!("config is missing the integer '{key}'")))
+        let hidden_size = need_in(&v, "hidden_size", 1, MAX_DIM)?;
+        let num_heads = need_in(&v, "num_attention_heads", 1, MAX_HEADS)?;
+        let num_layers = need_in(&v, "num_hidden_layers", 1, MAX_LAYERS)?;
+        let intermediate_size = need_in(&v, "intermediate_size", 1, MAX_DIM)?;
+        let vocab_size = need_in(&v, "vocab_size", 1, MAX_DIM)?;
+        let head_dim_key = match family {
+            Family::GptNeox => None,
+            _ => opt_in(&v, "head_dim", 1, MAX_DIM)?,
         };
-        let hidden_size = need("hidden_size")?;
-        let num_heads = need("num_attention_heads")?;
-        let num_layers = need("num_hidden_layers")?;
-        let intermediate_size = need("intermediate_size")?;
-        let vocab_size = need("vocab_size")?;
-        if num_heads == 0 || hidden_size % num_heads != 0 && get_usize(&v, "head_dim").is_none() {
+        if head_dim_key.is_none() && hidden_size % num_heads != 0 {
             return Err(Error::Invalid(format!(
-                "hidden_size {hidden_size} is not divisible by num_attention_heads {num_heads}"
+                "'hidden_size' {hidden_size} is not divisible by 'num_attention_heads' {num_heads}; \
+                 expected a multiple (or a 'head_dim' key)"
+            )));
+        }
+        let head_dim = head_dim_key.unwrap_or(hidden_size / num_heads);
+        if !head_dim.is_multiple_of(2) {
+            return Err(Error::Invalid(format!(
+                "the head size is {head_dim} ('head_dim', or hidden_size / num_attention_heads); \
+                 expected an even number (rotary embeddings rotate pairs)"
             )));
         }
         let num_kv_heads = match family {
             Family::GptNeox => num_heads,
-            _ => get_usize(&v, "num_key_value_heads").unwrap_or(num_heads),
+            _ => opt_in(&v, "num_key_value_heads", 1, MAX_HEADS)?.unwrap_or(num_heads),
         };
-        if num_kv_heads == 0 || num_heads % num_kv_heads != 0 {
+        if num_heads % num_kv_heads != 0 {
             return Err(Error::Invalid(format!(
-                "num_attention_heads {num_heads} is not a multiple of num_key_value_heads {num_kv_heads}"
+                "'num_key_value_heads' is {num_kv_heads}, expected a divisor of \
+                 'num_attention_heads' {num_heads}"
             )));
         }
-        let head_dim = match family {
-            Family::GptNeox => hidden_size / num_heads,
-            _ => get_usize(&v, "head_dim").unwrap_or(hidden_size / num_heads),
+        // No tensor the config implies may be absurdly large (or overflow).
+        let q = num_heads.checked_mul(head_dim);
+        for (what, a, b) in [
+            ("vocab_size × hidden_size", Some(vocab_size), hidden_size),
+            (
+                "intermediate_size × hidden_size",
+                Some(intermediate_size),
+                hidden_size,
+            ),
+            (
+                "num_attention_heads × head_dim × hidden_size",
+                q,
+                hidden_size,
+            ),
+        ] {
+            match a.and_then(|a| a.checked_mul(b)) {
+                Some(n) if n <= MAX_ELEMENTS => {}
+                _ => {
+                    return Err(Error::Invalid(format!(
+                        "{what} is too large (more than {MAX_ELEMENTS} elements in one tensor); \
+                         expected the sizes of a real model"
+                    )))
+                }
+            }
+        }
+        const THETA: &str = "a positive number (finite in f32)";
+        let rope_params = match v.get("rope_parameters") {
+            None | Some(Value::Null) => None,
+            Some(r @ Value::Object(_)) => Some(r),
+            Some(x) => return Err(wrong("rope_parameters", x, "an object")),
         };
-        let rope_theta = get_f64(&v, "rope_theta")
-            .or_else(|| get_f64(&v, "rotary_emb_base"))
-            .or_else(|| {
-                v.get("rope_parameters")
-                    .and_then(|r| get_f64(r, "rope_theta"))
-            })
-            .unwrap_or(10000.0);
-        let rope_scaling = match v.get("rope_scaling").or_else(|| v.get("rope_parameters")) {
-            Some(r) if !r.is_null() => {
-                let kind = r
-                    .get("rope_type")
-                    .or_else(|| r.get("type"))
-                    .and_then(Value::as_str)
-                    .unwrap_or("default");
+        let rope_theta = match opt_f64_where(&v, "rope_theta", positive_f32, THETA)? {
+            Some(t) => t,
+            None => match opt_f64_where(&v, "rotary_emb_base", positive_f32, THETA)? {
+                Some(t) => t,
+                None => match rope_params {
+                    Some(r) => opt_f64_where(r, "rope_theta", positive_f32, THETA)
+                        .map_err(|e| Error::Invalid(format!("rope_parameters: {e}")))?
+                        .unwrap_or(10000.0),
+                    None => 10000.0,
+                },
+            },
+        };
+        let scaling_key = if v.get("rope_scaling").is_some_and(|r| !r.is_null()) {
+            "rope_scaling"
+        } else {
+            "rope_parameters"
+        };
+        let rope_scaling = match v.get(scaling_key) {
+            Some(r @ Value::Object(_)) => {
+                let in_scaling = |e: Error| Error::Invalid(format!("{scaling_key}: {e}"));
+                let kind = match opt_str(r, "rope_type").map_err(in_scaling)? {
+                    Some(k) => k,
+                    None => opt_str(r, "type").map_err(in_scaling)?.unwrap_or("default"),
+                };
                 match kind {
                     "default" => None,
                     "llama3" => {
                         let f = |k: &str| {
-                            get_f64(r, k).ok_or_else(|| {
-                                Error::Invalid(format!("rope_scaling (llama3) is missing '{k}'"))
-                            })
+                            opt_f64_where(r, k, positive_f32, THETA)
+                                .map_err(in_scaling)?
+                                .ok_or_else(|| {
+                                    Error::Invalid(format!(
+                                        "{scaling_key} (llama3) is missing '{k}', expected {THETA}"
+                                    ))
+                                })
                         };
-                        Some(Llama3Scaling {
+                        let s = Llama3Scaling {
                             factor: f("factor")?,
                             low_freq_factor: f("low_freq_factor")?,
                             high_freq_factor: f("high_freq_factor")?,
                             original_max_position_embeddings: f(
                                 "original_max_position_embeddings",
                             )?,
-                        })
+                        };
+                        if s.high_freq_factor as f32 <= s.low_freq_factor as f32 {
+                            return Err(Error::Invalid(format!(
+                                "{scaling_key}: 'high_freq_factor' is {}, expected more than \
+                                 'low_freq_factor' {}",
+                                s.high_freq_factor, s.low_freq_factor
+                            )));
+                        }
+                        Some(s)
                     }
                     other => {
                         return Err(Error::Invalid(format!(
@@ -174,50 +337,85 @@ impl ModelConfig {
                     }
                 }
             }
-            _ => None,
+            None | Some(Value::Null) => None,
+            Some(x) => return Err(wrong(scaling_key, x, "an object or null")),
         };
+        const EPS: &str = "a small positive number (0 < eps < 1)";
+        let eps_ok = |x: f64| positive_f32(x) && x < 1.0;
         let (norm_eps, tie_default, rotary_pct) = match family {
-            Family::GptNeox => (
-                get_f64(&v, "layer_norm_eps").unwrap_or(1e-5),
-                false,
-                get_f64(&v, "rotary_pct")
-                    .or_else(|| {
-                        v.get("rope_parameters")
-                            .and_then(|r| get_f64(r, "partial_rotary_factor"))
-                    })
-                    .unwrap_or(0.25),
-            ),
+            Family::GptNeox => {
+                let pct = match opt_f64(&v, "rotary_pct")? {
+                    Some(p) => Some(("rotary_pct", p)),
+                    None => match rope_params {
+                        Some(r) => opt_f64(r, "partial_rotary_factor")
+                            .map_err(|e| Error::Invalid(format!("rope_parameters: {e}")))?
+                            .map(|p| ("partial_rotary_factor", p)),
+                        None => None,
+                    },
+                };
+                let rotary_pct = match pct {
+                    Some((key, p)) => {
+                        let rot = (head_dim as f64 * p) as usize;
+                        if !(p > 0.0 && p <= 1.0) || rot < 2 || !rot.is_multiple_of(2) {
+                            return Err(Error::Invalid(format!(
+                                "'{key}' is {p}, expected a fraction in (0, 1] that rotates an \
+                                 even number (at least 2) of the {head_dim} dimensions of a head"
+                            )));
+                        }
+                        p
+                    }
+                    None => 0.25,
+                };
+                (
+                    opt_f64_where(&v, "layer_norm_eps", eps_ok, EPS)?.unwrap_or(1e-5),
+                    false,
+                    rotary_pct,
+                )
+            }
             _ => (
-                get_f64(&v, "rms_norm_eps").unwrap_or(1e-6),
+                opt_f64_where(&v, "rms_norm_eps", eps_ok, EPS)?.unwrap_or(1e-6),
                 family == Family::Llama,
                 1.0,
             ),
         };
-        let tie_word_embeddings = v
-            .get("tie_word_embeddings")
-            .and_then(Value::as_bool)
-            .unwrap_or(tie_default);
+        if family == Family::GptNeox && rotary_pct == 0.25 && !(head_dim / 4).is_multiple_of(2) {
+            return Err(Error::Invalid(format!(
+                "the default 'rotary_pct' 0.25 rotates {} of the {head_dim} dimensions of a head; \
+                 expected an even number",
+                head_dim / 4
+            )));
+        }
+        let tie_word_embeddings = opt_bool(&v, "tie_word_embeddings")?.unwrap_or(tie_default);
+        let act = opt_str(&v, "hidden_act")?;
         if family == Family::GptNeox {
-            let act = v
-                .get("hidden_act")
-                .and_then(Value::as_str)
-                .unwrap_or("gelu");
+            let act = act.unwrap_or("gelu");
             if act != "gelu" {
                 return Err(Error::Invalid(format!(
                     "gpt_neox hidden_act '{act}' is not supported (only the exact 'gelu')"
                 )));
             }
         } else {
-            let act = v
-                .get("hidden_act")
-                .and_then(Value::as_str)
-                .unwrap_or("silu");
+            let act = act.unwrap_or("silu");
             if act != "silu" {
                 return Err(Error::Invalid(format!(
                     "hidden_act '{act}' is not supported (only 'silu')"
                 )));
             }
         }
+        let max_position_embeddings =
+            opt_in(&v, "max_position_embeddings", 2, usize::MAX)?.unwrap_or(2048);
+        let use_parallel_residual = opt_bool(&v, "use_parallel_residual")?.unwrap_or(true);
+        let attention_bias = opt_bool(&v, "attention_bias")?;
+        let mlp_bias = opt_bool(&v, "mlp_bias")?;
+        let bos = token_ids(&v, "bos_token_id", vocab_size)?;
+        if bos.len() > 1 {
+            return Err(wrong(
+                "bos_token_id",
+                &v["bos_token_id"],
+                &format!("one token id below vocab_size {vocab_size}"),
+            ));
+        }
+        let eos_token_ids = token_ids(&v, "eos_token_id", vocab_size)?;
         Ok(ModelConfig {
             family,
             hidden_size,
@@ -231,26 +429,13 @@ impl ModelConfig {
             rope_theta,
             rope_scaling,
             rotary_pct,
-            use_parallel_residual: v
-                .get("use_parallel_residual")
-                .and_then(Value::as_bool)
-                .unwrap_or(true),
+            use_parallel_residual,
             norm_eps,
-            max_position_embeddings: get_usize(&v, "max_position_embeddings").unwrap_or(2048),
-            attention_bias: match family {
-                Family::GptNeox => v
-                    .get("attention_bias")
-                    .and_then(Value::as_bool)
-                    .unwrap_or(true),
-                _ => v
-                    .get("attention_bias")
-                    .and_then(Value::as_bool)
-                    .unwrap_or(false),
-            },
-            mlp_bias: family == Family::GptNeox
-                || v.get("mlp_bias").and_then(Value::as_bool).unwrap_or(false),
-            bos_token_id: get_usize(&v, "bos_token_id").map(|x| x as u32),
-            eos_token_ids: ids(v.get("eos_token_id")),
+            max_position_embeddings,
+            attention_bias: attention_bias.unwrap_or(family == Family::GptNeox),
+            mlp_bias: family == Family::GptNeox || mlp_bias.unwrap_or(false),
+            bos_token_id: bos.first().copied(),
+            eos_token_ids,
             raw: v,
         })
     }

@@ -79,13 +79,34 @@ pub fn perplexity(
     }
     let mut nll = 0.0;
     let mut predicted = 0;
+    let mut first_token = 0;
     for (i, w) in ws.iter().enumerate() {
-        nll += window_nll(gpu, model, w)?;
+        let w_nll = window_nll(gpu, model, w)?;
+        if !w_nll.is_finite() {
+            return Err(Error::Invalid(format!(
+                "window {} of {} (tokens {first_token}..{}): the negative log-likelihood is {w_nll}, \
+                 not a finite number; the model's weights or config.json produce overflowing \
+                 values (NaN or infinity), so no perplexity is reported",
+                i + 1,
+                ws.len(),
+                first_token + w.len()
+            )));
+        }
+        first_token += w.len();
+        nll += w_nll;
         predicted += w.len() - 1;
         progress(i + 1, ws.len());
     }
+    let perplexity = (nll / predicted as f64).exp();
+    if !perplexity.is_finite() {
+        return Err(Error::Invalid(format!(
+            "the mean negative log-likelihood {} nats is too large for a finite perplexity \
+             (exp overflows); the model's weights or config.json are broken",
+            nll / predicted as f64
+        )));
+    }
     Ok(Perplexity {
-        perplexity: (nll / predicted as f64).exp(),
+        perplexity,
         nll,
         tokens: ids.len(),
         predicted,

@@ -25,6 +25,21 @@ fn token_id(inner: &tokenizers::Tokenizer, v: Option<&serde_json::Value>) -> Opt
     }
 }
 
+/// Run a call into the tokenizers crate, turning a panic (which a
+/// malformed but parseable tokenizer.json can cause inside it) into an error.
+fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|p| {
+        let m = p
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
+        Err(Error::Invalid(format!(
+            "{what} failed inside the tokenizer ({m}); tokenizer.json is probably corrupt"
+        )))
+    })
+}
+
 impl Tokenizer {
     /// Load from a model folder; `eos_from_config` are the ids config.json
     /// names (used when tokenizer_config.json does not say).
@@ -40,8 +55,10 @@ impl Tokenizer {
                 dir.display()
             )));
         }
-        let inner = tokenizers::Tokenizer::from_file(&path)
-            .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
+        let inner = guarded(&format!("loading {}", path.display()), || {
+            tokenizers::Tokenizer::from_file(&path)
+                .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))
+        })?;
         let cfg_path = dir.join("tokenizer_config.json");
         let cfg: serde_json::Value = if cfg_path.exists() {
             let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
@@ -78,21 +95,49 @@ impl Tokenizer {
 
     /// Token ids of `text`, with or without the tokenizer's special tokens.
     pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>> {
-        let enc = self
-            .inner
-            .encode(text, add_special)
-            .map_err(|e| Error::Invalid(format!("tokenizing failed: {e}")))?;
-        Ok(enc.get_ids().to_vec())
+        guarded("tokenizing", || {
+            let enc = self
+                .inner
+                .encode(text, add_special)
+                .map_err(|e| Error::Invalid(format!("tokenizing failed: {e}")))?;
+            Ok(enc.get_ids().to_vec())
+        })
     }
 
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
-        self.inner
-            .decode(ids, skip_special)
-            .map_err(|e| Error::Invalid(format!("detokenizing failed: {e}")))
+        guarded("detokenizing", || {
+            self.inner
+                .decode(ids, skip_special)
+                .map_err(|e| Error::Invalid(format!("detokenizing failed: {e}")))
+        })
     }
 
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
+    }
+
+    /// One more than the highest id the tokenizer can produce.
+    pub fn id_bound(&self) -> usize {
+        self.inner
+            .get_vocab(true)
+            .values()
+            .map(|&i| i as usize + 1)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Every id the tokenizer produces must have a row in the embedding.
+    pub fn check_vocab(&self, dir: &Path, vocab_size: usize) -> Result<()> {
+        let bound = self.id_bound();
+        if bound > vocab_size {
+            return Err(Error::Invalid(format!(
+                "{}: 'vocab_size' in config.json is {vocab_size}, but tokenizer.json has ids up \
+                 to {}; expected a vocab_size of at least {bound}",
+                dir.display(),
+                bound - 1
+            )));
+        }
+        Ok(())
     }
 
     pub fn token_to_id(&self, s: &str) -> Option<u32> {

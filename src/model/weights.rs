@@ -35,86 +35,91 @@ fn map_file(path: &Path) -> Result<Mmap> {
     unsafe { Mmap::map(&f) }.map_err(|e| Error::io(path, e))
 }
 
-/// Parse the safetensors header of a mapped file, bounds-checked.
+/// Parse and validate the safetensors header of a mapped file, as the
+/// format requires: the 8-byte header length fits the file, the header is
+/// UTF-8 JSON, every tensor's byte length is dtype × shape, the offsets are
+/// contiguous from 0 and the last one ends exactly at the end of the file.
+/// The checks are the `safetensors` crate's own (`read_metadata`); this
+/// function turns its errors into messages that name the file.
 fn read_header(
     path: &Path,
     data: &[u8],
     file: usize,
     out: &mut BTreeMap<String, TensorEntry>,
 ) -> Result<()> {
+    use safetensors::SafeTensorError as E;
     let bad = |m: String| Error::Invalid(format!("{}: {m}", path.display()));
     if data.len() < 8 {
-        return Err(bad("too short to be a safetensors file (truncated?)".into()));
-    }
-    let n = u64::from_le_bytes(data[..8].try_into().expect("8 bytes")) as usize;
-    if n > data.len() - 8 {
         return Err(bad(format!(
-            "header claims {n} bytes but the file has {} (truncated?)",
+            "{} bytes is too short to be a safetensors file (truncated?)",
             data.len()
         )));
     }
-    let header: serde_json::Value = serde_json::from_slice(&data[8..8 + n])
-        .map_err(|e| bad(format!("header is not valid JSON: {e}")))?;
-    let obj = header
-        .as_object()
-        .ok_or_else(|| bad("header is not a JSON object".into()))?;
+    let n = u64::from_le_bytes(data[..8].try_into().expect("8 bytes"));
+    let after_len = (data.len() - 8) as u64;
+    if n > after_len {
+        return Err(bad(format!(
+            "the header length field says {n} bytes but only {after_len} bytes follow it \
+             (the file has {} bytes; truncated, or not a safetensors file?)",
+            data.len()
+        )));
+    }
+    let (n, meta) = safetensors::SafeTensors::read_metadata(data).map_err(|e| match e {
+        E::InvalidHeader(e) => bad(format!("the header is not valid UTF-8: {e}")),
+        E::InvalidHeaderDeserialization(e) | E::JsonError(e) => bad(format!(
+            "the header is not valid JSON or not a safetensors header: {e} \
+             (truncated, or a wrong header length?)"
+        )),
+        E::HeaderTooLarge => bad(format!(
+            "the header length field says {n} bytes, more than safetensors allows (100 MB)"
+        )),
+        E::MetadataIncompleteBuffer => {
+            let covered = covered_bytes(data, n as usize);
+            bad(format!(
+                "the tensors cover {} bytes of data but the file has {} bytes after the \
+                 {n}-byte header: the offsets must reach exactly the end of the file \
+                 (truncated, extra bytes, or a wrong header length?)",
+                covered.map(|c| c.to_string()).unwrap_or_else(|| "?".into()),
+                after_len - n
+            ))
+        }
+        E::InvalidOffset(name) => bad(format!(
+            "tensor '{name}' has data_offsets that do not start where the previous tensor \
+             ends (offsets must be contiguous from 0)"
+        )),
+        E::TensorInvalidInfo => {
+            bad("a tensor's data_offsets do not span dtype size × shape bytes".to_string())
+        }
+        E::ValidationOverflow => bad("a tensor's shape overflows when multiplied out".into()),
+        other => bad(format!("invalid safetensors file: {other}")),
+    })?;
     let base = 8 + n;
-    for (name, info) in obj {
-        if name == "__metadata__" {
-            continue;
-        }
-        let dtype_s = info.get("dtype").and_then(|d| d.as_str()).unwrap_or("");
-        let dtype: safetensors::Dtype = serde_json::from_value(serde_json::Value::from(dtype_s))
-            .map_err(|_| bad(format!("tensor '{name}' has unknown dtype '{dtype_s}'")))?;
-        let shape: Vec<usize> = info
-            .get("shape")
-            .and_then(|s| s.as_array())
-            .map(|a| {
-                a.iter()
-                    .filter_map(|x| x.as_u64())
-                    .map(|x| x as usize)
-                    .collect()
-            })
-            .ok_or_else(|| bad(format!("tensor '{name}' has no shape")))?;
-        let offs: Vec<usize> = info
-            .get("data_offsets")
-            .and_then(|s| s.as_array())
-            .map(|a| {
-                a.iter()
-                    .filter_map(|x| x.as_u64())
-                    .map(|x| x as usize)
-                    .collect()
-            })
-            .unwrap_or_default();
-        if offs.len() != 2 || offs[0] > offs[1] {
-            return Err(bad(format!("tensor '{name}' has bad data_offsets")));
-        }
-        let (start, end) = (base + offs[0], base + offs[1]);
-        if end > data.len() {
-            return Err(bad(format!(
-                "tensor '{name}' ends at byte {end} but the file has {} bytes (truncated?)",
-                data.len()
-            )));
-        }
-        let elems: usize = shape.iter().product();
-        if elems * dtype.bitsize() / 8 != end - start {
-            return Err(bad(format!(
-                "tensor '{name}' has {} bytes for shape {shape:?} of {dtype:?}",
-                end - start
-            )));
-        }
+    for (name, info) in meta.tensors() {
+        let (s, e) = info.data_offsets;
         out.insert(
-            name.clone(),
+            name,
             TensorEntry {
                 file,
-                dtype,
-                shape,
-                start,
-                end,
+                dtype: info.dtype,
+                shape: info.shape.clone(),
+                start: base + s,
+                end: base + e,
             },
         );
     }
     Ok(())
+}
+
+/// The largest end offset a header names, for the message about a data
+/// section that the tensors do not cover exactly.
+fn covered_bytes(data: &[u8], n: usize) -> Option<u64> {
+    let header: serde_json::Value = serde_json::from_slice(data.get(8..8 + n)?).ok()?;
+    header
+        .as_object()?
+        .values()
+        .filter_map(|t| t.get("data_offsets")?.get(1)?.as_u64())
+        .max()
+        .or(Some(0))
 }
 
 impl Checkpoint {
@@ -194,6 +199,17 @@ impl Checkpoint {
     /// Check names, shapes and dtypes against the model description and
     /// report every problem at once.
     pub fn check(&self, cfg: &ModelConfig) -> Result<()> {
+        // The layer count first: the expected tensors are listed per layer,
+        // and the list must not be planned from an unchecked config value.
+        let held = self.layer_count(cfg);
+        if held != cfg.num_layers {
+            return Err(Error::Invalid(format!(
+                "'num_hidden_layers' in config.json is {}, but the checkpoint in {} holds {held} \
+                 layer(s); expected {held}",
+                cfg.num_layers,
+                self.folder()
+            )));
+        }
         let mut problems = Vec::new();
         let expected = cfg.expected_tensors();
         for (name, shape) in &expected {
@@ -222,16 +238,39 @@ impl Checkpoint {
         } else {
             Err(Error::Invalid(format!(
                 "checkpoint in {} does not match its config.json ({} problem{}):\n  {}",
-                self.files
-                    .first()
-                    .and_then(|f| f.parent())
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_default(),
+                self.folder(),
                 problems.len(),
                 if problems.len() == 1 { "" } else { "s" },
                 problems.join("\n  ")
             )))
         }
+    }
+
+    fn folder(&self) -> String {
+        self.files
+            .first()
+            .and_then(|f| f.parent())
+            .map(|p| p.display().to_string())
+            .unwrap_or_default()
+    }
+
+    /// Decoder layers the checkpoint holds: one more than the highest
+    /// index among tensors named `<layer prefix><index>.…`.
+    pub fn layer_count(&self, cfg: &ModelConfig) -> usize {
+        let prefix = cfg.layer_prefix(0);
+        let prefix = prefix.trim_end_matches("0.");
+        self.tensors
+            .keys()
+            .filter_map(|n| {
+                n.strip_prefix(prefix)?
+                    .split('.')
+                    .next()?
+                    .parse::<usize>()
+                    .ok()
+            })
+            .map(|i| i.saturating_add(1))
+            .max()
+            .unwrap_or(0)
     }
 
     /// Upload one tensor in its stored dtype, or widened to f32.

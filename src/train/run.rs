@@ -186,6 +186,25 @@ impl<'a> Trainer<'a> {
         let grads: Vec<&crate::gpu::Tensor> = self.params.params.iter().map(|p| &p.grad).collect();
         self.norm
             .record(&mut rec, &grads, self.opts.max_grad_norm)?;
+        rec.run()?;
+        // A non-finite loss or gradient norm stops training before the
+        // update: the weights stay as they were and no checkpoint is
+        // written over the last good one.
+        let norm = gpu.read_f32(self.norm.out())?;
+        let step = self.step + 1;
+        if !sum.loss.is_finite() || !norm[1].is_finite() {
+            let what = if sum.loss.is_finite() {
+                format!("the gradient norm is {}", norm[1])
+            } else {
+                format!("the loss is {}", sum.loss)
+            };
+            return Err(Error::Invalid(format!(
+                "step {step}: {what}, not a finite number; training stopped before this \
+                 update (the last checkpoint written, if any, is kept). Try a lower --lr or \
+                 --max-grad-norm, or check the teacher's weights and the data"
+            )));
+        }
+        let mut rec = gpu.recorder();
         for p in &self.params.params {
             let cfg = AdamW {
                 lr,
@@ -206,7 +225,6 @@ impl<'a> Trainer<'a> {
             )?;
         }
         rec.run()?;
-        let norm = gpu.read_f32(self.norm.out())?;
         self.step += 1;
         let secs = t0.elapsed().as_secs_f64();
         let tokens = (self.opts.batch * accum * self.corpus.seq_len) as f64;
