@@ -6,7 +6,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::error::Result;
 use crate::gpu::{DType, Recorder, Tensor};
-use crate::ops::colsum;
+use crate::ops::{colsum, launch};
 use crate::shape_bail;
 
 #[repr(C)]
@@ -45,22 +45,12 @@ fn launch(
     total: usize,
     n: usize,
 ) -> Result<()> {
-    if total == 0 {
-        return Ok(());
-    }
-    let gpu = rec.gpu();
-    let k = gpu.kernel("bias_add", entry)?;
     let p = Params {
         total: total as u32,
         n: n as u32,
         _pad: [0; 2],
     };
-    rec.dispatch(
-        &k,
-        args,
-        bytemuck::bytes_of(&p),
-        gpu.grid_1d((total as u32).div_ceil(256)),
-    )
+    launch::per_item(rec, "bias_add", entry, args, &p, total)
 }
 
 /// y = x + b (new tensor).

@@ -9,7 +9,7 @@
 
 use crate::error::Result;
 use crate::gpu::{DType, Recorder, Tensor};
-use crate::ops::rmsnorm::{norm_backward, norm_rows, row_launch, NormBackward, NormParams};
+use crate::ops::rmsnorm::{forward_launch, norm_backward, norm_rows, NormBackward};
 use crate::shape_bail;
 
 /// What forward saves for backward: `[rows, 2]` f32, (mean, rstd) per row.
@@ -41,31 +41,20 @@ pub fn layernorm_fwd(
     let gpu = rec.gpu();
     let y = Tensor::empty(gpu, "layernorm.y", x.shape(), DType::F32)?;
     let stats = Tensor::empty(gpu, "layernorm.stats", &[rows, 2], DType::F32)?;
-    if rows > 0 {
-        let (tpr, groups) = row_launch(rec, rows, n);
-        let p = NormParams {
-            rows: rows as u32,
-            n: n as u32,
-            tpr,
-            eps,
-            chunk: 0,
-            accumulate: 0,
-            _pad: [0; 2],
-        };
-        let k = gpu.kernel("layernorm", entry)?;
-        rec.dispatch(
-            &k,
-            &[
-                ("x", x),
-                (wname, w),
-                (bname, b),
-                ("y", &y),
-                ("stats_out", &stats),
-            ],
-            bytemuck::bytes_of(&p),
-            groups,
-        )?;
-    }
+    forward_launch(
+        rec,
+        ("layernorm", entry),
+        &[
+            ("x", x),
+            (wname, w),
+            (bname, b),
+            ("y", &y),
+            ("stats_out", &stats),
+        ],
+        rows,
+        n,
+        eps,
+    )?;
     Ok((y, LayerNormSaved { stats }))
 }
 
