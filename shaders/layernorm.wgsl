@@ -1,24 +1,13 @@
 // LayerNorm with weight and bias over the last dimension (GPT-NeoX), f32:
 //   mean = sum(x)/n,  var = sum((x-mean)^2)/n (biased, two passes),
 //   rstd = 1/sqrt(var + eps),  y = (x - mean) * rstd * w + b
-// Same launch layout as rmsnorm: 256 invocations per workgroup, `tpr` per row.
+// Launch layout and tree sums: `_norm.wgsl`, as rmsnorm.
 //
 // Backward (g = dL/dy, xh = (x-mean)*rstd):
 //   dx = rstd * (g*w - mean(g*w) - xh * mean(g*w*xh))
 //   dw = sum over rows of g*xh,  db = sum over rows of g   (per-chunk partials)
 // With `accumulate`, dx is added into (Pythia's parallel residual sums the
 // gradients of both norms and of the residual path).
-
-struct Params {
-    rows: u32,
-    n: u32,
-    tpr: u32,
-    eps: f32,
-    chunk: u32,
-    accumulate: u32,   // backward: 1 adds into dx instead of overwriting
-    _p1: u32,
-    _p2: u32,
-}
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
@@ -35,33 +24,7 @@ struct Params {
 @group(0) @binding(12) var<storage, read_write> db_part: array<f32>;
 
 //#include _common
-
-var<workgroup> red: array<vec2<f32>, 256>;
-
-// Sums of `v` over the `p.tpr` invocations of a row (both components).
-fn row_sum2(v: vec2<f32>, lid: u32) -> vec2<f32> {
-    red[lid] = v;
-    workgroupBarrier();
-    let lane = lid % p.tpr;
-    var s = p.tpr / 2u;
-    loop {
-        if s == 0u {
-            break;
-        }
-        if lane < s {
-            red[lid] += red[lid + s];
-        }
-        workgroupBarrier();
-        s = s / 2u;
-    }
-    let total = red[lid - lane];
-    workgroupBarrier();
-    return total;
-}
-
-fn row_of(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
-    return folded_group(wid, nwg) * (256u / p.tpr) + lid / p.tpr;
-}
+//#include _norm
 
 // (mean, rstd) of `row`; every invocation must call it.
 fn row_stats(row: u32, lane: u32, lid: u32) -> vec2<f32> {
@@ -73,7 +36,7 @@ fn row_stats(row: u32, lane: u32, lid: u32) -> vec2<f32> {
             s += x[base + c];
         }
     }
-    let mean = row_sum2(vec2<f32>(s, 0.0), lid).x / f32(p.n);
+    let mean = row_sum(s, lid) / f32(p.n);
     var q = 0.0;
     if live {
         for (var c = lane; c < p.n; c += p.tpr) {
@@ -81,7 +44,7 @@ fn row_stats(row: u32, lane: u32, lid: u32) -> vec2<f32> {
             q += d * d;
         }
     }
-    let var_ = row_sum2(vec2<f32>(q, 0.0), lid).x / f32(p.n);
+    let var_ = row_sum(q, lid) / f32(p.n);
     return vec2<f32>(mean, inverseSqrt(var_ + p.eps));
 }
 
@@ -152,11 +115,7 @@ fn layernorm_bwd_dx(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
         let gw = dy[base + c] * w[c];
         let xh = (x[base + c] - mean) * r;
         let v = r * (gw - tot.x - xh * tot.y);
-        if p.accumulate == 1u {
-            dx[base + c] = dx[base + c] + v;
-        } else {
-            dx[base + c] = v;
-        }
+        store_dx(base + c, v);
     }
 }
 

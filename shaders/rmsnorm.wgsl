@@ -2,28 +2,13 @@
 //   rstd = 1 / sqrt(mean(x^2) + eps),   y = w * (x * rstd)
 // Rows are everything but the last dim; the weight has `n` entries (Qwen3's
 // per-head q/k norm is the same op on rows of head_dim).
-//
-// Layout of a launch: 256 invocations per workgroup, `tpr` (a power of two)
-// invocations per row, so 256 / tpr rows per workgroup; short rows (head_dim
-// 128) then still fill a workgroup. Sums are segmented tree reductions in
-// workgroup memory: fixed order, so results do not vary from run to run.
+// Launch layout and tree sums: `_norm.wgsl`.
 //
 // Backward (g = dL/dy):
 //   dx = rstd * (g*w) - x * rstd^3 / n * sum(g*w*x)
 //   dw = sum over rows of g * x * rstd   (per-chunk partials, then colsum)
 // With `accumulate`, dx is added into (residual streams sum gradients).
 // rmsnorm_residual_fwd fuses the residual add: h = x + res, y = norm(h).
-
-struct Params {
-    rows: u32,
-    n: u32,
-    tpr: u32,
-    eps: f32,
-    chunk: u32,
-    accumulate: u32,   // backward: 1 adds into dx instead of overwriting
-    _p1: u32,
-    _p2: u32,
-}
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
@@ -39,36 +24,7 @@ struct Params {
 @group(0) @binding(11) var<storage, read_write> h: array<f32>;
 
 //#include _common
-
-var<workgroup> red: array<f32, 256>;
-
-// Sum of `v` over the `p.tpr` invocations that share a row. Every
-// invocation of the workgroup must call it (it has barriers).
-fn row_sum(v: f32, lid: u32) -> f32 {
-    red[lid] = v;
-    workgroupBarrier();
-    let lane = lid % p.tpr;
-    var s = p.tpr / 2u;
-    loop {
-        if s == 0u {
-            break;
-        }
-        if lane < s {
-            red[lid] += red[lid + s];
-        }
-        workgroupBarrier();
-        s = s / 2u;
-    }
-    let total = red[lid - lane];
-    workgroupBarrier();
-    return total;
-}
-
-// Row handled by this invocation (may be >= p.rows: then it only joins the
-// barriers) and its first column.
-fn row_of(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
-    return folded_group(wid, nwg) * (256u / p.tpr) + lid / p.tpr;
-}
+//#include _norm
 
 // 1 / sqrt(mean(x^2) + eps) of `row` (0 for rows past the end).
 fn row_rstd(row: u32, lane: u32, lid: u32) -> f32 {
@@ -170,11 +126,7 @@ fn rmsnorm_bwd_dx(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
     let k = r * r * r * total / f32(p.n);
     for (var c = lane; c < p.n; c += p.tpr) {
         let v = r * (dy[base + c] * w[c]) - k * x[base + c];
-        if p.accumulate == 1u {
-            dx[base + c] = dx[base + c] + v;
-        } else {
-            dx[base + c] = v;
-        }
+        store_dx(base + c, v);
     }
 }
 
