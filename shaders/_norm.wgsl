@@ -18,6 +18,17 @@ struct Params {
     _p2: u32,
 }
 
+// The weight is bound as u32 words: f32 bits, or (W_BF16) bf16 pairs as
+// published. The including shader declares `w`.
+override W_BF16: bool = false;
+
+fn weight(c: u32) -> f32 {
+    if W_BF16 {
+        return bf16_pick(w[c >> 1u], c);
+    }
+    return bitcast<f32>(w[c]);
+}
+
 var<workgroup> red: array<vec2<f32>, 256>;
 
 // Sums of `v` over the `p.tpr` invocations of a row (both components, each

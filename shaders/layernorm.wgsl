@@ -11,10 +11,8 @@
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read> w: array<f32>;
-@group(0) @binding(3) var<storage, read> b: array<f32>;
-@group(0) @binding(4) var<storage, read> w_bf16: array<u32>;
-@group(0) @binding(5) var<storage, read> b_bf16: array<u32>;
+@group(0) @binding(2) var<storage, read> w: array<u32>;
+@group(0) @binding(3) var<storage, read> b: array<u32>;
 @group(0) @binding(6) var<storage, read_write> y: array<f32>;
 @group(0) @binding(7) var<storage, read_write> stats_out: array<f32>;
 @group(0) @binding(8) var<storage, read> dy: array<f32>;
@@ -25,6 +23,14 @@
 
 //#include _common
 //#include _norm
+
+// The bias, in the weight's encoding.
+fn bias(c: u32) -> f32 {
+    if W_BF16 {
+        return bf16_pick(b[c >> 1u], c);
+    }
+    return bitcast<f32>(b[c]);
+}
 
 // (mean, rstd) of `row`; every invocation must call it.
 fn row_stats(row: u32, lane: u32, lid: u32) -> vec2<f32> {
@@ -59,29 +65,7 @@ fn layernorm_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
     }
     let base = row * p.n;
     for (var c = lane; c < p.n; c += p.tpr) {
-        y[base + c] = (x[base + c] - st.x) * st.y * w[c] + b[c];
-    }
-    if lane == 0u {
-        stats_out[2u * row] = st.x;
-        stats_out[2u * row + 1u] = st.y;
-    }
-}
-
-// The same with bf16 weight and bias (packed pairs, as published).
-@compute @workgroup_size(256)
-fn layernorm_fwd_bf16(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                      @builtin(local_invocation_index) lid: u32) {
-    let row = row_of(wid, nwg, lid);
-    let lane = lid % p.tpr;
-    let st = row_stats(row, lane, lid);
-    if row >= p.rows {
-        return;
-    }
-    let base = row * p.n;
-    for (var c = lane; c < p.n; c += p.tpr) {
-        let wc = bf16_pick(w_bf16[c >> 1u], c);
-        let bc = bf16_pick(b_bf16[c >> 1u], c);
-        y[base + c] = (x[base + c] - st.x) * st.y * wc + bc;
+        y[base + c] = (x[base + c] - st.x) * st.y * weight(c) + bias(c);
     }
     if lane == 0u {
         stats_out[2u * row] = st.x;
@@ -102,7 +86,7 @@ fn layernorm_bwd_dx(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
         mean = stats[2u * row];
         r = stats[2u * row + 1u];
         for (var c = lane; c < p.n; c += p.tpr) {
-            let gw = dy[base + c] * w[c];
+            let gw = dy[base + c] * weight(c);
             let xh = (x[base + c] - mean) * r;
             s += vec2<f32>(gw, gw * xh);
         }
@@ -112,7 +96,7 @@ fn layernorm_bwd_dx(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
         return;
     }
     for (var c = lane; c < p.n; c += p.tpr) {
-        let gw = dy[base + c] * w[c];
+        let gw = dy[base + c] * weight(c);
         let xh = (x[base + c] - mean) * r;
         let v = r * (gw - tot.x - xh * tot.y);
         store_dx(base + c, v);

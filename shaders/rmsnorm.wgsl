@@ -12,8 +12,7 @@
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read> w: array<f32>;
-@group(0) @binding(3) var<storage, read> w_bf16: array<u32>;
+@group(0) @binding(2) var<storage, read> w: array<u32>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
 @group(0) @binding(5) var<storage, read_write> rstd_out: array<f32>;
 @group(0) @binding(6) var<storage, read> dy: array<f32>;
@@ -51,27 +50,7 @@ fn rmsnorm_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     }
     let base = row * p.n;
     for (var c = lane; c < p.n; c += p.tpr) {
-        y[base + c] = w[c] * (x[base + c] * r);
-    }
-    if lane == 0u {
-        rstd_out[row] = r;
-    }
-}
-
-// The same with a bf16 weight (packed pairs, as published).
-@compute @workgroup_size(256)
-fn rmsnorm_fwd_bf16(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                    @builtin(local_invocation_index) lid: u32) {
-    let row = row_of(wid, nwg, lid);
-    let lane = lid % p.tpr;
-    let r = row_rstd(row, lane, lid);
-    if row >= p.rows {
-        return;
-    }
-    let base = row * p.n;
-    for (var c = lane; c < p.n; c += p.tpr) {
-        let wc = bf16_pick(w_bf16[c >> 1u], c);
-        y[base + c] = wc * (x[base + c] * r);
+        y[base + c] = weight(c) * (x[base + c] * r);
     }
     if lane == 0u {
         rstd_out[row] = r;
@@ -99,7 +78,7 @@ fn rmsnorm_residual_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_work
         return;
     }
     for (var c = lane; c < p.n; c += p.tpr) {
-        y[base + c] = w[c] * (h[base + c] * r);
+        y[base + c] = weight(c) * (h[base + c] * r);
     }
     if lane == 0u {
         rstd_out[row] = r;
@@ -115,7 +94,7 @@ fn rmsnorm_bwd_dx(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
     var s = 0.0;
     if row < p.rows {
         for (var c = lane; c < p.n; c += p.tpr) {
-            s += dy[base + c] * w[c] * x[base + c];
+            s += dy[base + c] * weight(c) * x[base + c];
         }
     }
     let total = row_sum(s, lid);
@@ -125,7 +104,7 @@ fn rmsnorm_bwd_dx(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
     let r = rstd[row];
     let k = r * r * r * total / f32(p.n);
     for (var c = lane; c < p.n; c += p.tpr) {
-        let v = r * (dy[base + c] * w[c]) - k * x[base + c];
+        let v = r * (dy[base + c] * weight(c)) - k * x[base + c];
         store_dx(base + c, v);
     }
 }

@@ -74,10 +74,6 @@ pub fn embedding_sharded(rec: &mut Recorder, ids: &Tensor, shards: &[Tensor]) ->
             );
         }
         if total > 0 {
-            let (entry, tname) = match shard.dtype() {
-                DType::BF16 => ("embed_bf16", "table_bf16"),
-                _ => ("embed_f32", "table"),
-            };
             let p = Params {
                 tokens: tokens as u32,
                 hidden: hidden as u32,
@@ -87,8 +83,9 @@ pub fn embedding_sharded(rec: &mut Recorder, ids: &Tensor, shards: &[Tensor]) ->
                 col_blocks: 0,
                 _pad: [0; 2],
             };
-            let args = [("ids", ids), (tname, shard), ("out", &out)];
-            launch::per_item(rec, "embedding", entry, &args, &p, total)?;
+            let args = [("ids", ids), ("table", shard), ("out", &out)];
+            let bf16 = [("TABLE_BF16", (shard.dtype() == DType::BF16) as u32 as f64)];
+            launch::per_item_with(rec, ("embedding", "embed"), &bf16, &args, &p, total)?;
         }
         row_start += rows;
     }

@@ -22,7 +22,19 @@ pub(crate) fn dispatch<P: Pod>(
     params: &P,
     groups: [u32; 3],
 ) -> Result<()> {
-    let k = rec.gpu().kernel(shader, entry)?;
+    dispatch_with(rec, (shader, entry), &[], args, params, groups)
+}
+
+/// `dispatch` with WGSL `override` constants set (`Gpu::kernel_with`).
+pub(crate) fn dispatch_with<P: Pod>(
+    rec: &mut Recorder,
+    (shader, entry): (&str, &str),
+    constants: &[(&str, f64)],
+    args: &[(&str, &Tensor)],
+    params: &P,
+    groups: [u32; 3],
+) -> Result<()> {
+    let k = rec.gpu().kernel_with(shader, entry, constants)?;
     rec.dispatch(&k, args, bytemuck::bytes_of(params), groups)
 }
 
@@ -37,11 +49,23 @@ pub(crate) fn per_item<P: Pod>(
     params: &P,
     items: usize,
 ) -> Result<()> {
+    per_item_with(rec, (shader, entry), &[], args, params, items)
+}
+
+/// `per_item` with WGSL `override` constants set.
+pub(crate) fn per_item_with<P: Pod>(
+    rec: &mut Recorder,
+    kernel: (&str, &str),
+    constants: &[(&str, f64)],
+    args: &[(&str, &Tensor)],
+    params: &P,
+    items: usize,
+) -> Result<()> {
     if items == 0 {
         return Ok(());
     }
     let groups = rec.gpu().grid_1d((items as u32).div_ceil(WG));
-    dispatch(rec, shader, entry, args, params, groups)
+    dispatch_with(rec, kernel, constants, args, params, groups)
 }
 
 /// One workgroup per group of work (a row, a chunk), the grid folded into y

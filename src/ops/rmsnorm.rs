@@ -42,11 +42,21 @@ pub(crate) fn row_launch(rec: &Recorder, rows: usize, n: usize) -> (u32, [u32; 3
     (tpr, groups)
 }
 
+/// Whether a norm's weight (f32 or bf16) is bf16: the shaders' `W_BF16`.
+pub(crate) fn weight_is_bf16(op: &str, w: &Tensor) -> Result<bool> {
+    match w.dtype() {
+        DType::F32 => Ok(false),
+        DType::BF16 => Ok(true),
+        other => shape_bail!("{op}: weight must be f32 or bf16, got {}", other.name()),
+    }
+}
+
 /// Record a norm's forward kernel over `rows` rows of `n` (nothing for no
-/// rows).
+/// rows), its weight bound as `w` in f32 or (`w_bf16`) bf16.
 pub(crate) fn forward_launch(
     rec: &mut Recorder,
-    (shader, entry): (&str, &str),
+    kernel: (&str, &str),
+    w_bf16: bool,
     args: &[(&str, &Tensor)],
     rows: usize,
     n: usize,
@@ -65,7 +75,8 @@ pub(crate) fn forward_launch(
         accumulate: 0,
         _pad: [0; 2],
     };
-    launch::dispatch(rec, shader, entry, args, &p, groups)
+    let constants = [("W_BF16", w_bf16 as u32 as f64)];
+    launch::dispatch_with(rec, kernel, &constants, args, &p, groups)
 }
 
 /// Rows of `x` for a weight of `n` entries, or a shape error.
@@ -97,16 +108,12 @@ pub fn rmsnorm_fwd(
 ) -> Result<(Tensor, RmsNormSaved)> {
     let n = w.numel();
     let rows = norm_rows("rmsnorm", x, n)?;
-    let (entry, wname) = match w.dtype() {
-        DType::F32 => ("rmsnorm_fwd", "w"),
-        DType::BF16 => ("rmsnorm_fwd_bf16", "w_bf16"),
-        other => shape_bail!("rmsnorm: weight must be f32 or bf16, got {}", other.name()),
-    };
+    let bf16 = weight_is_bf16("rmsnorm", w)?;
     let gpu = rec.gpu();
     let y = Tensor::empty(gpu, "rmsnorm.y", x.shape(), DType::F32)?;
     let rstd = Tensor::empty(gpu, "rmsnorm.rstd", &[rows], DType::F32)?;
-    let args = [("x", x), (wname, w), ("y", &y), ("rstd_out", &rstd)];
-    forward_launch(rec, ("rmsnorm", entry), &args, rows, n, eps)?;
+    let args = [("x", x), ("w", w), ("y", &y), ("rstd_out", &rstd)];
+    forward_launch(rec, ("rmsnorm", "rmsnorm_fwd"), bf16, &args, rows, n, eps)?;
     Ok((y, RmsNormSaved { rstd }))
 }
 
@@ -143,6 +150,7 @@ pub fn rmsnorm_residual_fwd(
     forward_launch(
         rec,
         ("rmsnorm", "rmsnorm_residual_fwd"),
+        false,
         &[
             ("x", x),
             ("res", residual),
