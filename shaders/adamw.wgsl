@@ -51,8 +51,8 @@ struct NormParams {
 @group(0) @binding(11) var<storage, read_write> out: array<f32>;
 
 //#include _common
+//#include _wg_reduce
 
-const WG: u32 = 256u;
 // Elements per workgroup of sumsq_partial: 16 per invocation.
 const CHUNK: u32 = 4096u;
 
@@ -90,23 +90,6 @@ fn adamw_step_scaled(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num
     if i < p.n {
         update(i, grad[i] * gscale[0]);
     }
-}
-
-var<workgroup> red: array<f32, 256>;
-
-fn wg_sum(val: f32, lid: u32) -> f32 {
-    red[lid] = val;
-    workgroupBarrier();
-    for (var k = WG / 2u; k > 0u; k = k / 2u) {
-        if lid < k {
-            red[lid] += red[lid + k];
-        }
-        workgroupBarrier();
-    }
-    let r = red[0];
-    // red is reused by the caller's next reduction.
-    workgroupBarrier();
-    return r;
 }
 
 // Stage 1: the sum of squares of each CHUNK of x into partials[out_offset + chunk].

@@ -125,63 +125,75 @@ fn key_ok(b: u32, key: u32, kend: u32) -> bool {
     return ok;
 }
 
-// Rows [k0, k0 + BK) of k (or v) for kv head kvh into tiles[base..], zeros
-// past kend.
-fn load_k_tile(base: u32, b: u32, kvh: u32, k0: u32, kend: u32, tid: u32, d4: u32) {
-    for (var i = tid; i < BK * d4; i += NT) {
-        let j = i / d4;
-        let c = i - j * d4;
-        let key = k0 + j;
-        var val = vec4<f32>(0.0);
-        if key < kend {
-            val = k[kv_index(b, key, kvh) + c];
-        }
-        tiles[base + j * STR + c] = val;
-    }
+// Element i of a tile load of d4 vec4 per row: (tile row, vec4 column).
+fn tile_rc(i: u32, d4: u32) -> vec2<u32> {
+    let r = i / d4;
+    return vec2<u32>(r, i - r * d4);
 }
-fn load_v_tile(base: u32, b: u32, kvh: u32, k0: u32, kend: u32, tid: u32, d4: u32) {
+
+// (query, head) of `row` (query * group + head in group) of kv head kvh.
+fn row_qh(kvh: u32, row: u32) -> vec2<u32> {
+    let qi = row / p.group;
+    return vec2<u32>(qi, kvh * p.group + row - qi * p.group);
+}
+
+// Rows [k0, k0 + BK) of k (or, with from_v, of v) for kv head kvh into
+// tiles[base..], zeros past kend.
+fn load_kv_tile(from_v: bool, base: u32, b: u32, kvh: u32, k0: u32, kend: u32, tid: u32, d4: u32) {
     for (var i = tid; i < BK * d4; i += NT) {
-        let j = i / d4;
-        let c = i - j * d4;
-        let key = k0 + j;
+        let jc = tile_rc(i, d4);
+        let key = k0 + jc.x;
         var val = vec4<f32>(0.0);
         if key < kend {
-            val = v[kv_index(b, key, kvh) + c];
+            let src = kv_index(b, key, kvh) + jc.y;
+            if from_v {
+                val = v[src];
+            } else {
+                val = k[src];
+            }
         }
-        tiles[base + j * STR + c] = val;
+        tiles[base + jc.x * STR + jc.y] = val;
     }
 }
 
 // Q rows [row0, row0 + n) of the group into tiles[base..] (zeros past the end).
 fn load_q_rows(base: u32, b: u32, kvh: u32, row0: u32, n: u32, tid: u32, d4: u32) {
-    let g = p.group;
-    let nrows = p.tq * g;
     for (var i = tid; i < n * d4; i += NT) {
-        let r = i / d4;
-        let c = i - r * d4;
-        let row = row0 + r;
+        let rc = tile_rc(i, d4);
         var val = vec4<f32>(0.0);
-        if row < nrows {
-            let qi = row / g;
-            val = q[q_index(b, qi, kvh * g + row - qi * g) + c];
+        if row0 + rc.x < p.tq * p.group {
+            let qh = row_qh(kvh, row0 + rc.x);
+            val = q[q_index(b, qh.x, qh.y) + rc.y];
         }
-        tiles[base + r * STR + c] = val;
+        tiles[base + rc.x * STR + rc.y] = val;
     }
 }
-fn load_dout_rows(base: u32, b: u32, kvh: u32, row0: u32, n: u32, tid: u32, d4: u32) {
-    let g = p.group;
-    let nrows = p.tq * g;
+
+// The same rows of q into tiles[q_base..] and of d_out into tiles[do_base..].
+fn load_q_dout_rows(q_base: u32, do_base: u32, b: u32, kvh: u32, row0: u32, n: u32, tid: u32, d4: u32) {
     for (var i = tid; i < n * d4; i += NT) {
-        let r = i / d4;
-        let c = i - r * d4;
-        let row = row0 + r;
-        var val = vec4<f32>(0.0);
-        if row < nrows {
-            let qi = row / g;
-            val = d_out[o_index(b, qi, kvh * g + row - qi * g) + c];
+        let rc = tile_rc(i, d4);
+        var qv = vec4<f32>(0.0);
+        var dov = vec4<f32>(0.0);
+        if row0 + rc.x < p.tq * p.group {
+            let qh = row_qh(kvh, row0 + rc.x);
+            qv = q[q_index(b, qh.x, qh.y) + rc.y];
+            dov = d_out[o_index(b, qh.x, qh.y) + rc.y];
         }
-        tiles[base + r * STR + c] = val;
+        tiles[q_base + rc.x * STR + rc.y] = qv;
+        tiles[do_base + rc.x * STR + rc.y] = dov;
     }
+}
+
+// (lse, delta) of `row` of kv head kvh from the stats (zeros past the end).
+fn row_stats(b: u32, kvh: u32, row: u32) -> vec2<f32> {
+    var st = vec2<f32>(0.0);
+    if row < p.tq * p.group {
+        let qh = row_qh(kvh, row);
+        let li = lse_index(b, qh.y, qh.x);
+        st = vec2<f32>(stats_in[2u * li], stats_in[2u * li + 1u]);
+    }
+    return st;
 }
 
 // ---------------------------------------------------------------- forward
@@ -231,7 +243,7 @@ fn attn_fwd(
 
     for (var kb = kstart; kb < kend; kb += BK) {
         workgroupBarrier();
-        load_k_tile(kv0, b, kvh, kb, kend, tid, d4);
+        load_kv_tile(false, kv0, b, kvh, kb, kend, tid, d4);
         workgroupBarrier();
         if live {
             let key = kb + tx;
@@ -254,7 +266,7 @@ fn attn_fwd(
         }
         workgroupBarrier();
         // K is no longer needed: V takes its place.
-        load_v_tile(kv0, b, kvh, kb, kend, tid, d4);
+        load_kv_tile(true, kv0, b, kvh, kb, kend, tid, d4);
         // Online softmax, one invocation per row.
         if tid < F_BQ {
             let base = tid * PS;
@@ -326,11 +338,10 @@ fn attn_fwd(
         for (var i = 0u; i < F_RQ; i++) {
             let row = row0 + my0 + i;
             if row < nrows {
-                let qi = row / g;
-                let h = kvh * g + row - qi * g;
+                let qh = row_qh(kvh, row);
                 let l = rs[F_BQ + my0 + i];
                 let inv = select(0.0, 1.0 / max(l, 1.0e-30), l > 0.0);
-                let oi = o_off + o_index(b, qi, h);
+                let oi = o_off + o_index(b, qh.x, qh.y);
                 if tx < d4 {
                     out[oi + tx] = acc[2u * i] * inv;
                 }
@@ -341,12 +352,10 @@ fn attn_fwd(
         }
     }
     if tid < F_BQ && row0 + tid < nrows {
-        let row = row0 + tid;
-        let qi = row / g;
-        let h = kvh * g + row - qi * g;
+        let qh = row_qh(kvh, row0 + tid);
         let l = rs[F_BQ + tid];
         let empty = select(neg_inf(), NEG, p.splits > 1u);
-        lse[l_off + lse_index(b, h, qi)] = select(empty, rs[tid] + log(max(l, 1.0e-30)), l > 0.0);
+        lse[l_off + lse_index(b, qh.y, qh.x)] = select(empty, rs[tid] + log(max(l, 1.0e-30)), l > 0.0);
     }
 }
 
@@ -437,20 +446,11 @@ fn attn_bwd_dq(
     let do0 = Q_BQ * STR;
     let kv0 = 2u * Q_BQ * STR;
 
-    load_q_rows(q0, b, kvh, row0, Q_BQ, tid, d4);
-    load_dout_rows(do0, b, kvh, row0, Q_BQ, tid, d4);
+    load_q_dout_rows(q0, do0, b, kvh, row0, Q_BQ, tid, d4);
     if tid < Q_BQ {
-        let row = row0 + tid;
-        var l = 0.0;
-        var dl = 0.0;
-        if row < nrows {
-            let qi = row / g;
-            let li = lse_index(b, kvh * g + row - qi * g, qi);
-            l = stats_in[2u * li];
-            dl = stats_in[2u * li + 1u];
-        }
-        rs[tid] = l;
-        rs[Q_BQ + tid] = dl;
+        let st = row_stats(b, kvh, row0 + tid);
+        rs[tid] = st.x;
+        rs[Q_BQ + tid] = st.y;
     }
 
     let last_row = min(row0 + Q_BQ, nrows) - 1u;
@@ -467,7 +467,7 @@ fn attn_bwd_dq(
 
     for (var kb = 0u; kb < kmax; kb += BK) {
         workgroupBarrier();
-        load_v_tile(kv0, b, kvh, kb, kmax, tid, d4);
+        load_kv_tile(true, kv0, b, kvh, kb, kmax, tid, d4);
         workgroupBarrier();
         var dp = vec2<f32>(0.0);
         if live {
@@ -480,7 +480,7 @@ fn attn_bwd_dq(
             }
         }
         workgroupBarrier();
-        load_k_tile(kv0, b, kvh, kb, kmax, tid, d4);
+        load_kv_tile(false, kv0, b, kvh, kb, kmax, tid, d4);
         workgroupBarrier();
         if live {
             let key = kb + tx;
@@ -521,8 +521,8 @@ fn attn_bwd_dq(
         for (var i = 0u; i < Q_RQ; i++) {
             let row = row0 + my0 + i;
             if row < nrows {
-                let qi = row / g;
-                let oi = o_index(b, qi, kvh * g + row - qi * g);
+                let qh = row_qh(kvh, row);
+                let oi = o_index(b, qh.x, qh.y);
                 if tx < d4 {
                     dq[oi + tx] = acc[2u * i];
                 }
@@ -557,8 +557,8 @@ fn attn_bwd_dkdv(
     let do0 = q0 + K_BR * STR;
     let ds0 = K_BR * PS;
 
-    load_k_tile(k0, b, kvh, kb0, p.tk, tid, d4);
-    load_v_tile(v0, b, kvh, kb0, p.tk, tid, d4);
+    load_kv_tile(false, k0, b, kvh, kb0, p.tk, tid, d4);
+    load_kv_tile(true, v0, b, kvh, kb0, p.tk, tid, d4);
 
     // Score phase: one (row, key) pair per invocation.
     let sj = tid % K_BK;
@@ -583,20 +583,11 @@ fn attn_bwd_dkdv(
 
     for (var r0 = qi_min * g; r0 < nrows; r0 += K_BR) {
         workgroupBarrier();
-        load_q_rows(q0, b, kvh, r0, K_BR, tid, d4);
-        load_dout_rows(do0, b, kvh, r0, K_BR, tid, d4);
+        load_q_dout_rows(q0, do0, b, kvh, r0, K_BR, tid, d4);
         if tid < K_BR {
-            let row = r0 + tid;
-            var l = 0.0;
-            var dl = 0.0;
-            if row < nrows {
-                let qi = row / g;
-                let li = lse_index(b, kvh * g + row - qi * g, qi);
-                l = stats_in[2u * li];
-                dl = stats_in[2u * li + 1u];
-            }
-            rs[tid] = l;
-            rs[K_BR + tid] = dl;
+            let st = row_stats(b, kvh, r0 + tid);
+            rs[tid] = st.x;
+            rs[K_BR + tid] = st.y;
         }
         workgroupBarrier();
         let row = r0 + sr;

@@ -192,22 +192,26 @@ fn grad1(f: Fin, x: f32, y_t: f32, idx: u32, y: u32, cs: f32) -> f32 {
     return cs * (sm - hot) + p.kl_scale * (q - pt);
 }
 
+// Four logits WG apart from j, as the 4-wide loops stride. (naga passes
+// no storage pointers to functions, so each binding has its own loader.)
+fn s4(j: u32) -> vec4<f32> {
+    return vec4<f32>(s[j], s[j + WG], s[j + 2u * WG], s[j + 3u * WG]);
+}
+fn sg4(j: u32) -> vec4<f32> {
+    return vec4<f32>(sg[j], sg[j + WG], sg[j + 2u * WG], sg[j + 3u * WG]);
+}
+fn t4(j: u32) -> vec4<f32> {
+    return vec4<f32>(t[j], t[j + WG], t[j + 2u * WG], t[j + 3u * WG]);
+}
+
 // Pass 1 over s (read-only binding) and t.
 fn pass1_s(base: u32, lid: u32) -> St {
     var a = st_init();
-    let n = p.cols;
     var i = lid;
-    loop {
-        if i + 3u * WG >= n {
-            break;
-        }
-        let j = base + i;
-        let sv = vec4<f32>(s[j], s[j + WG], s[j + 2u * WG], s[j + 3u * WG]);
-        let tv = vec4<f32>(t[j], t[j + WG], t[j + 2u * WG], t[j + 3u * WG]);
-        a = upd4(a, sv, tv);
-        i += 4u * WG;
+    for (; i + 3u * WG < p.cols; i += 4u * WG) {
+        a = upd4(a, s4(base + i), t4(base + i));
     }
-    for (; i < n; i += WG) {
+    for (; i < p.cols; i += WG) {
         a = upd1(a, s[base + i], t[base + i]);
     }
     return a;
@@ -216,19 +220,11 @@ fn pass1_s(base: u32, lid: u32) -> St {
 // Pass 1 over sg (the in-place binding) and t.
 fn pass1_sg(base: u32, lid: u32) -> St {
     var a = st_init();
-    let n = p.cols;
     var i = lid;
-    loop {
-        if i + 3u * WG >= n {
-            break;
-        }
-        let j = base + i;
-        let sv = vec4<f32>(sg[j], sg[j + WG], sg[j + 2u * WG], sg[j + 3u * WG]);
-        let tv = vec4<f32>(t[j], t[j + WG], t[j + 2u * WG], t[j + 3u * WG]);
-        a = upd4(a, sv, tv);
-        i += 4u * WG;
+    for (; i + 3u * WG < p.cols; i += 4u * WG) {
+        a = upd4(a, sg4(base + i), t4(base + i));
     }
-    for (; i < n; i += WG) {
+    for (; i < p.cols; i += WG) {
         a = upd1(a, sg[base + i], t[base + i]);
     }
     return a;
@@ -236,6 +232,35 @@ fn pass1_sg(base: u32, lid: u32) -> St {
 
 fn wg_offsets(i: u32) -> vec4<u32> {
     return vec4<u32>(i, i + WG, i + 2u * WG, i + 3u * WG);
+}
+
+// The target's student logit (0 without a target), read by invocation 0
+// only, which writes the CE.
+fn s_target(base: u32, y: u32, lid: u32) -> f32 {
+    var s_y = 0.0;
+    if lid == 0u && y < p.cols {
+        s_y = s[base + y];
+    }
+    return s_y;
+}
+
+// The row's CE (0 without a target) and KL, from invocation 0.
+fn store_losses(row: u32, lid: u32, f: Fin, s_y: f32, y: u32) {
+    if lid == 0u {
+        ce[row] = select(0.0, f.m + f.lz1 - s_y, y < p.cols);
+        kl[row] = f.kl;
+    }
+}
+
+// Pass 1 over a row of s and t and the workgroup merge; stores the row's
+// CE and KL and returns what pass 2 needs.
+fn losses_s(row: u32, lid: u32) -> Fin {
+    let base = row * p.cols;
+    let y = targets[row];
+    let s_y = s_target(base, y, lid);
+    let f = finish(reduce_state(pass1_s(base, lid), lid));
+    store_losses(row, lid, f, s_y, y);
+    return f;
 }
 
 // CE + KL per row, and the gradient into ds.
@@ -249,36 +274,20 @@ fn distill_fwd_bwd(
     if row >= p.rows {
         return;
     }
+    let f = losses_s(row, lid);
     let base = row * p.cols;
     let y = targets[row];
-    let has_y = y < p.cols;
-    var s_y = 0.0;
-    if lid == 0u && has_y {
-        s_y = s[base + y];
-    }
-    let f = finish(reduce_state(pass1_s(base, lid), lid));
-    if lid == 0u {
-        ce[row] = select(0.0, f.m + f.lz1 - s_y, has_y);
-        kl[row] = f.kl;
-    }
-    let cs = select(0.0, p.ce_scale, has_y);
-    let n = p.cols;
+    let cs = select(0.0, p.ce_scale, y < p.cols);
     var i = lid;
-    loop {
-        if i + 3u * WG >= n {
-            break;
-        }
+    for (; i + 3u * WG < p.cols; i += 4u * WG) {
         let j = base + i;
-        let sv = vec4<f32>(s[j], s[j + WG], s[j + 2u * WG], s[j + 3u * WG]);
-        let tv = vec4<f32>(t[j], t[j + WG], t[j + 2u * WG], t[j + 3u * WG]);
-        let g = grad4(f, sv, tv, wg_offsets(i), y, cs);
+        let g = grad4(f, s4(j), t4(j), wg_offsets(i), y, cs);
         ds[j] = g.x;
         ds[j + WG] = g.y;
         ds[j + 2u * WG] = g.z;
         ds[j + 3u * WG] = g.w;
-        i += 4u * WG;
     }
-    for (; i < n; i += WG) {
+    for (; i < p.cols; i += WG) {
         ds[base + i] = grad1(f, s[base + i], t[base + i], i, y, cs);
     }
 }
@@ -296,37 +305,26 @@ fn distill_fwd_bwd_inplace(
     }
     let base = row * p.cols;
     let y = targets[row];
-    let has_y = y < p.cols;
     var s_y = 0.0;
-    if lid == 0u && has_y {
+    if lid == 0u && y < p.cols {
         s_y = sg[base + y];
     }
     let st = pass1_sg(base, lid);
     // Every read of this row happens before any write of it below.
     storageBarrier();
     let f = finish(reduce_state(st, lid));
-    if lid == 0u {
-        ce[row] = select(0.0, f.m + f.lz1 - s_y, has_y);
-        kl[row] = f.kl;
-    }
-    let cs = select(0.0, p.ce_scale, has_y);
-    let n = p.cols;
+    store_losses(row, lid, f, s_y, y);
+    let cs = select(0.0, p.ce_scale, y < p.cols);
     var i = lid;
-    loop {
-        if i + 3u * WG >= n {
-            break;
-        }
+    for (; i + 3u * WG < p.cols; i += 4u * WG) {
         let j = base + i;
-        let sv = vec4<f32>(sg[j], sg[j + WG], sg[j + 2u * WG], sg[j + 3u * WG]);
-        let tv = vec4<f32>(t[j], t[j + WG], t[j + 2u * WG], t[j + 3u * WG]);
-        let g = grad4(f, sv, tv, wg_offsets(i), y, cs);
+        let g = grad4(f, sg4(j), t4(j), wg_offsets(i), y, cs);
         sg[j] = g.x;
         sg[j + WG] = g.y;
         sg[j + 2u * WG] = g.z;
         sg[j + 3u * WG] = g.w;
-        i += 4u * WG;
     }
-    for (; i < n; i += WG) {
+    for (; i < p.cols; i += WG) {
         sg[base + i] = grad1(f, sg[base + i], t[base + i], i, y, cs);
     }
 }
@@ -339,20 +337,8 @@ fn distill_fwd(
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
     let row = folded_group(wid, nwg);
-    if row >= p.rows {
-        return;
-    }
-    let base = row * p.cols;
-    let y = targets[row];
-    let has_y = y < p.cols;
-    var s_y = 0.0;
-    if lid == 0u && has_y {
-        s_y = s[base + y];
-    }
-    let f = finish(reduce_state(pass1_s(base, lid), lid));
-    if lid == 0u {
-        ce[row] = select(0.0, f.m + f.lz1 - s_y, has_y);
-        kl[row] = f.kl;
+    if row < p.rows {
+        _ = losses_s(row, lid);
     }
 }
 
@@ -370,28 +356,18 @@ fn ce_fwd(
     }
     let base = row * p.cols;
     let y = targets[row];
-    let has_y = y < p.cols;
-    var s_y = 0.0;
-    if lid == 0u && has_y {
-        s_y = s[base + y];
-    }
+    let s_y = s_target(base, y, lid);
     var a = st_init();
-    let n = p.cols;
     var i = lid;
-    loop {
-        if i + 3u * WG >= n {
-            break;
-        }
-        let j = base + i;
-        a = upd_s4(a, vec4<f32>(s[j], s[j + WG], s[j + 2u * WG], s[j + 3u * WG]));
-        i += 4u * WG;
+    for (; i + 3u * WG < p.cols; i += 4u * WG) {
+        a = upd_s4(a, s4(base + i));
     }
-    for (; i < n; i += WG) {
+    for (; i < p.cols; i += WG) {
         a = upd_s1(a, s[base + i]);
     }
     // The teacher fields stay empty; with tau_is_one set, combine skips z2.
     let r = reduce_state(a, lid);
     if lid == 0u {
-        ce[row] = select(0.0, r.m + log(r.z1) - s_y, has_y);
+        ce[row] = select(0.0, r.m + log(r.z1) - s_y, y < p.cols);
     }
 }

@@ -29,15 +29,24 @@ const HAS_PREV: u32 = 0x80000000u;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> ids: array<u32>;
-@group(0) @binding(2) var<storage, read> table: array<f32>;
-@group(0) @binding(3) var<storage, read> table_bf16: array<u32>;
+// f32 bits, or (TABLE_BF16) bf16 pairs as published.
+@group(0) @binding(2) var<storage, read> table: array<u32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 @group(0) @binding(5) var<storage, read_write> links_out: array<u32>;
 @group(0) @binding(6) var<storage, read> links: array<u32>;
 @group(0) @binding(7) var<storage, read> dout: array<f32>;
 @group(0) @binding(8) var<storage, read_write> dtable: array<f32>;
 
+override TABLE_BF16: bool = false;
+
 //#include _common
+
+fn table_at(e: u32) -> f32 {
+    if TABLE_BF16 {
+        return bf16_pick(table[e >> 1u], e);
+    }
+    return bitcast<f32>(table[e]);
+}
 
 // Table row of output element i, or -1 (as i32) when the id is elsewhere.
 fn source_row(i: u32) -> i32 {
@@ -50,29 +59,14 @@ fn source_row(i: u32) -> i32 {
 }
 
 @compute @workgroup_size(256)
-fn embed_f32(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+fn embed(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = folded_index(gid, nwg, 256u);
     if i >= p.tokens * p.hidden {
         return;
     }
     let r = source_row(i);
     if r >= 0 {
-        out[i] = table[u32(r) * p.hidden + i % p.hidden];
-    } else if p.fill == 1u {
-        out[i] = 0.0;
-    }
-}
-
-@compute @workgroup_size(256)
-fn embed_bf16(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = folded_index(gid, nwg, 256u);
-    if i >= p.tokens * p.hidden {
-        return;
-    }
-    let r = source_row(i);
-    if r >= 0 {
-        let e = u32(r) * p.hidden + i % p.hidden;
-        out[i] = bf16_pick(table_bf16[e >> 1u], e);
+        out[i] = table_at(u32(r) * p.hidden + i % p.hidden);
     } else if p.fill == 1u {
         out[i] = 0.0;
     }

@@ -1,7 +1,7 @@
 // LayerNorm with weight and bias over the last dimension (GPT-NeoX), f32:
 //   mean = sum(x)/n,  var = sum((x-mean)^2)/n (biased, two passes),
 //   rstd = 1/sqrt(var + eps),  y = (x - mean) * rstd * w + b
-// Same launch layout as rmsnorm: 256 invocations per workgroup, `tpr` per row.
+// Launch layout and tree sums: `_norm.wgsl`, as rmsnorm.
 //
 // Backward (g = dL/dy, xh = (x-mean)*rstd):
 //   dx = rstd * (g*w - mean(g*w) - xh * mean(g*w*xh))
@@ -9,23 +9,10 @@
 // With `accumulate`, dx is added into (Pythia's parallel residual sums the
 // gradients of both norms and of the residual path).
 
-struct Params {
-    rows: u32,
-    n: u32,
-    tpr: u32,
-    eps: f32,
-    chunk: u32,
-    accumulate: u32,   // backward: 1 adds into dx instead of overwriting
-    _p1: u32,
-    _p2: u32,
-}
-
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read> w: array<f32>;
-@group(0) @binding(3) var<storage, read> b: array<f32>;
-@group(0) @binding(4) var<storage, read> w_bf16: array<u32>;
-@group(0) @binding(5) var<storage, read> b_bf16: array<u32>;
+@group(0) @binding(2) var<storage, read> w: array<u32>;
+@group(0) @binding(3) var<storage, read> b: array<u32>;
 @group(0) @binding(6) var<storage, read_write> y: array<f32>;
 @group(0) @binding(7) var<storage, read_write> stats_out: array<f32>;
 @group(0) @binding(8) var<storage, read> dy: array<f32>;
@@ -35,32 +22,14 @@ struct Params {
 @group(0) @binding(12) var<storage, read_write> db_part: array<f32>;
 
 //#include _common
+//#include _norm
 
-var<workgroup> red: array<vec2<f32>, 256>;
-
-// Sums of `v` over the `p.tpr` invocations of a row (both components).
-fn row_sum2(v: vec2<f32>, lid: u32) -> vec2<f32> {
-    red[lid] = v;
-    workgroupBarrier();
-    let lane = lid % p.tpr;
-    var s = p.tpr / 2u;
-    loop {
-        if s == 0u {
-            break;
-        }
-        if lane < s {
-            red[lid] += red[lid + s];
-        }
-        workgroupBarrier();
-        s = s / 2u;
+// The bias, in the weight's encoding.
+fn bias(c: u32) -> f32 {
+    if W_BF16 {
+        return bf16_pick(b[c >> 1u], c);
     }
-    let total = red[lid - lane];
-    workgroupBarrier();
-    return total;
-}
-
-fn row_of(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
-    return folded_group(wid, nwg) * (256u / p.tpr) + lid / p.tpr;
+    return bitcast<f32>(b[c]);
 }
 
 // (mean, rstd) of `row`; every invocation must call it.
@@ -73,7 +42,7 @@ fn row_stats(row: u32, lane: u32, lid: u32) -> vec2<f32> {
             s += x[base + c];
         }
     }
-    let mean = row_sum2(vec2<f32>(s, 0.0), lid).x / f32(p.n);
+    let mean = row_sum(s, lid) / f32(p.n);
     var q = 0.0;
     if live {
         for (var c = lane; c < p.n; c += p.tpr) {
@@ -81,7 +50,7 @@ fn row_stats(row: u32, lane: u32, lid: u32) -> vec2<f32> {
             q += d * d;
         }
     }
-    let var_ = row_sum2(vec2<f32>(q, 0.0), lid).x / f32(p.n);
+    let var_ = row_sum(q, lid) / f32(p.n);
     return vec2<f32>(mean, inverseSqrt(var_ + p.eps));
 }
 
@@ -96,29 +65,7 @@ fn layernorm_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
     }
     let base = row * p.n;
     for (var c = lane; c < p.n; c += p.tpr) {
-        y[base + c] = (x[base + c] - st.x) * st.y * w[c] + b[c];
-    }
-    if lane == 0u {
-        stats_out[2u * row] = st.x;
-        stats_out[2u * row + 1u] = st.y;
-    }
-}
-
-// The same with bf16 weight and bias (packed pairs, as published).
-@compute @workgroup_size(256)
-fn layernorm_fwd_bf16(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                      @builtin(local_invocation_index) lid: u32) {
-    let row = row_of(wid, nwg, lid);
-    let lane = lid % p.tpr;
-    let st = row_stats(row, lane, lid);
-    if row >= p.rows {
-        return;
-    }
-    let base = row * p.n;
-    for (var c = lane; c < p.n; c += p.tpr) {
-        let wc = bf16_pick(w_bf16[c >> 1u], c);
-        let bc = bf16_pick(b_bf16[c >> 1u], c);
-        y[base + c] = (x[base + c] - st.x) * st.y * wc + bc;
+        y[base + c] = (x[base + c] - st.x) * st.y * weight(c) + bias(c);
     }
     if lane == 0u {
         stats_out[2u * row] = st.x;
@@ -139,7 +86,7 @@ fn layernorm_bwd_dx(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
         mean = stats[2u * row];
         r = stats[2u * row + 1u];
         for (var c = lane; c < p.n; c += p.tpr) {
-            let gw = dy[base + c] * w[c];
+            let gw = dy[base + c] * weight(c);
             let xh = (x[base + c] - mean) * r;
             s += vec2<f32>(gw, gw * xh);
         }
@@ -149,14 +96,10 @@ fn layernorm_bwd_dx(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
         return;
     }
     for (var c = lane; c < p.n; c += p.tpr) {
-        let gw = dy[base + c] * w[c];
+        let gw = dy[base + c] * weight(c);
         let xh = (x[base + c] - mean) * r;
         let v = r * (gw - tot.x - xh * tot.y);
-        if p.accumulate == 1u {
-            dx[base + c] = dx[base + c] + v;
-        } else {
-            dx[base + c] = v;
-        }
+        store_dx(base + c, v);
     }
 }
 

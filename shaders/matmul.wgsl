@@ -156,76 +156,6 @@ fn load_b4(e: u32) -> vec4<f32> {
     return bitcast<vec4<f32>>(b4[e >> 2u]);
 }
 
-// Vectorised direct path: 4×4 blocks of A and B are loaded as four vec4
-// each (along whichever axis is contiguous in memory) and multiplied as
-// mat4x4, so the layout only decides where a transpose goes. Needs K, and
-// the contiguous axes of A and B, to be multiples of 4 (the launcher
-// checks and falls back to matmul_direct otherwise).
-@compute @workgroup_size(8, 8)
-fn matmul_direct4(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let row0 = gid.y * 4u;
-    let col0 = gid.x * 4u;
-    if row0 >= p.m || col0 >= p.n {
-        return;
-    }
-    let base_a = gid.z * p.stride_a;
-    let base_b = gid.z * p.stride_b;
-    let base_c = gid.z * p.stride_c;
-    var rows: array<u32, 4>;
-    var cols: array<u32, 4>;
-    for (var i = 0u; i < 4u; i++) {
-        rows[i] = min(row0 + i, p.m - 1u);
-        cols[i] = min(col0 + i, p.n - 1u);
-    }
-    var acc = mat4x4<f32>();
-    for (var kk = 0u; kk < p.k; kk += 4u) {
-        var am: mat4x4<f32>;
-        var bm: mat4x4<f32>;
-        if TRANS_A {
-            // Rows of A's storage are columns of the block.
-            am = mat4x4<f32>(
-                a4[(base_a + kk * p.lda + row0) >> 2u],
-                a4[(base_a + (kk + 1u) * p.lda + row0) >> 2u],
-                a4[(base_a + (kk + 2u) * p.lda + row0) >> 2u],
-                a4[(base_a + (kk + 3u) * p.lda + row0) >> 2u],
-            );
-        } else {
-            am = transpose(mat4x4<f32>(
-                a4[(base_a + rows[0] * p.lda + kk) >> 2u],
-                a4[(base_a + rows[1] * p.lda + kk) >> 2u],
-                a4[(base_a + rows[2] * p.lda + kk) >> 2u],
-                a4[(base_a + rows[3] * p.lda + kk) >> 2u],
-            ));
-        }
-        if TRANS_B {
-            bm = mat4x4<f32>(
-                load_b4(base_b + cols[0] * p.ldb + kk),
-                load_b4(base_b + cols[1] * p.ldb + kk),
-                load_b4(base_b + cols[2] * p.ldb + kk),
-                load_b4(base_b + cols[3] * p.ldb + kk),
-            );
-        } else {
-            bm = transpose(mat4x4<f32>(
-                load_b4(base_b + kk * p.ldb + col0),
-                load_b4(base_b + (kk + 1u) * p.ldb + col0),
-                load_b4(base_b + (kk + 2u) * p.ldb + col0),
-                load_b4(base_b + (kk + 3u) * p.ldb + col0),
-            ));
-        }
-        acc += am * bm;
-    }
-    for (var j = 0u; j < 4u; j++) {
-        let gn = col0 + j;
-        if gn >= p.n {
-            break;
-        }
-        let col = acc[j];
-        for (var i = 0u; i < 4u; i++) {
-            store_c(base_c, row0 + i, gn, col[i]);
-        }
-    }
-}
-
 // One 4×4 block of op(A) at (row0, kk): columns of the returned matrix are
 // the block's columns.
 fn block_a(base: u32, row0: u32, kk: u32) -> mat4x4<f32> {
@@ -276,6 +206,27 @@ fn store_block(base: u32, row0: u32, col0: u32, blk: mat4x4<f32>) {
             store_c(base, row0 + i, gn, col[i]);
         }
     }
+}
+
+// Vectorised direct path: 4×4 blocks of A and B are loaded as four vec4
+// each (along whichever axis is contiguous in memory) and multiplied as
+// mat4x4, so the layout only decides where a transpose goes. Needs K, and
+// the contiguous axes of A and B, to be multiples of 4 (the launcher
+// checks and falls back to matmul_direct otherwise).
+@compute @workgroup_size(8, 8)
+fn matmul_direct4(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let row0 = gid.y * 4u;
+    let col0 = gid.x * 4u;
+    if row0 >= p.m || col0 >= p.n {
+        return;
+    }
+    let base_a = gid.z * p.stride_a;
+    let base_b = gid.z * p.stride_b;
+    var acc = mat4x4<f32>();
+    for (var kk = 0u; kk < p.k; kk += 4u) {
+        acc += block_a(base_a, row0, kk) * block_b(base_b, kk, col0);
+    }
+    store_block(gid.z * p.stride_c, row0, col0, acc);
 }
 
 // 8×8 per invocation: four 4×4 accumulators, half the loads per FMA of

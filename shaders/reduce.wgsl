@@ -17,24 +17,10 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> partials: array<f32>;
 
 //#include _common
+//#include _wg_reduce
 
-const WG: u32 = 256u;
 const CHUNK: u32 = 4096u;
 const NEG_INF_BITS: u32 = 0xff800000u;
-
-var<workgroup> red: array<f32, 256>;
-
-fn wg_sum(val: f32, lid: u32) -> f32 {
-    red[lid] = val;
-    workgroupBarrier();
-    for (var k = WG / 2u; k > 0u; k = k / 2u) {
-        if lid < k {
-            red[lid] += red[lid + k];
-        }
-        workgroupBarrier();
-    }
-    return red[0];
-}
 
 fn wg_max(val: f32, lid: u32) -> f32 {
     red[lid] = val;
@@ -61,13 +47,9 @@ fn row_sum(
     let base = row * p.cols;
     var acc = vec4<f32>(0.0);
     var i = lid;
-    loop {
-        if i + 3u * WG >= p.cols {
-            break;
-        }
+    for (; i + 3u * WG < p.cols; i += 4u * WG) {
         let j = base + i;
         acc += vec4<f32>(x[j], x[j + WG], x[j + 2u * WG], x[j + 3u * WG]);
-        i += 4u * WG;
     }
     var tail = 0.0;
     for (; i < p.cols; i += WG) {
@@ -93,13 +75,9 @@ fn row_max(
     let ninf = bitcast<f32>(NEG_INF_BITS);
     var acc = vec4<f32>(ninf);
     var i = lid;
-    loop {
-        if i + 3u * WG >= p.cols {
-            break;
-        }
+    for (; i + 3u * WG < p.cols; i += 4u * WG) {
         let j = base + i;
         acc = max(acc, vec4<f32>(x[j], x[j + WG], x[j + 2u * WG], x[j + 3u * WG]));
-        i += 4u * WG;
     }
     var tail = ninf;
     for (; i < p.cols; i += WG) {

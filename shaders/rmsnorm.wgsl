@@ -2,11 +2,7 @@
 //   rstd = 1 / sqrt(mean(x^2) + eps),   y = w * (x * rstd)
 // Rows are everything but the last dim; the weight has `n` entries (Qwen3's
 // per-head q/k norm is the same op on rows of head_dim).
-//
-// Layout of a launch: 256 invocations per workgroup, `tpr` (a power of two)
-// invocations per row, so 256 / tpr rows per workgroup; short rows (head_dim
-// 128) then still fill a workgroup. Sums are segmented tree reductions in
-// workgroup memory: fixed order, so results do not vary from run to run.
+// Launch layout and tree sums: `_norm.wgsl`.
 //
 // Backward (g = dL/dy):
 //   dx = rstd * (g*w) - x * rstd^3 / n * sum(g*w*x)
@@ -14,21 +10,9 @@
 // With `accumulate`, dx is added into (residual streams sum gradients).
 // rmsnorm_residual_fwd fuses the residual add: h = x + res, y = norm(h).
 
-struct Params {
-    rows: u32,
-    n: u32,
-    tpr: u32,
-    eps: f32,
-    chunk: u32,
-    accumulate: u32,   // backward: 1 adds into dx instead of overwriting
-    _p1: u32,
-    _p2: u32,
-}
-
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read> w: array<f32>;
-@group(0) @binding(3) var<storage, read> w_bf16: array<u32>;
+@group(0) @binding(2) var<storage, read> w: array<u32>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
 @group(0) @binding(5) var<storage, read_write> rstd_out: array<f32>;
 @group(0) @binding(6) var<storage, read> dy: array<f32>;
@@ -39,36 +23,7 @@ struct Params {
 @group(0) @binding(11) var<storage, read_write> h: array<f32>;
 
 //#include _common
-
-var<workgroup> red: array<f32, 256>;
-
-// Sum of `v` over the `p.tpr` invocations that share a row. Every
-// invocation of the workgroup must call it (it has barriers).
-fn row_sum(v: f32, lid: u32) -> f32 {
-    red[lid] = v;
-    workgroupBarrier();
-    let lane = lid % p.tpr;
-    var s = p.tpr / 2u;
-    loop {
-        if s == 0u {
-            break;
-        }
-        if lane < s {
-            red[lid] += red[lid + s];
-        }
-        workgroupBarrier();
-        s = s / 2u;
-    }
-    let total = red[lid - lane];
-    workgroupBarrier();
-    return total;
-}
-
-// Row handled by this invocation (may be >= p.rows: then it only joins the
-// barriers) and its first column.
-fn row_of(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
-    return folded_group(wid, nwg) * (256u / p.tpr) + lid / p.tpr;
-}
+//#include _norm
 
 // 1 / sqrt(mean(x^2) + eps) of `row` (0 for rows past the end).
 fn row_rstd(row: u32, lane: u32, lid: u32) -> f32 {
@@ -95,27 +50,7 @@ fn rmsnorm_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     }
     let base = row * p.n;
     for (var c = lane; c < p.n; c += p.tpr) {
-        y[base + c] = w[c] * (x[base + c] * r);
-    }
-    if lane == 0u {
-        rstd_out[row] = r;
-    }
-}
-
-// The same with a bf16 weight (packed pairs, as published).
-@compute @workgroup_size(256)
-fn rmsnorm_fwd_bf16(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                    @builtin(local_invocation_index) lid: u32) {
-    let row = row_of(wid, nwg, lid);
-    let lane = lid % p.tpr;
-    let r = row_rstd(row, lane, lid);
-    if row >= p.rows {
-        return;
-    }
-    let base = row * p.n;
-    for (var c = lane; c < p.n; c += p.tpr) {
-        let wc = bf16_pick(w_bf16[c >> 1u], c);
-        y[base + c] = wc * (x[base + c] * r);
+        y[base + c] = weight(c) * (x[base + c] * r);
     }
     if lane == 0u {
         rstd_out[row] = r;
@@ -143,7 +78,7 @@ fn rmsnorm_residual_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_work
         return;
     }
     for (var c = lane; c < p.n; c += p.tpr) {
-        y[base + c] = w[c] * (h[base + c] * r);
+        y[base + c] = weight(c) * (h[base + c] * r);
     }
     if lane == 0u {
         rstd_out[row] = r;
@@ -159,7 +94,7 @@ fn rmsnorm_bwd_dx(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
     var s = 0.0;
     if row < p.rows {
         for (var c = lane; c < p.n; c += p.tpr) {
-            s += dy[base + c] * w[c] * x[base + c];
+            s += dy[base + c] * weight(c) * x[base + c];
         }
     }
     let total = row_sum(s, lid);
@@ -169,12 +104,8 @@ fn rmsnorm_bwd_dx(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
     let r = rstd[row];
     let k = r * r * r * total / f32(p.n);
     for (var c = lane; c < p.n; c += p.tpr) {
-        let v = r * (dy[base + c] * w[c]) - k * x[base + c];
-        if p.accumulate == 1u {
-            dx[base + c] = dx[base + c] + v;
-        } else {
-            dx[base + c] = v;
-        }
+        let v = r * (dy[base + c] * weight(c)) - k * x[base + c];
+        store_dx(base + c, v);
     }
 }
 

@@ -18,8 +18,8 @@ struct Params {
 @group(0) @binding(5) var<storage, read_write> dx: array<f32>;
 
 //#include _common
+//#include _wg_reduce
 
-const WG: u32 = 256u;
 // A finite "minus infinity": exp(NEG - m) is 0 and NEG - NEG is 0.
 const NEG: f32 = -3.0e38;
 
@@ -40,17 +40,13 @@ fn softmax_fwd(
     var m = NEG;
     var z = 0.0;
     var i = lid;
-    loop {
-        if i + 3u * WG >= p.cols {
-            break;
-        }
+    for (; i + 3u * WG < p.cols; i += 4u * WG) {
         let j = base + i;
         let v = vec4<f32>(x[j], x[j + WG], x[j + 2u * WG], x[j + 3u * WG]);
         let m1 = max(m, max(max(v.x, v.y), max(v.z, v.w)));
         let e = exp(v - m1);
         z = z * exp(m - m1) + ((e.x + e.y) + (e.z + e.w));
         m = m1;
-        i += 4u * WG;
     }
     for (; i < p.cols; i += WG) {
         let v = x[base + i];
@@ -73,11 +69,7 @@ fn softmax_fwd(
     }
     let mr = red_m[0];
     let inv_z = 1.0 / red_z[0];
-    i = lid;
-    loop {
-        if i + 3u * WG >= p.cols {
-            break;
-        }
+    for (i = lid; i + 3u * WG < p.cols; i += 4u * WG) {
         let j = base + i;
         let v = vec4<f32>(x[j], x[j + WG], x[j + 2u * WG], x[j + 3u * WG]);
         let e = exp(v - mr) * inv_z;
@@ -85,7 +77,6 @@ fn softmax_fwd(
         y[j + WG] = e.y;
         y[j + 2u * WG] = e.z;
         y[j + 3u * WG] = e.w;
-        i += 4u * WG;
     }
     for (; i < p.cols; i += WG) {
         y[base + i] = exp(x[base + i] - mr) * inv_z;
@@ -107,15 +98,7 @@ fn softmax_bwd(
     for (var i = lid; i < p.cols; i += WG) {
         acc += yin[base + i] * dy[base + i];
     }
-    red_z[lid] = acc;
-    workgroupBarrier();
-    for (var k = WG / 2u; k > 0u; k = k / 2u) {
-        if lid < k {
-            red_z[lid] += red_z[lid + k];
-        }
-        workgroupBarrier();
-    }
-    let dot_row = red_z[0];
+    let dot_row = wg_sum(acc, lid);
     for (var i = lid; i < p.cols; i += WG) {
         let j = base + i;
         dx[j] = yin[j] * (dy[j] - dot_row);

@@ -1,8 +1,11 @@
 //! `boomgpu init-student` on tiny random teachers written from Rust.
 
+mod common;
+use common::*;
+
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Output;
 
 use serde_json::{json, Value};
 
@@ -11,13 +14,6 @@ use boomgpu::boomerang::{PrunePlan, StudentConfig};
 use boomgpu::gpu::DType;
 use boomgpu::model::weights::{to_f32, write_safetensors, Checkpoint};
 use boomgpu::model::ModelConfig;
-
-fn tmpdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("boomgpu-test-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 fn st_dtype(d: DType) -> safetensors::Dtype {
     match d {
@@ -50,37 +46,6 @@ fn write_teacher(dir: &Path, config: Value, dtype: DType, extra: &[(&str, Vec<us
     write_safetensors(&dir.join("model.safetensors"), &tensors, None).unwrap();
 }
 
-fn boomgpu(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_boomgpu"))
-        .args(args)
-        .env("HF_HUB_OFFLINE", "1")
-        .output()
-        .unwrap()
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "stdout:\n{}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn err(out: &Output) -> String {
-    assert!(
-        !out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn read_json(p: &Path) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
-}
-
 fn init(teacher: &Path, out: &Path, extra: &[&str]) -> Output {
     let mut args = vec![
         "init-student",
@@ -90,7 +55,7 @@ fn init(teacher: &Path, out: &Path, extra: &[&str]) -> Output {
         out.to_str().unwrap(),
     ];
     args.extend_from_slice(extra);
-    boomgpu(&args)
+    boomgpu_run(&args)
 }
 
 /// The student in `out` is the teacher with `plan` applied, byte for byte.

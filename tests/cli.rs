@@ -1,20 +1,12 @@
 //! The `boomgpu` binary as a user runs it.
 
-use std::process::Command;
-
-fn boomgpu() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_boomgpu"))
-}
+mod common;
+use common::boomgpu_cmd as boomgpu;
 
 #[test]
 fn devices_lists_the_adapter_in_use() {
     let out = boomgpu().arg("devices").output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = common::ok(&out);
     assert!(stdout.contains("<- boomgpu uses this"), "{stdout}");
     assert!(stdout.contains("max storage binding"), "{stdout}");
     assert!(stdout.contains("cooperative matrices"), "{stdout}");
@@ -44,8 +36,7 @@ fn no_vulkan_driver_gives_an_actionable_error() {
         .env("VK_ICD_FILENAMES", "/nonexistent/boomgpu_icd.json")
         .output()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let stderr = common::err(&out);
     assert!(stderr.contains("no GPU adapter found"), "{stderr}");
     assert!(stderr.contains("mesa-vulkan-drivers"), "{stderr}");
 }
@@ -56,8 +47,7 @@ fn unknown_adapter_and_backend_are_errors() {
         .args(["devices", "--adapter", "no-such-gpu-xyz"])
         .output()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let stderr = common::err(&out);
     assert!(
         stderr.contains("no adapter matches 'no-such-gpu-xyz'") && stderr.contains("[0]"),
         "{stderr}"

@@ -4,20 +4,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-
 use boomgpu::model::decoder::Decoder;
 use boomgpu::model::weights::Checkpoint;
 use boomgpu::model::ModelConfig;
 use boomgpu::train::loss::{micro_step, LossWeights, MicroBatch};
 use boomgpu::train::student::{export_named, StudentParams, Which};
 use common::*;
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/models")
-        .join(name)
-}
 
 fn load(name: &str, as_f32: bool) -> (ModelConfig, Decoder) {
     let dir = fixture(name);
@@ -33,9 +25,7 @@ fn loss_parts_and_gradients_match_pytorch() {
     for teacher_name in ["llama-tied", "qwen3", "neox"] {
         let sname = format!("{teacher_name}-student");
         let sdir = fixture(&sname);
-        let r: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(sdir.join("distill_ref.json")).unwrap())
-                .unwrap();
+        let r = read_json(&sdir.join("distill_ref.json"));
         let (_, teacher) = load(teacher_name, false);
         let (scfg, student) = load(&sname, true);
         let params = StudentParams::new(g, &student).unwrap();
@@ -70,22 +60,21 @@ fn loss_parts_and_gradients_match_pytorch() {
             batch: shape[0],
             seq: shape[1],
         };
-        let mut rec = g.recorder();
-        params.zero_grads(&mut rec);
-        rec.run().unwrap();
+        // One micro-step from zeroed gradients, with or without activation
+        // checkpointing.
+        let step = |ckpt: bool| {
+            let mut rec = g.recorder();
+            params.zero_grads(&mut rec);
+            rec.run().unwrap();
+            micro_step(
+                g, &teacher, &student, &params, &mb, &pairs, &w, 1, true, ckpt,
+            )
+            .unwrap()
+        };
         // With activation checkpointing first: the same loss and gradients.
-        let ck = micro_step(
-            g, &teacher, &student, &params, &mb, &pairs, &w, 1, true, true,
-        )
-        .unwrap();
+        let ck = step(true);
         let ck_grads = export_named(g, &scfg, &params, Which::Grad).unwrap();
-        let mut rec = g.recorder();
-        params.zero_grads(&mut rec);
-        rec.run().unwrap();
-        let parts = micro_step(
-            g, &teacher, &student, &params, &mb, &pairs, &w, 1, true, false,
-        )
-        .unwrap();
+        let parts = step(false);
         assert_eq!(ck, parts, "{teacher_name}: checkpointed loss differs");
         for (key, got) in [
             ("loss", parts.loss),
@@ -147,7 +136,7 @@ mod training {
         let dir = fixture("llama-tied");
         let cfg = ModelConfig::from_file(&dir.join("config.json")).unwrap();
         let tok = Tokenizer::from_dir(&dir, &cfg.eos_token_ids, cfg.bos_token_id).unwrap();
-        let text = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/text.txt");
+        let text = fixture_path("text.txt");
         let stream = token_stream(&[text], &tok, cfg.eos_token_ids[0]).unwrap();
         Corpus::pack(&stream, seq, eval_tokens).unwrap()
     }

@@ -2,38 +2,30 @@
 //! reference's loss parts, and SIGKILL in the middle of a run followed by
 //! --resume ending with exactly the weights of an uninterrupted run.
 
-use std::path::{Path, PathBuf};
+mod common;
+use common::*;
+
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn fixture(name: &str) -> PathBuf {
-    root().join("tests/fixtures/models").join(name)
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("boomgpu-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn distill() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_boomgpu"));
-    c.arg("distill").arg("--quiet");
+/// `boomgpu distill --quiet` from the fixture teacher `teacher`.
+fn distill(teacher: &str, data: &Path, out: &Path) -> Command {
+    let mut c = boomgpu_cmd();
+    c.args(["distill", "--quiet", "--teacher"])
+        .arg(fixture(teacher))
+        .arg("--data")
+        .arg(data)
+        .arg("--out")
+        .arg(out);
     c
 }
 
 #[test]
 fn first_logged_line_has_the_reference_loss_parts() {
-    let dir = tmp("firstline");
+    let dir = tmpdir("firstline");
     let sdir = fixture("qwen3-student");
-    let r: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(sdir.join("distill_ref.json")).unwrap())
-            .unwrap();
+    let r = read_json(&sdir.join("distill_ref.json"));
     // The fixture's batch as pre-tokenised records (packed as they are).
     let refs =
         boomgpu::model::weights::Checkpoint::open_file(&sdir.join("distill_grads.safetensors"))
@@ -51,15 +43,9 @@ fn first_logged_line_has_the_reference_loss_parts() {
         .map(|c| serde_json::json!({ "input_ids": c }).to_string())
         .collect();
     std::fs::write(&data, lines.join("\n") + "\n").unwrap();
-    let out = distill()
-        .arg("--teacher")
-        .arg(fixture("qwen3"))
+    let out = distill("qwen3", &data, &dir.join("out"))
         .arg("--student")
         .arg(&sdir)
-        .arg("--data")
-        .arg(&data)
-        .arg("--out")
-        .arg(dir.join("out"))
         .args(["--steps", "1", "--lr", "0", "--batch", "2"])
         .args(["--seq-len", &t.to_string()])
         .args(["--temperature", &r["tau"].to_string()])
@@ -67,11 +53,7 @@ fn first_logged_line_has_the_reference_loss_parts() {
         .arg(dir.join("log.jsonl"))
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&out);
     let log = std::fs::read_to_string(dir.join("log.jsonl")).unwrap();
     let first: serde_json::Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
     assert_eq!(first["step"], 1);
@@ -88,48 +70,37 @@ fn first_logged_line_has_the_reference_loss_parts() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-fn run_args(c: &mut Command, data: &Path, out: &Path) {
-    c.arg("--teacher")
-        .arg(fixture("llama-tied"))
-        .arg("--data")
-        .arg(data)
-        .arg("--out")
-        .arg(out)
-        .args([
-            "--steps",
-            "24",
-            "--seq-len",
-            "16",
-            "--batch",
-            "2",
-            "--lr",
-            "2e-3",
-        ])
-        .args(["--save-every", "3", "--seed", "5"])
-        .arg("--log")
-        .arg(out.with_extension("log"));
+/// The run that is killed and resumed: 24 steps, a checkpoint every 3.
+fn resumable_run(data: &Path, out: &Path) -> Command {
+    let mut c = distill("llama-tied", data, out);
+    c.args([
+        "--steps",
+        "24",
+        "--seq-len",
+        "16",
+        "--batch",
+        "2",
+        "--lr",
+        "2e-3",
+    ])
+    .args(["--save-every", "3", "--seed", "5"])
+    .arg("--log")
+    .arg(out.with_extension("log"));
+    c
 }
 
 #[test]
 fn sigkill_then_resume_is_bit_identical() {
-    let dir = tmp("resume");
-    let data = root().join("tests/fixtures/text.txt");
+    let dir = tmpdir("resume");
+    let data = fixture_path("text.txt");
     // Uninterrupted.
     let full = dir.join("full");
-    let mut c = distill();
-    run_args(&mut c, &data, &full);
-    let out = c.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = resumable_run(&data, &full).output().unwrap();
+    ok(&out);
 
     // Killed once a checkpoint exists, then resumed.
     let part = dir.join("part");
-    let mut c = distill();
-    run_args(&mut c, &data, &part);
-    let mut child = c.spawn().unwrap();
+    let mut child = resumable_run(&data, &part).spawn().unwrap();
     let state = part.join("checkpoint/trainer_state.json");
     let t0 = Instant::now();
     let mut killed_mid_run = false;
@@ -159,14 +130,12 @@ fn sigkill_then_resume_is_bit_identical() {
         killed_mid_run,
         "the run finished before it could be killed; make it longer"
     );
-    let mut c = distill();
-    run_args(&mut c, &data, &part);
-    let out = c.arg("--resume").arg(&part).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = resumable_run(&data, &part)
+        .arg("--resume")
+        .arg(&part)
+        .output()
+        .unwrap();
+    ok(&out);
     let a = std::fs::read(full.join("model.safetensors")).unwrap();
     let b = std::fs::read(part.join("model.safetensors")).unwrap();
     assert!(a == b, "resumed weights differ from the uninterrupted run");
@@ -189,49 +158,30 @@ fn sigkill_then_resume_is_bit_identical() {
 
 #[test]
 fn a_student_of_another_teacher_is_refused() {
-    let dir = tmp("mismatch");
-    let out = distill()
-        .arg("--teacher")
-        .arg(fixture("qwen3"))
+    let dir = tmpdir("mismatch");
+    let out = distill("qwen3", &fixture_path("text.txt"), &dir.join("out"))
         .arg("--student")
         .arg(fixture("neox-distilled"))
-        .arg("--data")
-        .arg(root().join("tests/fixtures/text.txt"))
-        .arg("--out")
-        .arg(dir.join("out"))
         .args(["--steps", "1", "--seq-len", "32"])
         .output()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let stderr = err(&out);
     assert!(stderr.contains("model_type qwen3 vs gpt_neox"), "{stderr}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn save_dtype_rounds_the_student_and_keeps_f32_checkpoints() {
-    let dir = tmp("savedtype");
-    let data = root().join("tests/fixtures/text.txt");
+    let dir = tmpdir("savedtype");
+    let data = fixture_path("text.txt");
     let out_dir = dir.join("bf16");
-    let out = distill()
-        .arg("--teacher")
-        .arg(fixture("llama-tied"))
-        .arg("--data")
-        .arg(&data)
-        .arg("--out")
-        .arg(&out_dir)
+    let out = distill("llama-tied", &data, &out_dir)
         .args(["--steps", "2", "--seq-len", "16", "--save-dtype", "bf16"])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&out);
     assert!(String::from_utf8_lossy(&out.stdout).contains("(bf16 weights)"));
-    let cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out_dir.join("config.json")).unwrap())
-            .unwrap();
+    let cfg = read_json(&out_dir.join("config.json"));
     assert_eq!(cfg["torch_dtype"], "bfloat16");
     use boomgpu::model::weights::Checkpoint;
     let student = Checkpoint::open(&out_dir).unwrap();
@@ -250,28 +200,18 @@ fn save_dtype_rounds_the_student_and_keeps_f32_checkpoints() {
         assert_eq!(student.to_f32(name).unwrap(), want, "{name}");
     }
     // The bf16 student is a model like any other.
-    let ev = Command::new(env!("CARGO_BIN_EXE_boomgpu"))
+    let ev = boomgpu_cmd()
         .args(["eval", "--model"])
         .arg(&out_dir)
         .arg("--data")
         .arg(&data)
         .output()
         .unwrap();
-    assert!(
-        ev.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ev.stderr)
-    );
+    ok(&ev);
     assert!(String::from_utf8_lossy(&ev.stdout).contains("perplexity"));
 
     // A wrong value is refused before any work.
-    let bad = distill()
-        .arg("--teacher")
-        .arg(fixture("llama-tied"))
-        .arg("--data")
-        .arg(&data)
-        .arg("--out")
-        .arg(dir.join("bad"))
+    let bad = distill("llama-tied", &data, &dir.join("bad"))
         .args(["--save-dtype", "f8"])
         .output()
         .unwrap();

@@ -6,8 +6,7 @@
 mod common;
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use boomgpu::infer::chat::{ChatTemplate, Message};
 use boomgpu::infer::generate::TextStream;
@@ -21,12 +20,6 @@ use common::*;
 
 const MODELS: &[&str] = &["llama-tied", "llama-rope3", "qwen3", "neox", "neox-seq"];
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/models")
-        .join(name)
-}
-
 fn load(name: &str) -> (Decoder, Tokenizer) {
     let dir = fixture(name);
     let cfg = ModelConfig::from_file(&dir.join("config.json")).unwrap();
@@ -37,16 +30,7 @@ fn load(name: &str) -> (Decoder, Tokenizer) {
 }
 
 fn refs() -> serde_json::Value {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/generate.json");
-    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
-}
-
-fn ids_of(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
+    read_json(&fixture_path("generate.json"))
 }
 
 #[test]
@@ -72,20 +56,24 @@ fn greedy_ids_match_transformers() {
                 stop: vec![],
                 eos_ids: vec![],
             };
+            let run = |cache: &mut KvCache| {
+                let mut rng = HostRng::new(0);
+                generate(
+                    gpu(),
+                    &dec,
+                    cache,
+                    &prompt,
+                    &opts,
+                    &mut rng,
+                    None,
+                    None,
+                    &mut |_| {},
+                )
+                .unwrap()
+            };
             // A fresh cache per case, and also a warm one (prefix re-use).
             cache.clear();
-            let g = generate(
-                gpu(),
-                &dec,
-                &mut cache,
-                &prompt,
-                &opts,
-                &mut HostRng::new(0),
-                None,
-                None,
-                &mut |_| {},
-            )
-            .unwrap();
+            let g = run(&mut cache);
             let want = ids_of(&case["ids"]);
             assert_eq!(
                 g.ids, want,
@@ -96,18 +84,7 @@ fn greedy_ids_match_transformers() {
             if case != &r["models"][name][0] {
                 continue;
             }
-            let again = generate(
-                gpu(),
-                &dec,
-                &mut cache,
-                &prompt,
-                &opts,
-                &mut HostRng::new(0),
-                None,
-                None,
-                &mut |_| {},
-            )
-            .unwrap();
+            let again = run(&mut cache);
             assert_eq!(again.ids, want, "{name}: with the prompt's rows cached");
             assert_eq!(again.stats.reused_tokens, prompt.len() - 1);
         }
@@ -586,12 +563,8 @@ fn chat_history_is_trimmed_from_the_oldest_turns() {
 
 // -------------------------------------------------------------- the binary
 
-fn boomgpu() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_boomgpu"))
-}
-
 fn run_with_stdin(args: &[&str], stdin: &str) -> std::process::Output {
-    let mut child = boomgpu()
+    let mut child = boomgpu_cmd()
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -638,15 +611,13 @@ fn chat_prompt_prints_the_answer_alone() {
 #[test]
 fn chat_interactive_through_stdin() {
     // A copy of the qwen3 fixture with a chat template.
-    let dir = std::env::temp_dir().join(format!("boomgpu-chat-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = tmpdir("chat");
     for f in std::fs::read_dir(fixture("qwen3")).unwrap() {
         let f = f.unwrap().path();
         std::fs::copy(&f, dir.join(f.file_name().unwrap())).unwrap();
     }
     let cfg_path = dir.join("tokenizer_config.json");
-    let mut cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    let mut cfg = read_json(&cfg_path);
     cfg["chat_template"] = CHATML.into();
     std::fs::write(&cfg_path, cfg.to_string()).unwrap();
 
@@ -726,8 +697,7 @@ fn chat_prompt_longer_than_the_context_fails_clearly() {
         ],
         "",
     );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let stderr = err(&out);
     assert!(
         stderr.contains("context of 16 tokens") && stderr.contains("--max-context"),
         "{stderr}"

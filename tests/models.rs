@@ -4,20 +4,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-
 use boomgpu::model::decoder::{Batch, Decoder};
 use boomgpu::model::weights::Checkpoint;
 use boomgpu::model::{score, tokenizer::Tokenizer, ModelConfig};
 use common::*;
 
 const MODELS: &[&str] = &["llama-tied", "llama-rope3", "qwen3", "neox", "neox-seq"];
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/models")
-        .join(name)
-}
 
 fn load(name: &str) -> (ModelConfig, Decoder) {
     let dir = fixture(name);
@@ -72,18 +64,13 @@ fn logits_and_hidden_states_match_transformers() {
 #[test]
 fn perplexity_matches_transformers() {
     let g = gpu();
-    let text = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/text.txt"),
-    )
-    .unwrap();
+    let text = std::fs::read_to_string(fixture_path("text.txt")).unwrap();
     for name in MODELS {
         let (cfg, dec) = load(name);
         let tok =
             Tokenizer::from_dir(&fixture(name), &cfg.eos_token_ids, cfg.bos_token_id).unwrap();
         let ids = tok.encode(&text, false).unwrap();
-        let r: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(fixture(name).join("ref.json")).unwrap())
-                .unwrap();
+        let r = read_json(&fixture(name).join("ref.json"));
         assert_eq!(
             ids.len() as u64,
             r["tokens"].as_u64().unwrap(),

@@ -202,24 +202,21 @@ fn rejects_bad_shapes() {
         let e = attention::attention(&mut rec, &b, &inputs(&t));
         assert!(matches!(e, Err(Error::Shape(_))), "{b:?} accepted");
     }
-    let m = g.upload_f32("m", &[4], &[1.0; 4]).unwrap();
-    let x = AttnInputs {
-        mask: Some(&m),
-        ..inputs(&t)
-    };
-    assert!(matches!(
-        attention::attention(&mut rec, &c, &x),
-        Err(Error::Shape(_))
-    ));
-    let m = g.upload_u32("m", &[1, 3], &[1; 3]).unwrap();
-    let x = AttnInputs {
-        mask: Some(&m),
-        ..inputs(&t)
-    };
-    assert!(matches!(
-        attention::attention(&mut rec, &c, &x),
-        Err(Error::Shape(_))
-    ));
+    // Masks of the wrong dtype, and too short for kv_len.
+    let bad_masks = [
+        g.upload_f32("m", &[4], &[1.0; 4]).unwrap(),
+        g.upload_u32("m", &[1, 3], &[1; 3]).unwrap(),
+    ];
+    for m in &bad_masks {
+        let x = AttnInputs {
+            mask: Some(m),
+            ..inputs(&t)
+        };
+        assert!(matches!(
+            attention::attention(&mut rec, &c, &x),
+            Err(Error::Shape(_))
+        ));
+    }
     let (out, lse) = attention::attention(&mut rec, &c, &inputs(&t)).unwrap();
     assert!(matches!(
         attention::attention_backward(&mut rec, &c, &inputs(&t), &out, &lse, &lse),

@@ -41,6 +41,15 @@ struct Case {
     tb: Tensor,
 }
 
+/// (m, n, k) that fit no tile: ones, odd sizes, one past a tile.
+const AWKWARD: [(usize, usize, usize); 5] = [
+    (1, 1, 1),
+    (7, 33, 129),
+    (65, 64, 17),
+    (129, 7, 64),
+    (33, 130, 3),
+];
+
 fn cases(rng: &mut Rng, shapes: &[(usize, usize, usize)]) -> Vec<Case> {
     let g = gpu();
     let mut out = Vec::new();
@@ -78,17 +87,8 @@ fn cases(rng: &mut Rng, shapes: &[(usize, usize, usize)]) -> Vec<Case> {
 fn matmul_matches_cpu_for_all_layouts_and_dtypes() {
     let g = gpu();
     let mut rng = Rng::new(7);
-    let shapes = [
-        (1, 1, 1),
-        (7, 33, 129),
-        (65, 64, 17),
-        (129, 7, 64),
-        (33, 130, 3),
-        // Multiples of 4 (and not of 8), so the vectorised paths run.
-        (36, 68, 20),
-        (8, 8, 8),
-        (4, 12, 4),
-    ];
+    // Multiples of 4 (and not of 8), so the vectorised paths run.
+    let shapes = [&AWKWARD[..], &[(36, 68, 20), (8, 8, 8), (4, 12, 4)]].concat();
     for cs in cases(&mut rng, &shapes) {
         let (m, n, k) = (cs.m, cs.n, cs.k);
         let mut rec = g.recorder();
@@ -341,15 +341,7 @@ fn coop_path_matches_f16_reference() {
     );
     let f16r =
         |v: &[f32]| -> Vec<f32> { v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect() };
-    let shapes = [
-        (1, 1, 1),
-        (7, 33, 129),
-        (65, 64, 17),
-        (129, 7, 64),
-        (33, 130, 3),
-        (64, 64, 64),
-        (100, 72, 40),
-    ];
+    let shapes = [&AWKWARD[..], &[(64, 64, 64), (100, 72, 40)]].concat();
     for cs in cases(&mut rng, &shapes) {
         let (m, n, k) = (cs.m, cs.n, cs.k);
         let c0 = rng.vec(m * n, 1.0);

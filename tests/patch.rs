@@ -5,9 +5,12 @@
 //! `boomgpu eval`) against `patch_ref.json`, made by an independent Python
 //! implementation of REFERENCE §4 with transformers.
 
+mod common;
+use common::*;
+
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Output;
 
 use serde_json::Value;
 
@@ -15,50 +18,7 @@ use boomgpu::boomerang::init::encode;
 use boomgpu::gpu::DType;
 use boomgpu::model::weights::{to_f32, write_safetensors, Checkpoint};
 
-const MODELS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/models");
 const TEXT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/text.txt");
-
-fn model(name: &str) -> PathBuf {
-    Path::new(MODELS).join(name)
-}
-
-fn tmpdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("boomgpu-patch-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn boomgpu(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_boomgpu"))
-        .args(args)
-        .env("HF_HUB_OFFLINE", "1")
-        .output()
-        .unwrap()
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "stdout:\n{}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn err(out: &Output) -> String {
-    assert!(
-        !out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn read_json(p: &Path) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
-}
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
@@ -198,7 +158,8 @@ fn expected_tensors(
     out
 }
 
-fn patch(teacher: &Path, student: &Path, k: usize, dir: Option<&str>, out: &Path) -> Output {
+/// `boomgpu patch --teacher --student --layers k --out` and `extra` flags.
+fn patch(teacher: &Path, student: &Path, k: usize, out: &Path, extra: &[&str]) -> Output {
     let ks = k.to_string();
     let mut args = vec![
         "patch",
@@ -211,16 +172,19 @@ fn patch(teacher: &Path, student: &Path, k: usize, dir: Option<&str>, out: &Path
         "--out",
         s(out),
     ];
-    let flag;
-    if let Some(d) = dir {
-        flag = format!("--{d}");
-        args.push(&flag);
-    }
-    boomgpu(&args)
+    args.extend_from_slice(extra);
+    boomgpu_run(&args)
+}
+
+/// `boomgpu plan --teacher --student` and `extra` flags.
+fn plan(teacher: &Path, student: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["plan", "--teacher", s(teacher), "--student", s(student)];
+    args.extend_from_slice(extra);
+    boomgpu_run(&args)
 }
 
 fn perplexity(dir: &Path) -> f64 {
-    let out = ok(&boomgpu(&[
+    let out = ok(&boomgpu_run(&[
         "eval",
         "--model",
         s(dir),
@@ -244,8 +208,8 @@ fn no_leftovers(parent: &Path) {
 /// Every k in both orders: tensors byte-exact, config right, perplexity
 /// as in patch_ref.json, plan --json sizes equal to the exported sizes.
 fn check_family(f: &Family) {
-    let tdir = model(f.name);
-    let sdir = model(&format!("{}-distilled", f.name));
+    let tdir = fixture(f.name);
+    let sdir = fixture(&format!("{}-distilled", f.name));
     let tmp = tmpdir(f.name);
     let teacher = Checkpoint::open(&tdir).unwrap();
     let student = Checkpoint::open(&sdir).unwrap();
@@ -255,26 +219,19 @@ fn check_family(f: &Family) {
     let student_tied = scfg["tie_word_embeddings"].as_bool().unwrap();
     let refs = read_json(&sdir.join("patch_ref.json"));
 
-    let plan: Value = serde_json::from_str(&ok(&boomgpu(&[
-        "plan",
-        "--teacher",
-        s(&tdir),
-        "--student",
-        s(&sdir),
-        "--json",
-    ])))
-    .unwrap();
-    assert_eq!(plan["default_direction"], f.default_direction);
+    let planned: Value = serde_json::from_str(&ok(&plan(&tdir, &sdir, &["--json"]))).unwrap();
+    assert_eq!(planned["default_direction"], f.default_direction);
 
     for direction in ["last", "first"] {
-        let rows = plan[direction].as_array().unwrap();
+        let rows = planned[direction].as_array().unwrap();
         let refs = refs[direction].as_array().unwrap();
         assert_eq!(rows.len(), 3, "P + 1 rows");
         assert_eq!(refs.len(), 3);
         for k in 0..3 {
             let e = expected(direction, k);
             let out = tmp.join(format!("{direction}-{k}"));
-            let text = ok(&patch(&tdir, &sdir, k, Some(direction), &out));
+            let flag = format!("--{direction}");
+            let text = ok(&patch(&tdir, &sdir, k, &out, &[&flag]));
             assert!(text.contains(&format!("k = {k} of 0..=2")), "{text}");
             let what = format!("{} {direction} k={k}", f.name);
 
@@ -389,7 +346,7 @@ fn check_family(f: &Family) {
 
     // Without --first/--last: the family's default order.
     let out = tmp.join("default");
-    ok(&patch(&tdir, &sdir, 1, None, &out));
+    ok(&patch(&tdir, &sdir, 1, &out, &[]));
     assert_eq!(
         read_json(&out.join("boomgpu.json"))["direction"],
         f.default_direction
@@ -424,87 +381,38 @@ fn gpt_neox_every_size() {
 #[test]
 fn errors_out_of_range_existing_out_and_flags() {
     let tmp = tmpdir("errors");
-    let (tdir, sdir) = (model("qwen3"), model("qwen3-distilled"));
+    let (tdir, sdir) = (fixture("qwen3"), fixture("qwen3-distilled"));
     let out = tmp.join("m");
-    let e = err(&patch(&tdir, &sdir, 3, None, &out));
+    let e = err(&patch(&tdir, &sdir, 3, &out, &[]));
     assert!(
         e.contains("--layers 3 is out of range") && e.contains("0..=2"),
         "{e}"
     );
-    let e = err(&patch(&tdir, &sdir, 3, Some("first"), &out));
+    let e = err(&patch(&tdir, &sdir, 3, &out, &["--first"]));
     assert!(e.contains("0..=2"), "{e}");
     assert!(!out.exists());
 
-    ok(&patch(&tdir, &sdir, 0, None, &out));
+    ok(&patch(&tdir, &sdir, 0, &out, &[]));
     let before = std::fs::read(out.join("model.safetensors")).unwrap();
-    let e = err(&patch(&tdir, &sdir, 1, None, &out));
+    let e = err(&patch(&tdir, &sdir, 1, &out, &[]));
     assert!(e.contains("not empty") && e.contains("--force"), "{e}");
     assert_eq!(
         std::fs::read(out.join("model.safetensors")).unwrap(),
         before
     );
-    let ks = "1";
-    ok(&boomgpu(&[
-        "patch",
-        "--teacher",
-        s(&tdir),
-        "--student",
-        s(&sdir),
-        "--layers",
-        ks,
-        "--out",
-        s(&out),
-        "--force",
-    ]));
+    ok(&patch(&tdir, &sdir, 1, &out, &["--force"]));
     assert_eq!(read_json(&out.join("config.json"))["num_hidden_layers"], 5);
     // --out must not hold an input.
-    let e = err(&boomgpu(&[
-        "patch",
-        "--teacher",
-        s(&tdir),
-        "--student",
-        s(&sdir),
-        "--layers",
-        "1",
-        "--out",
-        s(&sdir),
-        "--force",
-    ]));
+    let e = err(&patch(&tdir, &sdir, 1, &sdir, &["--force"]));
     assert!(e.contains("holds the student"), "{e}");
     // --first and --last exclude each other.
-    let e = err(&boomgpu(&[
-        "patch",
-        "--teacher",
-        s(&tdir),
-        "--student",
-        s(&sdir),
-        "--layers",
-        "1",
-        "--out",
-        s(&out),
-        "--first",
-        "--last",
-    ]));
+    let e = err(&patch(&tdir, &sdir, 1, &out, &["--first", "--last"]));
     assert!(e.contains("cannot be used with"), "{e}");
     // Flags that contradict student_config.json.
-    let e = err(&boomgpu(&[
-        "plan",
-        "--teacher",
-        s(&tdir),
-        "--student",
-        s(&sdir),
-        "--every",
-        "3",
-    ]));
+    let e = err(&plan(&tdir, &sdir, &["--every", "3"]));
     assert!(e.contains("student_config.json says"), "{e}");
     // A student of another teacher.
-    let e = err(&boomgpu(&[
-        "plan",
-        "--teacher",
-        s(&tdir),
-        "--student",
-        s(&model("neox-distilled")),
-    ]));
+    let e = err(&plan(&tdir, &fixture("neox-distilled"), &[]));
     assert!(e.contains("model_type qwen3 vs gpt_neox"), "{e}");
     no_leftovers(&tmp);
     std::fs::remove_dir_all(&tmp).unwrap();
@@ -525,43 +433,25 @@ fn copy_without(src: &Path, dst: &Path, skip: &[&str]) {
 #[test]
 fn student_without_student_config_needs_the_flags() {
     let tmp = tmpdir("nosc");
-    let tdir = model("llama-tied");
+    let tdir = fixture("llama-tied");
     let sdir = tmp.join("student");
     copy_without(
-        &model("llama-tied-distilled"),
+        &fixture("llama-tied-distilled"),
         &sdir,
         &["student_config.json", "patch_ref.json"],
     );
     let out = tmp.join("m");
-    let e = err(&patch(&tdir, &sdir, 1, None, &out));
+    let e = err(&patch(&tdir, &sdir, 1, &out, &[]));
     assert!(
         e.contains("student_config.json") && e.contains("--every/--keep-first/--keep-last"),
         "{e}"
     );
-    let e = err(&boomgpu(&[
-        "plan",
-        "--teacher",
-        s(&tdir),
-        "--student",
-        s(&sdir),
-    ]));
+    let e = err(&plan(&tdir, &sdir, &[]));
     assert!(e.contains("--every/--keep-first/--keep-last"), "{e}");
     assert!(!out.exists());
 
     // With the flags: the same model as with the file.
-    ok(&boomgpu(&[
-        "patch",
-        "--teacher",
-        s(&tdir),
-        "--student",
-        s(&sdir),
-        "--layers",
-        "1",
-        "--out",
-        s(&out),
-        "--every",
-        "2",
-    ]));
+    ok(&patch(&tdir, &sdir, 1, &out, &["--every", "2"]));
     let prov = read_json(&out.join("boomgpu.json"));
     assert_eq!(
         prov["student"]["layers_from"],
@@ -570,37 +460,20 @@ fn student_without_student_config_needs_the_flags() {
     let with_file = tmp.join("m2");
     ok(&patch(
         &tdir,
-        &model("llama-tied-distilled"),
+        &fixture("llama-tied-distilled"),
         1,
-        None,
         &with_file,
+        &[],
     ));
     assert_eq!(
         std::fs::read(out.join("model.safetensors")).unwrap(),
         std::fs::read(with_file.join("model.safetensors")).unwrap()
     );
-    let plan: Value = serde_json::from_str(&ok(&boomgpu(&[
-        "plan",
-        "--teacher",
-        s(&tdir),
-        "--student",
-        s(&sdir),
-        "--keep-last",
-        "2",
-        "--json",
-    ])))
-    .unwrap();
-    assert_eq!(plan["first"].as_array().unwrap().len(), 3);
+    let planned: Value =
+        serde_json::from_str(&ok(&plan(&tdir, &sdir, &["--keep-last", "2", "--json"]))).unwrap();
+    assert_eq!(planned["first"].as_array().unwrap().len(), 3);
     // Flags that do not fit the student's layer count.
-    let e = err(&boomgpu(&[
-        "plan",
-        "--teacher",
-        s(&tdir),
-        "--student",
-        s(&sdir),
-        "--every",
-        "4",
-    ]));
+    let e = err(&plan(&tdir, &sdir, &["--every", "4"]));
     assert!(e.contains("has 4 layers"), "{e}");
     std::fs::remove_dir_all(&tmp).unwrap();
 }
@@ -609,8 +482,8 @@ fn student_without_student_config_needs_the_flags() {
 fn mixed_dtypes_are_kept() {
     // A bf16 copy of the qwen3 student, patched into the f32 teacher.
     let tmp = tmpdir("bf16");
-    let tdir = model("qwen3");
-    let src = model("qwen3-distilled");
+    let tdir = fixture("qwen3");
+    let src = fixture("qwen3-distilled");
     let sdir = tmp.join("student");
     copy_without(&src, &sdir, &["model.safetensors", "patch_ref.json"]);
     let ck = Checkpoint::open(&src).unwrap();
@@ -628,7 +501,7 @@ fn mixed_dtypes_are_kept() {
     }
     write_safetensors(&sdir.join("model.safetensors"), &tensors, None).unwrap();
     let out = tmp.join("m");
-    let text = ok(&patch(&tdir, &sdir, 1, Some("last"), &out));
+    let text = ok(&patch(&tdir, &sdir, 1, &out, &["--last"]));
     assert!(text.contains("(bf16, f32)"), "{text}");
     let got = Checkpoint::open(&out).unwrap();
     let student = Checkpoint::open(&sdir).unwrap();
@@ -642,19 +515,11 @@ fn mixed_dtypes_are_kept() {
         got.bytes("model.layers.0.self_attn.q_norm.weight"),
         student.bytes("model.layers.0.self_attn.q_norm.weight")
     );
-    let plan: Value = serde_json::from_str(&ok(&boomgpu(&[
-        "plan",
-        "--teacher",
-        s(&tdir),
-        "--student",
-        s(&sdir),
-        "--json",
-    ])))
-    .unwrap();
+    let planned: Value = serde_json::from_str(&ok(&plan(&tdir, &sdir, &["--json"]))).unwrap();
     let bytes: u64 = got.tensors.values().map(|t| (t.end - t.start) as u64).sum();
-    assert_eq!(plan["last"][1]["bytes"], bytes);
+    assert_eq!(planned["last"][1]["bytes"], bytes);
     assert!(
-        plan["student"]["bytes"].as_u64().unwrap() * 2 == {
+        planned["student"]["bytes"].as_u64().unwrap() * 2 == {
             let c = Checkpoint::open(&src).unwrap();
             c.tensors
                 .values()
@@ -667,13 +532,11 @@ fn mixed_dtypes_are_kept() {
 
 #[test]
 fn plan_table_marks_default_teacher_and_student() {
-    let out = ok(&boomgpu(&[
-        "plan",
-        "--teacher",
-        s(&model("llama-tied")),
-        "--student",
-        s(&model("llama-tied-distilled")),
-    ]));
+    let out = ok(&plan(
+        &fixture("llama-tied"),
+        &fixture("llama-tied-distilled"),
+        &[],
+    ));
     let lines: Vec<&str> = out.lines().collect();
     assert!(
         out.contains("valid --layers: first 0..=2, last 0..=2"),

@@ -4,33 +4,20 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-
 use boomgpu::boomerang::Direction;
 use boomgpu::commands::common::Pair;
 use boomgpu::model::score;
 use common::*;
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/models")
-        .join(name)
-}
-
 #[test]
 fn every_size_in_both_directions_matches_transformers() {
     let g = gpu();
-    let text = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/text.txt"),
-    )
-    .unwrap();
+    let text = std::fs::read_to_string(fixture_path("text.txt")).unwrap();
     for name in ["llama-tied", "qwen3", "neox"] {
         let t = fixture(name);
         let s = fixture(&format!("{name}-distilled"));
         let pair = Pair::load(g, t.to_str().unwrap(), s.to_str().unwrap(), None).unwrap();
-        let r: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(s.join("patch_ref.json")).unwrap())
-                .unwrap();
+        let r = read_json(&s.join("patch_ref.json"));
         let seq = r["seq_len"].as_u64().unwrap() as usize;
         let ids = pair
             .teacher
@@ -120,27 +107,21 @@ fn out_of_range_layers_lists_the_valid_range() {
 
 #[test]
 fn curve_through_the_cli_writes_table_csv_and_svg() {
-    let dir = std::env::temp_dir().join(format!("boomgpu-curve-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_boomgpu"))
+    let dir = tmpdir("curve");
+    let out = boomgpu_cmd()
         .args(["eval", "--teacher"])
         .arg(fixture("neox"))
         .arg("--student")
         .arg(fixture("neox-distilled"))
         .args(["--layers", "all", "--seq-len", "32", "--data"])
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/text.txt"))
+        .arg(fixture_path("text.txt"))
         .arg("--csv")
         .arg(dir.join("c.csv"))
         .arg("--svg")
         .arg(dir.join("c.svg"))
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = ok(&out);
     assert!(
         stdout.contains("student") && stdout.contains("teacher") && stdout.contains("last-1"),
         "{stdout}"

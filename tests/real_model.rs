@@ -6,8 +6,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::sync::OnceLock;
 
 fn imported() -> Option<&'static PathBuf> {
@@ -23,7 +22,7 @@ fn imported() -> Option<&'static PathBuf> {
             return None;
         };
         let dir = std::env::temp_dir().join(format!("boomgpu-smollm2-{}", std::process::id()));
-        let out = Command::new(env!("CARGO_BIN_EXE_boomgpu"))
+        let out = common::boomgpu_cmd()
             .arg("import-gguf")
             .arg(&gguf)
             .arg("--out")
@@ -31,35 +30,29 @@ fn imported() -> Option<&'static PathBuf> {
             .arg("--force")
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        common::ok(&out);
         Some(dir)
     })
     .as_ref()
 }
 
 fn reference() -> serde_json::Value {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/smollm2_ref.json");
-    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+    common::read_json(&common::fixture_path("smollm2_ref.json"))
 }
 
 #[test]
 fn perplexity_agrees_with_transformers() {
     let Some(dir) = imported() else { return };
     let r = reference();
-    let out = Command::new(env!("CARGO_BIN_EXE_boomgpu"))
+    let out = common::boomgpu_cmd()
         .args(["eval", "--json", "--model"])
         .arg(dir)
         .arg("--data")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/text.txt"))
+        .arg(common::fixture_path("text.txt"))
         .args(["--seq-len", &r["seq_len"].to_string()])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&common::ok(&out)).unwrap();
     assert_eq!(
         v["tokens"], r["tokens"],
         "tokenisation differs from transformers"
@@ -87,13 +80,7 @@ fn greedy_continuation_names_paris() {
         boomgpu::model::tokenizer::Tokenizer::from_dir(dir, &cfg.eos_token_ids, cfg.bos_token_id)
             .unwrap();
     let prompt = tok.encode("The capital of France is", false).unwrap();
-    let want_prompt: Vec<u32> = r["prompt_ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect();
-    assert_eq!(prompt, want_prompt);
+    assert_eq!(prompt, common::ids_of(&r["prompt_ids"]));
     // Greedy decoding with the KV cache, step by step.
     let mut cache = boomgpu::infer::kv::KvCache::for_decoder(g, &dec, 64).unwrap();
     let mut ids = Vec::new();
@@ -109,12 +96,7 @@ fn greedy_continuation_names_paris() {
         ids.push(id);
         next_input = vec![id];
     }
-    let want: Vec<u32> = r["greedy_ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect();
+    let want = common::ids_of(&r["greedy_ids"]);
     let text = tok.decode(&ids, true).unwrap();
     assert!(text.contains("Paris"), "{text:?}");
     assert_eq!(
@@ -127,7 +109,7 @@ fn greedy_continuation_names_paris() {
 #[test]
 fn chat_answers_paris() {
     let Some(dir) = imported() else { return };
-    let out = Command::new(env!("CARGO_BIN_EXE_boomgpu"))
+    let out = common::boomgpu_cmd()
         .args(["chat", "--model"])
         .arg(dir)
         .args([
@@ -140,11 +122,6 @@ fn chat_answers_paris() {
         ])
         .output()
         .unwrap();
-    let answer = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let answer = common::ok(&out);
     assert!(answer.contains("Paris"), "{answer:?}");
 }

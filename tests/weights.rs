@@ -2,8 +2,11 @@
 //! person meets with broken downloads — a missing shard, a wrong shape, a
 //! truncated file, an unsupported dtype — each a clear message, never a panic.
 
+mod common;
+use common::*;
+
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use boomgpu::gpu::DType;
 use boomgpu::model::weights::{write_safetensors, Checkpoint};
@@ -12,17 +15,9 @@ use boomgpu::model::ModelConfig;
 /// name → (dtype, shape, bytes), as write_safetensors takes them.
 type Tensors = BTreeMap<String, (DType, Vec<usize>, Vec<u8>)>;
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/models")
-        .join(name)
-}
-
+/// A fresh scratch folder for this file's tests.
 fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("boomgpu-weights-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    tmpdir(&format!("weights-{name}"))
 }
 
 /// The qwen3 fixture split into two shards with an index, as the hub does.

@@ -12,6 +12,7 @@ fn fwd_flops(c: &AttnConfig) -> f64 {
     2.0 * 2.0 * (c.batch * c.q_heads * c.head_dim) as f64 * visible
 }
 
+/// q, k, v and d_out for `c`, or None (said) when an upload fails.
 fn tensors(b: &Bench, c: &AttnConfig) -> Option<[Tensor; 4]> {
     let g = &b.gpu;
     let fill = |name: &str, n: usize| {
@@ -28,7 +29,20 @@ fn tensors(b: &Bench, c: &AttnConfig) -> Option<[Tensor; 4]> {
         fill("d_out", out[0] * out[1]),
     ) {
         (Ok(q), Ok(k), Ok(v), Ok(d)) => Some([q, k, v, d.reshape(&out).ok()?]),
-        _ => None,
+        _ => {
+            println!("attention: upload failed");
+            None
+        }
+    }
+}
+
+/// Unmasked inputs from `tensors`.
+fn inputs(t: &[Tensor; 4]) -> AttnInputs<'_> {
+    AttnInputs {
+        q: &t[0],
+        k: &t[1],
+        v: &t[2],
+        mask: None,
     }
 }
 
@@ -41,16 +55,10 @@ pub fn run(b: &mut Bench) {
         (2048, 32, 8, 128, 2048)
     };
     let train = AttnConfig::new(1, t, t, hq, hkv, d);
-    let Some([q, k, v, dout]) = tensors(b, &train) else {
-        println!("attention: upload failed");
+    let Some(train_t) = tensors(b, &train) else {
         return;
     };
-    let x = AttnInputs {
-        q: &q,
-        k: &k,
-        v: &v,
-        mask: None,
-    };
+    let (x, dout) = (inputs(&train_t), &train_t[3]);
     let f = fwd_flops(&train);
     // Each of q, k, v, out read or written once.
     let io = 4.0 * (2.0 * train.q_elems() as f64 + 2.0 * train.kv_elems() as f64);
@@ -77,22 +85,16 @@ pub fn run(b: &mut Bench) {
         2.5 * f,
         2.0 * io,
         Bound::F32,
-        |rec| attention::attention_backward(rec, &train, &x, &out, &lse, &dout).map(|_| ()),
+        |rec| attention::attention_backward(rec, &train, &x, &out, &lse, dout).map(|_| ()),
     );
 
     // Decode: one query per head against a KV cache of tk_dec keys; memory
     // bound (every cached key and value read once).
     let dec = AttnConfig::new(1, 1, tk_dec, hq, hkv, d);
-    let Some([q, k, v, _]) = tensors(b, &dec) else {
-        println!("attention: upload failed");
+    let Some(dec_t) = tensors(b, &dec) else {
         return;
     };
-    let x = AttnInputs {
-        q: &q,
-        k: &k,
-        v: &v,
-        mask: None,
-    };
+    let x = inputs(&dec_t);
     let bytes = 4.0 * 2.0 * dec.kv_elems() as f64;
     b.run(
         &format!("attention decode Tk={tk_dec} H={hq}/{hkv} D={d}"),

@@ -302,61 +302,28 @@ pub fn check_compatible(teacher: &ModelConfig, student: &ModelConfig) -> Result<
             student.family.model_type()
         ));
     } else {
-        let mut cmp = |what: &str, t: String, s: String| {
+        // What must match, in the order a mismatch is reported.
+        type Field = (&'static str, fn(&ModelConfig) -> String);
+        let fields: [Field; 10] = [
+            ("hidden_size", |c| c.hidden_size.to_string()),
+            ("intermediate_size", |c| c.intermediate_size.to_string()),
+            ("num_attention_heads", |c| c.num_heads.to_string()),
+            ("num_key_value_heads", |c| c.num_kv_heads.to_string()),
+            ("head_dim", |c| c.head_dim.to_string()),
+            ("vocab_size", |c| c.vocab_size.to_string()),
+            ("attention_bias", |c| c.attention_bias.to_string()),
+            ("mlp_bias", |c| c.mlp_bias.to_string()),
+            ("use_parallel_residual", |c| {
+                c.use_parallel_residual.to_string()
+            }),
+            ("rotary dimensions", |c| c.rotary_dim().to_string()),
+        ];
+        for (what, value) in fields {
+            let (t, s) = (value(teacher), value(student));
             if t != s {
                 diffs.push(format!("{what} {t} vs {s}"));
             }
-        };
-        cmp(
-            "hidden_size",
-            teacher.hidden_size.to_string(),
-            student.hidden_size.to_string(),
-        );
-        cmp(
-            "intermediate_size",
-            teacher.intermediate_size.to_string(),
-            student.intermediate_size.to_string(),
-        );
-        cmp(
-            "num_attention_heads",
-            teacher.num_heads.to_string(),
-            student.num_heads.to_string(),
-        );
-        cmp(
-            "num_key_value_heads",
-            teacher.num_kv_heads.to_string(),
-            student.num_kv_heads.to_string(),
-        );
-        cmp(
-            "head_dim",
-            teacher.head_dim.to_string(),
-            student.head_dim.to_string(),
-        );
-        cmp(
-            "vocab_size",
-            teacher.vocab_size.to_string(),
-            student.vocab_size.to_string(),
-        );
-        cmp(
-            "attention_bias",
-            teacher.attention_bias.to_string(),
-            student.attention_bias.to_string(),
-        );
-        cmp(
-            "mlp_bias",
-            teacher.mlp_bias.to_string(),
-            student.mlp_bias.to_string(),
-        );
-        cmp(
-            "use_parallel_residual",
-            teacher.use_parallel_residual.to_string(),
-            student.use_parallel_residual.to_string(),
-        );
-        cmp(
-            "rotary dimensions",
-            teacher.rotary_dim().to_string(),
-            student.rotary_dim().to_string(),
-        );
+        }
     }
     if diffs.is_empty() {
         Ok(())

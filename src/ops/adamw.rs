@@ -21,6 +21,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Recorder, Tensor};
+use crate::ops::launch;
 use crate::shape_bail;
 
 /// Hyper-parameters of one AdamW step.
@@ -114,38 +115,19 @@ pub fn adamw_step(
     if n > u32::MAX as usize {
         shape_bail!("adamw_step: {n} elements exceed 32-bit indexing; split the tensor");
     }
-    let gpu = rec.gpu();
     let p = cfg.params(n, step);
-    let groups = gpu.grid_1d((n as u32).div_ceil(256));
-    match grad_scale {
-        None => {
-            let k = gpu.kernel("adamw", "adamw_step")?;
-            rec.dispatch(
-                &k,
-                &[("param", param), ("grad", grad), ("m", m), ("v", v)],
-                bytemuck::bytes_of(&p),
-                groups,
-            )
-        }
+    let mut args = vec![("param", param), ("grad", grad), ("m", m), ("v", v)];
+    let entry = match grad_scale {
+        None => "adamw_step",
         Some(s) => {
             if s.dtype() != DType::F32 || s.numel() == 0 {
                 shape_bail!("adamw_step: gradient scale must be an f32 tensor, got {s:?}");
             }
-            let k = gpu.kernel("adamw", "adamw_step_scaled")?;
-            rec.dispatch(
-                &k,
-                &[
-                    ("param", param),
-                    ("grad", grad),
-                    ("m", m),
-                    ("v", v),
-                    ("gscale", s),
-                ],
-                bytemuck::bytes_of(&p),
-                groups,
-            )
+            args.push(("gscale", s));
+            "adamw_step_scaled"
         }
-    }
+    };
+    launch::per_item(rec, "adamw", entry, &args, &p, n)
 }
 
 #[repr(C)]
@@ -213,8 +195,6 @@ impl GradNorm {
                 grads.len()
             );
         }
-        let gpu = rec.gpu();
-        let k1 = gpu.kernel("adamw", "sumsq_partial")?;
         for (i, (g, &n)) in grads.iter().zip(&self.sizes).enumerate() {
             if g.dtype() != DType::F32 || g.numel() != n {
                 shape_bail!("grad_norm: tensor {i} is {g:?}, expected f32 with {n} elements");
@@ -228,30 +208,26 @@ impl GradNorm {
                 n_tensors: 0,
                 max_norm: 0.0,
             };
-            let groups = gpu.grid_1d(n.div_ceil(CHUNK) as u32);
-            rec.dispatch(
-                &k1,
-                &[("x", g), ("partials", &self.partials)],
-                bytemuck::bytes_of(&p),
-                groups,
-            )?;
+            let args = [("x", *g), ("partials", &self.partials)];
+            launch::per_group(rec, "adamw", "sumsq_partial", &args, &p, n.div_ceil(CHUNK))?;
         }
-        let k2 = gpu.kernel("adamw", "grad_norm_finish")?;
         let p = NormParams {
             n: 0,
             out_offset: 0,
             n_tensors: self.sizes.len() as u32,
             max_norm,
         };
-        rec.dispatch(
-            &k2,
+        launch::dispatch(
+            rec,
+            "adamw",
+            "grad_norm_finish",
             &[
                 ("partials", &self.partials),
                 ("segs", &self.segs),
                 ("per_tensor", &self.per_tensor),
                 ("out", &self.out),
             ],
-            bytemuck::bytes_of(&p),
+            &p,
             [1, 1, 1],
         )
     }

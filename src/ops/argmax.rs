@@ -8,6 +8,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::error::Result;
 use crate::gpu::{DType, Recorder, Tensor};
+use crate::ops::launch;
 use crate::ops::reduce::rows_of;
 
 #[repr(C)]
@@ -44,31 +45,22 @@ pub fn argmax_with(rec: &mut Recorder, x: &Tensor, split: bool) -> Result<Tensor
     };
     let lim = gpu.caps.limits.max_compute_workgroups_per_dimension as usize;
     if !split || rows > lim || chunks > lim {
-        let k = gpu.kernel("argmax", "argmax_rows")?;
-        rec.dispatch(
-            &k,
-            &[("x", x), ("idx", &idx)],
-            bytemuck::bytes_of(&p),
-            gpu.grid_1d(rows as u32),
-        )?;
+        let args = [("x", x), ("idx", &idx)];
+        launch::per_group(rec, "argmax", "argmax_rows", &args, &p, rows)?;
         return Ok(idx);
     }
     let pv = Tensor::empty(gpu, "argmax.part_val", &[rows * chunks], DType::F32)?;
     let pi = Tensor::empty(gpu, "argmax.part_idx", &[rows * chunks], DType::U32)?;
-    let k1 = gpu.kernel("argmax", "argmax_partial")?;
-    rec.dispatch(
-        &k1,
+    launch::dispatch(
+        rec,
+        "argmax",
+        "argmax_partial",
         &[("x", x), ("part_val", &pv), ("part_idx", &pi)],
-        bytemuck::bytes_of(&p),
+        &p,
         [chunks as u32, rows as u32, 1],
     )?;
-    let k2 = gpu.kernel("argmax", "argmax_finish")?;
-    rec.dispatch(
-        &k2,
-        &[("part_val", &pv), ("part_idx", &pi), ("idx", &idx)],
-        bytemuck::bytes_of(&p),
-        gpu.grid_1d(rows as u32),
-    )?;
+    let args = [("part_val", &pv), ("part_idx", &pi), ("idx", &idx)];
+    launch::per_group(rec, "argmax", "argmax_finish", &args, &p, rows)?;
     Ok(idx)
 }
 

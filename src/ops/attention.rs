@@ -33,6 +33,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::error::Result;
 use crate::gpu::{DType, Recorder, Tensor};
+use crate::ops::launch;
 use crate::shape_bail;
 
 const SHADER: &str = "attention";
@@ -42,6 +43,20 @@ const F_BQ: usize = 32;
 const Q_BQ: usize = 16;
 const BK: usize = 16;
 const MAX_HEAD_DIM: usize = 128;
+
+/// `pub fn $name(self, v) -> Self` setting one field, for building a
+/// configuration from its defaults.
+macro_rules! with_setters {
+    ($($(#[$doc:meta])* $name:ident => $field:ident: $ty:ty,)*) => {
+        $(
+            $(#[$doc])*
+            pub fn $name(mut self, $field: $ty) -> Self {
+                self.$field = $field;
+                self
+            }
+        )*
+    };
+}
 
 /// Shape and layout of one attention call.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -96,30 +111,15 @@ impl AttnConfig {
             kv_splits: 0,
         }
     }
-    pub fn with_q_offset(mut self, q_offset: usize) -> Self {
-        self.q_offset = q_offset;
-        self
-    }
-    pub fn with_scale(mut self, scale: f32) -> Self {
-        self.scale = scale;
-        self
-    }
-    /// Read k and v from a cache of `max_ctx` rows per sequence.
-    pub fn with_kv_cache(mut self, max_ctx: usize) -> Self {
-        self.kv_batch_stride = max_ctx;
-        self
-    }
-    pub fn with_q_row_stride(mut self, stride: usize) -> Self {
-        self.q_row_stride = stride;
-        self
-    }
-    pub fn with_kv_row_stride(mut self, stride: usize) -> Self {
-        self.kv_row_stride = stride;
-        self
-    }
-    pub fn with_kv_splits(mut self, splits: usize) -> Self {
-        self.kv_splits = splits;
-        self
+    with_setters! {
+        with_q_offset => q_offset: usize,
+        with_scale => scale: f32,
+        /// Read k and v from a cache of `kv_batch_stride` (max_ctx) rows
+        /// per sequence.
+        with_kv_cache => kv_batch_stride: usize,
+        with_q_row_stride => q_row_stride: usize,
+        with_kv_row_stride => kv_row_stride: usize,
+        with_kv_splits => kv_splits: usize,
     }
     /// Query heads per kv head.
     pub fn group(&self) -> usize {
@@ -348,57 +348,49 @@ pub fn attention(rec: &mut Recorder, cfg: &AttnConfig, x: &AttnInputs) -> Result
         grid_dim(rec, "batch·kv heads", cfg.batch * cfg.kv_heads)?,
         grid_dim(rec, "key splits", splits)?,
     ];
-    let fwd = gpu.kernel(SHADER, "attn_fwd")?;
-    if splits == 1 {
-        rec.dispatch(
-            &fwd,
-            &[
-                ("q", x.q),
-                ("k", x.k),
-                ("v", x.v),
-                ("mask", mask),
-                ("out", &out),
-                ("lse", &lse),
-            ],
-            bytemuck::bytes_of(&p),
-            groups,
-        )?;
-        return Ok((out, lse));
-    }
-    let [rows, cols] = cfg.out_shape();
-    let o_part = Tensor::empty(gpu, "attention.o_part", &[splits * rows, cols], DType::F32)?;
-    let lse_part = Tensor::empty(
-        gpu,
-        "attention.lse_part",
-        &[splits * cfg.lse_shape().iter().product::<usize>()],
-        DType::F32,
-    )?;
-    rec.dispatch(
-        &fwd,
+    // With several key splits each split writes partial rows and
+    // log-sum-exps, which attn_combine merges.
+    let partials = if splits == 1 {
+        None
+    } else {
+        let [rows, cols] = cfg.out_shape();
+        let lse_len = cfg.lse_shape().iter().product::<usize>();
+        Some((
+            Tensor::empty(gpu, "attention.o_part", &[splits * rows, cols], DType::F32)?,
+            Tensor::empty(gpu, "attention.lse_part", &[splits * lse_len], DType::F32)?,
+        ))
+    };
+    let (o_dst, lse_dst) = partials.as_ref().map_or((&out, &lse), |(o, l)| (o, l));
+    launch::dispatch(
+        rec,
+        SHADER,
+        "attn_fwd",
         &[
             ("q", x.q),
             ("k", x.k),
             ("v", x.v),
             ("mask", mask),
-            ("out", &o_part),
-            ("lse", &lse_part),
+            ("out", o_dst),
+            ("lse", lse_dst),
         ],
-        bytemuck::bytes_of(&p),
+        &p,
         groups,
     )?;
-    let combine = gpu.kernel(SHADER, "attn_combine")?;
-    let n = (rows * cols / 4) as u32;
-    rec.dispatch(
-        &combine,
-        &[
-            ("o_part", &o_part),
-            ("lse_part", &lse_part),
-            ("out", &out),
-            ("lse", &lse),
-        ],
-        bytemuck::bytes_of(&p),
-        gpu.grid_1d(n.div_ceil(256)),
-    )?;
+    if let Some((o_part, lse_part)) = &partials {
+        launch::per_item(
+            rec,
+            SHADER,
+            "attn_combine",
+            &[
+                ("o_part", o_part),
+                ("lse_part", lse_part),
+                ("out", &out),
+                ("lse", &lse),
+            ],
+            &p,
+            out.numel() / 4,
+        )?;
+    }
     Ok((out, lse))
 }
 
@@ -424,57 +416,37 @@ pub fn attention_backward(
     let dk = Tensor::empty(gpu, "attention.dk", &cfg.dkv_shape(), DType::F32)?;
     let dv = Tensor::empty(gpu, "attention.dv", &cfg.dkv_shape(), DType::F32)?;
     let p = params(cfg, mask_stride, x.mask.is_some(), 1, cfg.kv_len);
-    let pb = bytemuck::bytes_of(&p);
     let mask = x.mask.unwrap_or(x.q);
     let bh = grid_dim(rec, "batch·kv heads", cfg.batch * cfg.kv_heads)?;
-
-    let delta = gpu.kernel(SHADER, "attn_bwd_delta")?;
-    rec.dispatch(
-        &delta,
+    launch::per_item(
+        rec,
+        SHADER,
+        "attn_bwd_delta",
         &[
             ("o", out),
             ("d_out", d_out),
             ("lse_in", lse),
             ("stats", &stats),
         ],
-        pb,
-        gpu.grid_1d((n_rows as u32).div_ceil(256)),
+        &p,
+        n_rows,
     )?;
-    let kq = gpu.kernel(SHADER, "attn_bwd_dq")?;
-    rec.dispatch(
-        &kq,
-        &[
-            ("q", x.q),
-            ("k", x.k),
-            ("v", x.v),
-            ("mask", mask),
-            ("d_out", d_out),
-            ("stats_in", &stats),
-            ("dq", &dq),
-        ],
-        pb,
-        [
-            grid_dim(rec, "row blocks", (cfg.q_len * cfg.group()).div_ceil(Q_BQ))?,
-            bh,
-            1,
-        ],
-    )?;
-    let kkv = gpu.kernel(SHADER, "attn_bwd_dkdv")?;
-    rec.dispatch(
-        &kkv,
-        &[
-            ("q", x.q),
-            ("k", x.k),
-            ("v", x.v),
-            ("mask", mask),
-            ("d_out", d_out),
-            ("stats_in", &stats),
-            ("dk", &dk),
-            ("dv", &dv),
-        ],
-        pb,
-        [grid_dim(rec, "key blocks", cfg.kv_len.div_ceil(BK))?, bh, 1],
-    )?;
+    let inputs = [
+        ("q", x.q),
+        ("k", x.k),
+        ("v", x.v),
+        ("mask", mask),
+        ("d_out", d_out),
+        ("stats_in", &stats),
+    ];
+    let row_blocks = grid_dim(rec, "row blocks", (cfg.q_len * cfg.group()).div_ceil(Q_BQ))?;
+    let args = [&inputs[..], &[("dq", &dq)]].concat();
+    let groups = [row_blocks, bh, 1];
+    launch::dispatch(rec, SHADER, "attn_bwd_dq", &args, &p, groups)?;
+    let key_blocks = grid_dim(rec, "key blocks", cfg.kv_len.div_ceil(BK))?;
+    let args = [&inputs[..], &[("dk", &dk), ("dv", &dv)]].concat();
+    let groups = [key_blocks, bh, 1];
+    launch::dispatch(rec, SHADER, "attn_bwd_dkdv", &args, &p, groups)?;
     Ok((dq, dk, dv))
 }
 

@@ -6,7 +6,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::error::Result;
 use crate::gpu::{DType, Recorder, Tensor};
-use crate::ops::colsum;
+use crate::ops::{colsum, launch};
 use crate::shape_bail;
 
 #[repr(C)]
@@ -38,59 +38,36 @@ fn check(op: &str, x: &Tensor, b: &Tensor) -> Result<()> {
     Ok(())
 }
 
+/// `entry` over `x`'s elements; the bias is bound as `b` in its own dtype.
 fn launch(
     rec: &mut Recorder,
     entry: &str,
     args: &[(&str, &Tensor)],
-    total: usize,
-    n: usize,
+    x: &Tensor,
+    b: &Tensor,
 ) -> Result<()> {
-    if total == 0 {
-        return Ok(());
-    }
-    let gpu = rec.gpu();
-    let k = gpu.kernel("bias_add", entry)?;
     let p = Params {
-        total: total as u32,
-        n: n as u32,
+        total: x.numel() as u32,
+        n: b.numel() as u32,
         _pad: [0; 2],
     };
-    rec.dispatch(
-        &k,
-        args,
-        bytemuck::bytes_of(&p),
-        gpu.grid_1d((total as u32).div_ceil(256)),
-    )
+    let constants = [("B_BF16", (b.dtype() == DType::BF16) as u32 as f64)];
+    let kernel = ("bias_add", entry);
+    launch::per_item_with(rec, kernel, &constants, args, &p, x.numel())
 }
 
 /// y = x + b (new tensor).
 pub fn bias_add(rec: &mut Recorder, x: &Tensor, b: &Tensor) -> Result<Tensor> {
     check("bias_add", x, b)?;
     let out = Tensor::empty(rec.gpu(), "bias_add.out", x.shape(), DType::F32)?;
-    let (entry, bname) = if b.dtype() == DType::BF16 {
-        ("bias_add_bf16", "b_bf16")
-    } else {
-        ("bias_add", "b")
-    };
-    launch(
-        rec,
-        entry,
-        &[("x", x), (bname, b), ("out", &out)],
-        x.numel(),
-        b.numel(),
-    )?;
+    launch(rec, "bias_add", &[("x", x), ("b", b), ("out", &out)], x, b)?;
     Ok(out)
 }
 
 /// x ← x + b.
 pub fn bias_add_inplace(rec: &mut Recorder, x: &Tensor, b: &Tensor) -> Result<()> {
     check("bias_add_inplace", x, b)?;
-    let (entry, bname) = if b.dtype() == DType::BF16 {
-        ("bias_add_inplace_bf16", "b_bf16")
-    } else {
-        ("bias_add_inplace", "b")
-    };
-    launch(rec, entry, &[("xio", x), (bname, b)], x.numel(), b.numel())
+    launch(rec, "bias_add_inplace", &[("xio", x), ("b", b)], x, b)
 }
 
 /// db = Σ over rows of dy `[.., n]` → `[n]` (dx is dy itself).

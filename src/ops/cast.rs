@@ -8,6 +8,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::error::Result;
 use crate::gpu::{DType, Recorder, Tensor};
+use crate::ops::launch;
 use crate::shape_bail;
 
 #[repr(C)]
@@ -40,23 +41,14 @@ pub fn cast(rec: &mut Recorder, x: &Tensor, to: DType) -> Result<Tensor> {
     if n >= u32::MAX as usize {
         shape_bail!("cast: {:?} is too large for one launch", x.shape());
     }
-    let gpu = rec.gpu();
-    let out = Tensor::empty(gpu, "cast.out", x.shape(), to)?;
-    if n == 0 {
-        return Ok(out);
-    }
-    let k = gpu.kernel("cast", entry)?;
+    let out = Tensor::empty(rec.gpu(), "cast.out", x.shape(), to)?;
     let p = Params {
         n: n as u32,
         _pad: [0; 3],
     };
-    let words = n.div_ceil(2) as u32;
-    rec.dispatch(
-        &k,
-        &[(src, x), (dst, &out)],
-        bytemuck::bytes_of(&p),
-        gpu.grid_1d(words.div_ceil(256)),
-    )?;
+    // One invocation per u32 word of the 16-bit side.
+    let words = n.div_ceil(2);
+    launch::per_item(rec, "cast", entry, &[(src, x), (dst, &out)], &p, words)?;
     Ok(out)
 }
 

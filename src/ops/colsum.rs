@@ -12,6 +12,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::error::Result;
 use crate::gpu::{DType, Recorder, Tensor};
+use crate::ops::launch;
 use crate::shape_bail;
 
 #[repr(C)]
@@ -56,17 +57,18 @@ fn pass(rec: &mut Recorder, x: &Tensor, rows: usize, n: usize, chunk: usize) -> 
     if col_groups > lim || chunks > lim {
         shape_bail!("colsum: [{rows}, {n}] is too large for one launch");
     }
-    let k = gpu.kernel("colsum", "colsum_partial")?;
     let p = Params {
         rows: rows as u32,
         n: n as u32,
         chunk: chunk as u32,
         _pad: 0,
     };
-    rec.dispatch(
-        &k,
+    launch::dispatch(
+        rec,
+        "colsum",
+        "colsum_partial",
         &[("x", x), ("out", &out)],
-        bytemuck::bytes_of(&p),
+        &p,
         [col_groups as u32, chunks as u32, 1],
     )?;
     Ok(out)

@@ -16,6 +16,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::error::Result;
 use crate::gpu::{DType, Recorder, Tensor};
+use crate::ops::launch;
 use crate::shape_bail;
 
 /// torch's default eps of cosine_similarity.
@@ -60,11 +61,6 @@ fn launch(
     scale: f32,
     accumulate: bool,
 ) -> Result<()> {
-    if rows == 0 {
-        return Ok(());
-    }
-    let gpu = rec.gpu();
-    let k = gpu.kernel("cosine", entry)?;
     let p = Params {
         rows: rows as u32,
         cols: cols as u32,
@@ -73,7 +69,7 @@ fn launch(
         accumulate: accumulate as u32,
         _pad: [0; 3],
     };
-    rec.dispatch(&k, args, bytemuck::bytes_of(&p), gpu.grid_1d(rows as u32))
+    launch::per_group(rec, "cosine", entry, args, &p, rows)
 }
 
 fn scale_of(weight: f32, n_counted: f32) -> f32 {
@@ -110,24 +106,10 @@ pub fn cosine_loss(
     weight: f32,
     n_counted: f32,
 ) -> Result<(Tensor, Tensor)> {
-    let (rows, cols) = check("cosine_loss", a, b, mask)?;
-    let val = Tensor::empty(rec.gpu(), "cosine.val", &[rows], DType::F32)?;
+    let shape = check("cosine_loss", a, b, mask)?;
     let ga = Tensor::empty(rec.gpu(), "cosine.grad", a.shape(), DType::F32)?;
-    launch(
-        rec,
-        "cosine_fwd_bwd",
-        &[
-            ("a", a),
-            ("b", b),
-            ("mask", mask),
-            ("val", &val),
-            ("ga", &ga),
-        ],
-        rows,
-        cols,
-        scale_of(weight, n_counted),
-        false,
-    )?;
+    let scale = scale_of(weight, n_counted);
+    let val = fwd_bwd(rec, (a, b, mask), shape, scale, &ga, false)?;
     Ok((val, ga))
 }
 
@@ -142,10 +124,24 @@ pub fn cosine_loss_accumulate(
     n_counted: f32,
     grad: &Tensor,
 ) -> Result<Tensor> {
-    let (rows, cols) = check("cosine_loss_accumulate", a, b, mask)?;
+    let shape = check("cosine_loss_accumulate", a, b, mask)?;
     if grad.dtype() != DType::F32 || grad.shape() != a.shape() {
         shape_bail!("cosine_loss_accumulate: gradient {grad:?} must be f32 shaped like {a:?}");
     }
+    let scale = scale_of(weight, n_counted);
+    fwd_bwd(rec, (a, b, mask), shape, scale, grad, true)
+}
+
+/// The per-row values, and the gradient written into (or, with
+/// `accumulate`, added to) `ga`.
+fn fwd_bwd(
+    rec: &mut Recorder,
+    (a, b, mask): (&Tensor, &Tensor, &Tensor),
+    (rows, cols): (usize, usize),
+    scale: f32,
+    ga: &Tensor,
+    accumulate: bool,
+) -> Result<Tensor> {
     let val = Tensor::empty(rec.gpu(), "cosine.val", &[rows], DType::F32)?;
     launch(
         rec,
@@ -155,12 +151,12 @@ pub fn cosine_loss_accumulate(
             ("b", b),
             ("mask", mask),
             ("val", &val),
-            ("ga", grad),
+            ("ga", ga),
         ],
         rows,
         cols,
-        scale_of(weight, n_counted),
-        true,
+        scale,
+        accumulate,
     )?;
     Ok(val)
 }

@@ -24,6 +24,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Recorder, Tensor};
+use crate::ops::launch;
 use crate::shape_bail;
 
 /// Marks a row without a next-token target.
@@ -153,13 +154,62 @@ fn row_outputs(rec: &Recorder, rows: usize) -> Result<LossRows> {
 }
 
 fn launch(rec: &mut Recorder, entry: &str, args: &[(&str, &Tensor)], p: &Params) -> Result<()> {
-    if p.rows == 0 || p.cols == 0 {
+    if p.cols == 0 {
         return Ok(());
     }
-    let gpu = rec.gpu();
-    let k = gpu.kernel("distill_loss", entry)?;
-    let groups = gpu.grid_1d(p.rows);
-    rec.dispatch(&k, args, bytemuck::bytes_of(p), groups)
+    launch::per_group(rec, "distill_loss", entry, args, p, p.rows as usize)
+}
+
+/// What a teacher-student launch does with the gradient w.r.t. the student.
+#[derive(Clone, Copy)]
+enum Gradient {
+    None,
+    /// Into a new tensor shaped like the student logits.
+    New,
+    /// Over the student logits.
+    InPlace,
+}
+
+/// The checks, per-row outputs and launch of the three entry points that
+/// compare the student with the teacher; returns the new gradient tensor
+/// for `Gradient::New`.
+fn with_teacher(
+    rec: &mut Recorder,
+    op: &str,
+    (s, t, targets): (&Tensor, &Tensor, &Tensor),
+    cfg: &DistillLoss,
+    grad: Gradient,
+) -> Result<(LossRows, Option<Tensor>)> {
+    let (rows, cols) = check_rows(op, s, targets)?;
+    check_teacher(op, s, t)?;
+    let p = params(rows, cols, cfg)?;
+    let out = row_outputs(rec, rows)?;
+    let ds = match grad {
+        Gradient::New => Some(Tensor::empty(
+            rec.gpu(),
+            "distill_loss.ds",
+            s.shape(),
+            DType::F32,
+        )?),
+        Gradient::None | Gradient::InPlace => None,
+    };
+    let (entry, s_name) = match grad {
+        Gradient::None => ("distill_fwd", "s"),
+        Gradient::New => ("distill_fwd_bwd", "s"),
+        Gradient::InPlace => ("distill_fwd_bwd_inplace", "sg"),
+    };
+    let mut args = vec![
+        (s_name, s),
+        ("t", t),
+        ("targets", targets),
+        ("ce", &out.ce),
+        ("kl", &out.kl),
+    ];
+    if let Some(ds) = &ds {
+        args.push(("ds", ds));
+    }
+    launch(rec, entry, &args, &p)?;
+    Ok((out, ds))
 }
 
 /// Per-row CE and KL, and the gradient of the loss w.r.t. the student
@@ -172,25 +222,8 @@ pub fn distill_loss(
     targets: &Tensor,
     cfg: &DistillLoss,
 ) -> Result<(LossRows, Tensor)> {
-    let (rows, cols) = check_rows("distill_loss", s, targets)?;
-    check_teacher("distill_loss", s, t)?;
-    let p = params(rows, cols, cfg)?;
-    let out = row_outputs(rec, rows)?;
-    let ds = Tensor::empty(rec.gpu(), "distill_loss.ds", s.shape(), DType::F32)?;
-    launch(
-        rec,
-        "distill_fwd_bwd",
-        &[
-            ("s", s),
-            ("t", t),
-            ("targets", targets),
-            ("ce", &out.ce),
-            ("kl", &out.kl),
-            ("ds", &ds),
-        ],
-        &p,
-    )?;
-    Ok((out, ds))
+    let (out, ds) = with_teacher(rec, "distill_loss", (s, t, targets), cfg, Gradient::New)?;
+    Ok((out, ds.expect("Gradient::New makes a gradient tensor")))
 }
 
 /// Like `distill_loss`, but the gradient overwrites the student logits
@@ -202,23 +235,8 @@ pub fn distill_loss_inplace(
     targets: &Tensor,
     cfg: &DistillLoss,
 ) -> Result<LossRows> {
-    let (rows, cols) = check_rows("distill_loss_inplace", s, targets)?;
-    check_teacher("distill_loss_inplace", s, t)?;
-    let p = params(rows, cols, cfg)?;
-    let out = row_outputs(rec, rows)?;
-    launch(
-        rec,
-        "distill_fwd_bwd_inplace",
-        &[
-            ("sg", s),
-            ("t", t),
-            ("targets", targets),
-            ("ce", &out.ce),
-            ("kl", &out.kl),
-        ],
-        &p,
-    )?;
-    Ok(out)
+    let op = "distill_loss_inplace";
+    Ok(with_teacher(rec, op, (s, t, targets), cfg, Gradient::InPlace)?.0)
 }
 
 /// Per-row CE and KL without a gradient (evaluation against a teacher).
@@ -230,23 +248,8 @@ pub fn distill_forward(
     targets: &Tensor,
     cfg: &DistillLoss,
 ) -> Result<LossRows> {
-    let (rows, cols) = check_rows("distill_forward", s, targets)?;
-    check_teacher("distill_forward", s, t)?;
-    let p = params(rows, cols, cfg)?;
-    let out = row_outputs(rec, rows)?;
-    launch(
-        rec,
-        "distill_fwd",
-        &[
-            ("s", s),
-            ("t", t),
-            ("targets", targets),
-            ("ce", &out.ce),
-            ("kl", &out.kl),
-        ],
-        &p,
-    )?;
-    Ok(out)
+    let op = "distill_forward";
+    Ok(with_teacher(rec, op, (s, t, targets), cfg, Gradient::None)?.0)
 }
 
 /// Plain cross-entropy for evaluation (perplexity): per-row negative

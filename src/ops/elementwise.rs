@@ -7,6 +7,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::error::Result;
 use crate::gpu::{DType, Recorder, Tensor};
+use crate::ops::launch;
 use crate::shape_bail;
 
 #[repr(C)]
@@ -17,8 +18,6 @@ struct Params {
     beta: f32,
     _pad: u32,
 }
-
-const WG: u32 = 256;
 
 fn check_f32(op: &str, ts: &[&Tensor]) -> Result<()> {
     for t in ts {
@@ -47,34 +46,40 @@ fn launch(
     alpha: f32,
     beta: f32,
 ) -> Result<()> {
-    if n == 0 {
-        return Ok(());
-    }
-    let gpu = rec.gpu();
-    let k = gpu.kernel("elementwise", entry)?;
     let p = Params {
         n: n as u32,
         alpha,
         beta,
         _pad: 0,
     };
-    let groups = gpu.grid_1d((n as u32).div_ceil(WG));
-    rec.dispatch(&k, args, bytemuck::bytes_of(&p), groups)
+    launch::per_item(rec, "elementwise", entry, args, &p, n)
 }
 
-/// out = alpha·a + beta·b, into a new tensor shaped like `a`.
-pub fn axpby(rec: &mut Recorder, alpha: f32, a: &Tensor, beta: f32, b: &Tensor) -> Result<Tensor> {
-    check_f32("axpby", &[a, b])?;
-    let out = Tensor::empty(rec.gpu(), "axpby.out", a.shape(), DType::F32)?;
+/// `out = entry(a, b)` into a new tensor shaped like `a`.
+fn binary(
+    rec: &mut Recorder,
+    entry: &str,
+    a: &Tensor,
+    b: &Tensor,
+    alpha: f32,
+    beta: f32,
+) -> Result<Tensor> {
+    check_f32(entry, &[a, b])?;
+    let out = Tensor::empty(rec.gpu(), &format!("{entry}.out"), a.shape(), DType::F32)?;
     launch(
         rec,
-        "axpby",
+        entry,
         &[("a", a), ("b", b), ("out", &out)],
         a.numel(),
         alpha,
         beta,
     )?;
     Ok(out)
+}
+
+/// out = alpha·a + beta·b, into a new tensor shaped like `a`.
+pub fn axpby(rec: &mut Recorder, alpha: f32, a: &Tensor, beta: f32, b: &Tensor) -> Result<Tensor> {
+    binary(rec, "axpby", a, b, alpha, beta)
 }
 
 /// a + b
@@ -84,17 +89,7 @@ pub fn add(rec: &mut Recorder, a: &Tensor, b: &Tensor) -> Result<Tensor> {
 
 /// a·b elementwise.
 pub fn mul(rec: &mut Recorder, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    check_f32("mul", &[a, b])?;
-    let out = Tensor::empty(rec.gpu(), "mul.out", a.shape(), DType::F32)?;
-    launch(
-        rec,
-        "mul",
-        &[("a", a), ("b", b), ("out", &out)],
-        a.numel(),
-        1.0,
-        0.0,
-    )?;
-    Ok(out)
+    binary(rec, "mul", a, b, 1.0, 0.0)
 }
 
 /// x ← alpha·x

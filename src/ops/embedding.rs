@@ -13,6 +13,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::error::Result;
 use crate::gpu::{DType, Recorder, Tensor};
+use crate::ops::launch;
 use crate::shape_bail;
 
 #[repr(C)]
@@ -73,10 +74,6 @@ pub fn embedding_sharded(rec: &mut Recorder, ids: &Tensor, shards: &[Tensor]) ->
             );
         }
         if total > 0 {
-            let (entry, tname) = match shard.dtype() {
-                DType::BF16 => ("embed_bf16", "table_bf16"),
-                _ => ("embed_f32", "table"),
-            };
             let p = Params {
                 tokens: tokens as u32,
                 hidden: hidden as u32,
@@ -86,13 +83,9 @@ pub fn embedding_sharded(rec: &mut Recorder, ids: &Tensor, shards: &[Tensor]) ->
                 col_blocks: 0,
                 _pad: [0; 2],
             };
-            let kern = gpu.kernel("embedding", entry)?;
-            rec.dispatch(
-                &kern,
-                &[("ids", ids), (tname, shard), ("out", &out)],
-                bytemuck::bytes_of(&p),
-                gpu.grid_1d((total as u32).div_ceil(256)),
-            )?;
+            let args = [("ids", ids), ("table", shard), ("out", &out)];
+            let bf16 = [("TABLE_BF16", (shard.dtype() == DType::BF16) as u32 as f64)];
+            launch::per_item_with(rec, ("embedding", "embed"), &bf16, &args, &p, total)?;
         }
         row_start += rows;
     }
@@ -146,24 +139,20 @@ pub fn embedding_backward_accumulate(
         _pad: [0; 2],
     };
     let links = Tensor::empty(gpu, "embedding.links", &[tokens], DType::U32)?;
-    let k = gpu.kernel("embedding", "embed_links")?;
-    rec.dispatch(
-        &k,
-        &[("ids", ids), ("links_out", &links)],
-        bytemuck::bytes_of(&p),
-        gpu.grid_1d(tokens.div_ceil(256) as u32),
-    )?;
-    let k = gpu.kernel("embedding", "embed_bwd")?;
-    rec.dispatch(
-        &k,
+    let args = [("ids", ids), ("links_out", &links)];
+    launch::per_item(rec, "embedding", "embed_links", &args, &p, tokens)?;
+    launch::per_group(
+        rec,
+        "embedding",
+        "embed_bwd",
         &[
             ("ids", ids),
             ("links", &links),
             ("dout", dout),
             ("dtable", d_table),
         ],
-        bytemuck::bytes_of(&p),
-        gpu.grid_1d((tokens * col_blocks) as u32),
+        &p,
+        tokens * col_blocks,
     )
 }
 

@@ -6,6 +6,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::error::Result;
 use crate::gpu::{DType, Recorder, Tensor};
+use crate::ops::launch;
 use crate::shape_bail;
 
 #[repr(C)]
@@ -24,13 +25,8 @@ fn unary(rec: &mut Recorder, entry: &str, x: &Tensor, dout: Option<&Tensor>) -> 
             shape_bail!("{entry}: dout {:?} does not match x {:?}", d, x);
         }
     }
-    let gpu = rec.gpu();
-    let out = Tensor::empty(gpu, "gelu.out", x.shape(), DType::F32)?;
+    let out = Tensor::empty(rec.gpu(), "gelu.out", x.shape(), DType::F32)?;
     let n = x.numel();
-    if n == 0 {
-        return Ok(out);
-    }
-    let k = gpu.kernel("gelu", entry)?;
     let p = Params {
         n: n as u32,
         _pad: [0; 3],
@@ -39,12 +35,7 @@ fn unary(rec: &mut Recorder, entry: &str, x: &Tensor, dout: Option<&Tensor>) -> 
     if let Some(d) = dout {
         args.push(("dout", d));
     }
-    rec.dispatch(
-        &k,
-        &args,
-        bytemuck::bytes_of(&p),
-        gpu.grid_1d((n as u32).div_ceil(256)),
-    )?;
+    launch::per_item(rec, "gelu", entry, &args, &p, n)?;
     Ok(out)
 }
 

@@ -9,7 +9,7 @@
 
 use crate::error::Result;
 use crate::gpu::{DType, Recorder, Tensor};
-use crate::ops::rmsnorm::{norm_backward, norm_rows, row_launch, NormBackward, NormParams};
+use crate::ops::rmsnorm::{forward_launch, norm_backward, norm_rows, weight_is_bf16, NormBackward};
 use crate::shape_bail;
 
 /// What forward saves for backward: `[rows, 2]` f32, (mean, rstd) per row.
@@ -30,42 +30,25 @@ pub fn layernorm_fwd(
     if b.numel() != n || b.dtype() != w.dtype() {
         shape_bail!("layernorm: bias {:?} does not match weight {:?}", b, w);
     }
-    let (entry, wname, bname) = match w.dtype() {
-        DType::F32 => ("layernorm_fwd", "w", "b"),
-        DType::BF16 => ("layernorm_fwd_bf16", "w_bf16", "b_bf16"),
-        other => shape_bail!(
-            "layernorm: weight must be f32 or bf16, got {}",
-            other.name()
-        ),
-    };
+    let bf16 = weight_is_bf16("layernorm", w)?;
     let gpu = rec.gpu();
     let y = Tensor::empty(gpu, "layernorm.y", x.shape(), DType::F32)?;
     let stats = Tensor::empty(gpu, "layernorm.stats", &[rows, 2], DType::F32)?;
-    if rows > 0 {
-        let (tpr, groups) = row_launch(rec, rows, n);
-        let p = NormParams {
-            rows: rows as u32,
-            n: n as u32,
-            tpr,
-            eps,
-            chunk: 0,
-            accumulate: 0,
-            _pad: [0; 2],
-        };
-        let k = gpu.kernel("layernorm", entry)?;
-        rec.dispatch(
-            &k,
-            &[
-                ("x", x),
-                (wname, w),
-                (bname, b),
-                ("y", &y),
-                ("stats_out", &stats),
-            ],
-            bytemuck::bytes_of(&p),
-            groups,
-        )?;
-    }
+    forward_launch(
+        rec,
+        ("layernorm", "layernorm_fwd"),
+        bf16,
+        &[
+            ("x", x),
+            ("w", w),
+            ("b", b),
+            ("y", &y),
+            ("stats_out", &stats),
+        ],
+        rows,
+        n,
+        eps,
+    )?;
     Ok((y, LayerNormSaved { stats }))
 }
 

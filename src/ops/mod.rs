@@ -12,6 +12,7 @@ pub mod elementwise;
 pub mod embedding;
 pub mod gelu;
 pub mod gemv;
+mod launch;
 pub mod layernorm;
 pub mod matmul;
 pub mod reduce;

@@ -7,6 +7,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::error::Result;
 use crate::gpu::{DType, Recorder, Tensor};
+use crate::ops::launch;
 use crate::shape_bail;
 
 #[repr(C)]
@@ -46,23 +47,13 @@ pub(crate) fn rows_of(op: &str, x: &Tensor) -> Result<(usize, usize, Vec<usize>)
 fn row_reduce(rec: &mut Recorder, x: &Tensor, entry: &str) -> Result<Tensor> {
     let (rows, cols, shape) = rows_of(entry, x)?;
     let out = Tensor::empty(rec.gpu(), "reduce.out", &shape, DType::F32)?;
-    if rows == 0 {
-        return Ok(out);
-    }
-    let gpu = rec.gpu();
-    let k = gpu.kernel("reduce", entry)?;
     let p = Params {
         rows: rows as u32,
         cols: cols as u32,
         n: 0,
         _pad: 0,
     };
-    rec.dispatch(
-        &k,
-        &[("x", x), ("out", &out)],
-        bytemuck::bytes_of(&p),
-        gpu.grid_1d(rows as u32),
-    )?;
+    launch::per_group(rec, "reduce", entry, &[("x", x), ("out", &out)], &p, rows)?;
     Ok(out)
 }
 
@@ -92,24 +83,24 @@ pub fn sum(rec: &mut Recorder, x: &Tensor) -> Result<Tensor> {
         n: n as u32,
         _pad: 0,
     };
-    if chunks > 0 {
-        let k1 = gpu.kernel("reduce", "sum_partial")?;
-        rec.dispatch(
-            &k1,
-            &[("x", x), ("partials", &partials)],
-            bytemuck::bytes_of(&p),
-            gpu.grid_1d(chunks as u32),
-        )?;
-    }
-    let k2 = gpu.kernel("reduce", "sum_finish")?;
+    launch::per_group(
+        rec,
+        "reduce",
+        "sum_partial",
+        &[("x", x), ("partials", &partials)],
+        &p,
+        chunks,
+    )?;
     let p2 = Params {
         n: chunks as u32,
         ..p
     };
-    rec.dispatch(
-        &k2,
+    launch::dispatch(
+        rec,
+        "reduce",
+        "sum_finish",
         &[("partials", &partials), ("out", &out)],
-        bytemuck::bytes_of(&p2),
+        &p2,
         [1, 1, 1],
     )?;
     Ok(out)

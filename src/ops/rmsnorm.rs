@@ -13,7 +13,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::error::Result;
 use crate::gpu::{DType, Recorder, Tensor};
-use crate::ops::colsum;
+use crate::ops::{colsum, launch};
 use crate::shape_bail;
 
 #[repr(C)]
@@ -30,16 +30,53 @@ pub(crate) struct NormParams {
 
 /// Invocations per row for rows of `n` (power of two, at most 256): about
 /// four columns per invocation, so short rows share a workgroup.
-pub(crate) fn threads_per_row(n: usize) -> u32 {
+pub(crate) fn threads_per_group(n: usize) -> u32 {
     (n.div_ceil(4).max(1).next_power_of_two()).min(256) as u32
 }
 
 /// Rows and invocations per row, and the workgroup grid, for a row kernel.
 pub(crate) fn row_launch(rec: &Recorder, rows: usize, n: usize) -> (u32, [u32; 3]) {
-    let tpr = threads_per_row(n);
+    let tpr = threads_per_group(n);
     let per_group = 256 / tpr as usize;
     let groups = rec.gpu().grid_1d(rows.div_ceil(per_group).max(1) as u32);
     (tpr, groups)
+}
+
+/// Whether a norm's weight (f32 or bf16) is bf16: the shaders' `W_BF16`.
+pub(crate) fn weight_is_bf16(op: &str, w: &Tensor) -> Result<bool> {
+    match w.dtype() {
+        DType::F32 => Ok(false),
+        DType::BF16 => Ok(true),
+        other => shape_bail!("{op}: weight must be f32 or bf16, got {}", other.name()),
+    }
+}
+
+/// Record a norm's forward kernel over `rows` rows of `n` (nothing for no
+/// rows), its weight bound as `w` in f32 or (`w_bf16`) bf16.
+pub(crate) fn forward_launch(
+    rec: &mut Recorder,
+    kernel: (&str, &str),
+    w_bf16: bool,
+    args: &[(&str, &Tensor)],
+    rows: usize,
+    n: usize,
+    eps: f32,
+) -> Result<()> {
+    if rows == 0 {
+        return Ok(());
+    }
+    let (tpr, groups) = row_launch(rec, rows, n);
+    let p = NormParams {
+        rows: rows as u32,
+        n: n as u32,
+        tpr,
+        eps,
+        chunk: 0,
+        accumulate: 0,
+        _pad: [0; 2],
+    };
+    let constants = [("W_BF16", w_bf16 as u32 as f64)];
+    launch::dispatch_with(rec, kernel, &constants, args, &p, groups)
 }
 
 /// Rows of `x` for a weight of `n` entries, or a shape error.
@@ -71,33 +108,12 @@ pub fn rmsnorm_fwd(
 ) -> Result<(Tensor, RmsNormSaved)> {
     let n = w.numel();
     let rows = norm_rows("rmsnorm", x, n)?;
-    let (entry, wname) = match w.dtype() {
-        DType::F32 => ("rmsnorm_fwd", "w"),
-        DType::BF16 => ("rmsnorm_fwd_bf16", "w_bf16"),
-        other => shape_bail!("rmsnorm: weight must be f32 or bf16, got {}", other.name()),
-    };
+    let bf16 = weight_is_bf16("rmsnorm", w)?;
     let gpu = rec.gpu();
     let y = Tensor::empty(gpu, "rmsnorm.y", x.shape(), DType::F32)?;
     let rstd = Tensor::empty(gpu, "rmsnorm.rstd", &[rows], DType::F32)?;
-    if rows > 0 {
-        let (tpr, groups) = row_launch(rec, rows, n);
-        let p = NormParams {
-            rows: rows as u32,
-            n: n as u32,
-            tpr,
-            eps,
-            chunk: 0,
-            accumulate: 0,
-            _pad: [0; 2],
-        };
-        let k = gpu.kernel("rmsnorm", entry)?;
-        rec.dispatch(
-            &k,
-            &[("x", x), (wname, w), ("y", &y), ("rstd_out", &rstd)],
-            bytemuck::bytes_of(&p),
-            groups,
-        )?;
-    }
+    let args = [("x", x), ("w", w), ("y", &y), ("rstd_out", &rstd)];
+    forward_launch(rec, ("rmsnorm", "rmsnorm_fwd"), bf16, &args, rows, n, eps)?;
     Ok((y, RmsNormSaved { rstd }))
 }
 
@@ -131,32 +147,22 @@ pub fn rmsnorm_residual_fwd(
     let h = Tensor::empty(gpu, "rmsnorm.h", x.shape(), DType::F32)?;
     let y = Tensor::empty(gpu, "rmsnorm.y", x.shape(), DType::F32)?;
     let rstd = Tensor::empty(gpu, "rmsnorm.rstd", &[rows], DType::F32)?;
-    if rows > 0 {
-        let (tpr, groups) = row_launch(rec, rows, n);
-        let p = NormParams {
-            rows: rows as u32,
-            n: n as u32,
-            tpr,
-            eps,
-            chunk: 0,
-            accumulate: 0,
-            _pad: [0; 2],
-        };
-        let k = gpu.kernel("rmsnorm", "rmsnorm_residual_fwd")?;
-        rec.dispatch(
-            &k,
-            &[
-                ("x", x),
-                ("res", residual),
-                ("w", w),
-                ("h", &h),
-                ("y", &y),
-                ("rstd_out", &rstd),
-            ],
-            bytemuck::bytes_of(&p),
-            groups,
-        )?;
-    }
+    forward_launch(
+        rec,
+        ("rmsnorm", "rmsnorm_residual_fwd"),
+        false,
+        &[
+            ("x", x),
+            ("res", residual),
+            ("w", w),
+            ("h", &h),
+            ("y", &y),
+            ("rstd_out", &rstd),
+        ],
+        rows,
+        n,
+        eps,
+    )?;
     Ok((h, y, RmsNormSaved { rstd }))
 }
 
@@ -196,12 +202,12 @@ pub(crate) fn norm_backward(
             shape_bail!("{op}: {what} {:?} does not match x {:?}", t, x);
         }
     }
-    let (stats_name, stats, per_row) = nb.stats;
-    if stats.numel() != per_row * rows || stats.dtype() != DType::F32 {
-        let shape = if per_row == 1 {
+    let (stats_name, stats, per_group) = nb.stats;
+    if stats.numel() != per_group * rows || stats.dtype() != DType::F32 {
+        let shape = if per_group == 1 {
             format!("[{rows}]")
         } else {
-            format!("[{rows}, {per_row}]")
+            format!("[{rows}, {per_group}]")
         };
         shape_bail!("{op}: {stats_name} {:?} should be f32 {shape}", stats);
     }
@@ -231,9 +237,10 @@ pub(crate) fn norm_backward(
         _pad: [0; 2],
     };
     if rows > 0 {
-        let k = gpu.kernel(nb.shader, &format!("{}_bwd_dx", nb.shader))?;
-        rec.dispatch(
-            &k,
+        launch::dispatch(
+            rec,
+            nb.shader,
+            &format!("{}_bwd_dx", nb.shader),
             &[
                 ("dy", dy),
                 ("x", x),
@@ -241,20 +248,15 @@ pub(crate) fn norm_backward(
                 (stats_name, stats),
                 ("dx", dx),
             ],
-            bytemuck::bytes_of(&p),
+            &p,
             groups,
         )?;
     }
     let col_groups = n.div_ceil(colsum::COLS_PER_GROUP) as u32;
-    let k = gpu.kernel(nb.shader, nb.partial_entry)?;
     let mut bind: Vec<(&str, &Tensor)> = vec![("dy", dy), ("x", x), (stats_name, stats)];
     bind.extend(nb.parts.iter().copied().zip(&parts));
-    rec.dispatch(
-        &k,
-        &bind,
-        bytemuck::bytes_of(&p),
-        [col_groups, chunks as u32, 1],
-    )?;
+    let groups = [col_groups, chunks as u32, 1];
+    launch::dispatch(rec, nb.shader, nb.partial_entry, &bind, &p, groups)?;
     parts
         .iter()
         .map(|part| colsum::sum_partials(rec, part)?.reshape(w.shape()))

@@ -16,6 +16,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::error::Result;
 use crate::gpu::{DType, Gpu, Recorder, Tensor};
+use crate::ops::launch;
 use crate::shape_bail;
 
 #[repr(C)]
@@ -222,9 +223,6 @@ fn launch(
     sign: f32,
 ) -> Result<()> {
     let total = g.tokens * g.heads * pairs;
-    if total == 0 {
-        return Ok(());
-    }
     if total > u32::MAX as usize {
         shape_bail!("rope: {total} rotations are too many for one launch");
     }
@@ -238,10 +236,7 @@ fn launch(
         sign,
         _pad: 0,
     };
-    let gpu = rec.gpu();
-    let k = gpu.kernel("rope", entry)?;
-    let groups = gpu.grid_1d((total as u32).div_ceil(256));
-    rec.dispatch(&k, args, bytemuck::bytes_of(&p), groups)
+    launch::per_item(rec, "rope", entry, args, &p, total)
 }
 
 fn out_of_place(

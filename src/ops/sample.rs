@@ -26,7 +26,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::error::Result;
 use crate::gpu::{DType, Recorder, Tensor};
-use crate::ops::argmax;
+use crate::ops::{argmax, launch};
 use crate::shape_bail;
 
 const SHADER: &str = "sample";
@@ -182,13 +182,8 @@ pub fn penalize(
         inv_penalty: 1.0 / penalty,
         ..Zeroable::zeroed()
     };
-    let k = gpu.kernel(SHADER, "sample_penalize")?;
-    rec.dispatch(
-        &k,
-        &[("zw", &z), ("seen", seen)],
-        bytemuck::bytes_of(&p),
-        gpu.grid_1d((seen.numel() as u32).div_ceil(WG as u32)),
-    )?;
+    let args = [("zw", &z), ("seen", seen)];
+    launch::per_item(rec, SHADER, "sample_penalize", &args, &p, seen.numel())?;
     Ok(z)
 }
 
@@ -245,12 +240,11 @@ pub fn sample(
         ("out", &out),
     ];
     let grid = [chunks as u32, 1, 1];
-    let k_max = gpu.kernel(SHADER, "sample_max")?;
-    rec.dispatch(&k_max, &args, bytemuck::bytes_of(&base), grid)?;
-    let k_init = gpu.kernel(SHADER, "sample_init")?;
-    rec.dispatch(&k_init, &args, bytemuck::bytes_of(&base), [1, 1, 1])?;
-    let k_hist = gpu.kernel(SHADER, "sample_hist")?;
-    let k_sel = gpu.kernel(SHADER, "sample_select")?;
+    let mut pass = |entry: &str, p: &Params, groups: [u32; 3]| {
+        launch::dispatch(rec, SHADER, entry, &args, p, groups)
+    };
+    pass("sample_max", &base, grid)?;
+    pass("sample_init", &base, [1, 1, 1])?;
     for (mode, on) in [(0u32, base.top_k > 0), (1, base.use_top_p != 0)] {
         if !on {
             continue;
@@ -261,14 +255,12 @@ pub fn sample(
                 round,
                 ..base
             };
-            rec.dispatch(&k_hist, &args, bytemuck::bytes_of(&p), grid)?;
-            rec.dispatch(&k_sel, &args, bytemuck::bytes_of(&p), [1, 1, 1])?;
+            pass("sample_hist", &p, grid)?;
+            pass("sample_select", &p, [1, 1, 1])?;
         }
     }
-    let k_kept = gpu.kernel(SHADER, "sample_kept")?;
-    rec.dispatch(&k_kept, &args, bytemuck::bytes_of(&base), grid)?;
-    let k_pick = gpu.kernel(SHADER, "sample_pick")?;
-    rec.dispatch(&k_pick, &args, bytemuck::bytes_of(&base), [1, 1, 1])?;
+    pass("sample_kept", &base, grid)?;
+    pass("sample_pick", &base, [1, 1, 1])?;
     Ok(out)
 }
 

@@ -6,6 +6,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::error::Result;
 use crate::gpu::{DType, Recorder, Tensor};
+use crate::ops::launch;
 use crate::ops::reduce::rows_of;
 use crate::shape_bail;
 
@@ -17,23 +18,27 @@ struct Params {
     _pad: [u32; 2],
 }
 
-/// Softmax of `x` over its last dimension, into a new tensor.
-pub fn softmax(rec: &mut Recorder, x: &Tensor) -> Result<Tensor> {
-    let (rows, cols, _) = rows_of("softmax", x)?;
-    let y = Tensor::empty(rec.gpu(), "softmax.y", x.shape(), DType::F32)?;
-    let gpu = rec.gpu();
-    let k = gpu.kernel("softmax", "softmax_fwd")?;
+/// One workgroup per row.
+fn launch(
+    rec: &mut Recorder,
+    entry: &str,
+    args: &[(&str, &Tensor)],
+    rows: usize,
+    cols: usize,
+) -> Result<()> {
     let p = Params {
         rows: rows as u32,
         cols: cols as u32,
         _pad: [0; 2],
     };
-    rec.dispatch(
-        &k,
-        &[("x", x), ("y", &y)],
-        bytemuck::bytes_of(&p),
-        gpu.grid_1d(rows as u32),
-    )?;
+    launch::per_group(rec, "softmax", entry, args, &p, rows)
+}
+
+/// Softmax of `x` over its last dimension, into a new tensor.
+pub fn softmax(rec: &mut Recorder, x: &Tensor) -> Result<Tensor> {
+    let (rows, cols, _) = rows_of("softmax", x)?;
+    let y = Tensor::empty(rec.gpu(), "softmax.y", x.shape(), DType::F32)?;
+    launch(rec, "softmax_fwd", &[("x", x), ("y", &y)], rows, cols)?;
     Ok(y)
 }
 
@@ -45,18 +50,12 @@ pub fn softmax_backward(rec: &mut Recorder, y: &Tensor, dy: &Tensor) -> Result<T
         shape_bail!("softmax_backward: dy {dy:?} must be f32 shaped like y {y:?}");
     }
     let dx = Tensor::empty(rec.gpu(), "softmax.dx", y.shape(), DType::F32)?;
-    let gpu = rec.gpu();
-    let k = gpu.kernel("softmax", "softmax_bwd")?;
-    let p = Params {
-        rows: rows as u32,
-        cols: cols as u32,
-        _pad: [0; 2],
-    };
-    rec.dispatch(
-        &k,
+    launch(
+        rec,
+        "softmax_bwd",
         &[("yin", y), ("dy", dy), ("dx", &dx)],
-        bytemuck::bytes_of(&p),
-        gpu.grid_1d(rows as u32),
+        rows,
+        cols,
     )?;
     Ok(dx)
 }

@@ -7,6 +7,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::error::Result;
 use crate::gpu::{DType, Recorder, Tensor};
+use crate::ops::launch;
 use crate::shape_bail;
 
 #[repr(C)]
@@ -24,25 +25,15 @@ fn launch(
     n: usize,
     width: usize,
 ) -> Result<()> {
-    if n == 0 {
-        return Ok(());
-    }
     if n > u32::MAX as usize / 2 {
         shape_bail!("swiglu: {n} elements are too many for one launch");
     }
-    let gpu = rec.gpu();
-    let k = gpu.kernel("swiglu", entry)?;
     let p = Params {
         n: n as u32,
         width: width as u32,
         _pad: [0; 2],
     };
-    rec.dispatch(
-        &k,
-        args,
-        bytemuck::bytes_of(&p),
-        gpu.grid_1d((n as u32).div_ceil(256)),
-    )
+    launch::per_item(rec, "swiglu", entry, args, &p, n)
 }
 
 fn check_pair(op: &str, a: &Tensor, b: &Tensor) -> Result<()> {

@@ -1,8 +1,10 @@
-//! Shared test harness: one device per test binary, random data, and
-//! tolerance checks that say where and by how much results differ.
+//! Shared test harness: one device per test binary, random data,
+//! tolerance checks that say where and by how much results differ, the
+//! committed fixtures, scratch folders and the `boomgpu` binary.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 use boomgpu::gpu::{Gpu, GpuOptions};
@@ -25,6 +27,76 @@ pub fn gpu() -> &'static Gpu {
             Err(e) => panic!("cannot open a GPU for the tests: {e}"),
         }
     })
+}
+
+/// A file or folder under tests/fixtures.
+pub fn fixture_path(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(rel)
+}
+
+/// A committed model folder (tests/fixtures/models/<name>).
+pub fn fixture(name: &str) -> PathBuf {
+    fixture_path("models").join(name)
+}
+
+/// A fresh, empty scratch folder `boomgpu-<tag>-<pid>` in the temp dir.
+pub fn tmpdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("boomgpu-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// The `boomgpu` binary of this build.
+pub fn boomgpu_cmd() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_boomgpu"))
+}
+
+/// Run `boomgpu args` with the hub offline.
+pub fn boomgpu_run(args: &[&str]) -> Output {
+    boomgpu_cmd()
+        .args(args)
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap()
+}
+
+/// stdout of a run that must succeed (else panic with both streams).
+#[track_caller]
+pub fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "stdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// stderr of a run that must fail.
+#[track_caller]
+pub fn err(out: &Output) -> String {
+    assert!(
+        !out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+pub fn read_json(p: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+/// A JSON array of token ids.
+pub fn ids_of(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 /// Small deterministic generator (xorshift64*), so failures reproduce.
