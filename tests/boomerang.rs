@@ -258,7 +258,7 @@ fn qwen3_bf16_and_gpt_neox_f16_students() {
         json!({
             "model_type": "gpt_neox", "hidden_size": 8, "intermediate_size": 32,
             "num_hidden_layers": 5, "num_attention_heads": 2, "vocab_size": 40,
-            "rotary_pct": 0.25, "use_parallel_residual": true, "hidden_act": "gelu",
+            "rotary_pct": 0.5, "use_parallel_residual": true, "hidden_act": "gelu",
             "tie_word_embeddings": false
         }),
         DType::F16,
