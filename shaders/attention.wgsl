@@ -196,6 +196,33 @@ fn row_stats(b: u32, kvh: u32, row: u32) -> vec2<f32> {
     return st;
 }
 
+// Where a workgroup works (uniform over it): batch b and kv head kvh from
+// grid y, the group's rows (nrows; row = query * group + head in group),
+// and d4 vec4 per head.
+struct Place {
+    g: u32,
+    nrows: u32,
+    b: u32,
+    kvh: u32,
+    d4: u32,
+}
+
+fn place(wy: u32) -> Place {
+    return Place(p.group, p.tq * p.group, wy / p.hkv, wy % p.hkv, p.d / 4u);
+}
+
+// An invocation of the 128 as a row group ty and a lane tx, whose vec4
+// columns in the output phases are tx and c1 = tx + 16.
+struct Lane {
+    ty: u32,
+    tx: u32,
+    c1: u32,
+}
+
+fn lane_of(tid: u32) -> Lane {
+    return Lane(tid / TX, tid % TX, tid % TX + TX);
+}
+
 // ---------------------------------------------------------------- forward
 // grid: x = row blocks of 32, y = batch * hkv, z = key splits.
 @compute @workgroup_size(128)
@@ -204,37 +231,31 @@ fn attn_fwd(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
-    let g = p.group;
-    let nrows = p.tq * g;
+    let at = place(wid.y);
+    let ln = lane_of(tid);
     // The last row blocks see the most keys: start them first.
     let row0 = (nwg.x - 1u - wid.x) * F_BQ;
-    let b = wid.y / p.hkv;
-    let kvh = wid.y % p.hkv;
-    let d4 = p.d / 4u;
-    let ty = tid / TX;
-    let tx = tid % TX;
-    let c1 = tx + TX;
     let kv0 = F_BQ * STR;
 
-    load_q_rows(0u, b, kvh, row0, F_BQ, tid, d4);
+    load_q_rows(0u, at.b, at.kvh, row0, F_BQ, tid, at.d4);
     if tid < F_BQ {
         rs[tid] = NEG;
         rs[F_BQ + tid] = 0.0;
         rs[2u * F_BQ + tid] = 1.0;
     }
 
-    let last_row = min(row0 + F_BQ, nrows) - 1u;
-    let kmax = min(p.tk, p.q_offset + last_row / g + 1u);
+    let last_row = min(row0 + F_BQ, at.nrows) - 1u;
+    let kmax = min(p.tk, p.q_offset + last_row / at.g + 1u);
     let kstart = wid.z * p.split_len;
     let kend = min(kmax, kstart + p.split_len);
 
-    let my0 = ty * F_RQ;
-    let live = row0 + my0 < nrows;
+    let my0 = ln.ty * F_RQ;
+    let live = row0 + my0 < at.nrows;
     // Last key each of this invocation's rows may see.
-    let lim0 = p.q_offset + (row0 + my0) / g;
-    let lim1 = p.q_offset + (row0 + my0 + 1u) / g;
-    let lim2 = p.q_offset + (row0 + my0 + 2u) / g;
-    let lim3 = p.q_offset + (row0 + my0 + 3u) / g;
+    let lim0 = p.q_offset + (row0 + my0) / at.g;
+    let lim1 = p.q_offset + (row0 + my0 + 1u) / at.g;
+    let lim2 = p.q_offset + (row0 + my0 + 2u) / at.g;
+    let lim3 = p.q_offset + (row0 + my0 + 3u) / at.g;
 
     var acc: array<vec4<f32>, 8>;
     for (var i = 0u; i < 8u; i++) {
@@ -243,15 +264,15 @@ fn attn_fwd(
 
     for (var kb = kstart; kb < kend; kb += BK) {
         workgroupBarrier();
-        load_kv_tile(false, kv0, b, kvh, kb, kend, tid, d4);
+        load_kv_tile(false, kv0, at.b, at.kvh, kb, kend, tid, at.d4);
         workgroupBarrier();
         if live {
-            let key = kb + tx;
-            let kok = key_ok(b, key, kend);
+            let key = kb + ln.tx;
+            let kok = key_ok(at.b, key, kend);
             var s = vec4<f32>(0.0);
             let qb = my0 * STR;
-            let kbase = kv0 + tx * STR;
-            for (var c = 0u; c < d4; c++) {
+            let kbase = kv0 + ln.tx * STR;
+            for (var c = 0u; c < at.d4; c++) {
                 let kk = tiles[kbase + c];
                 s.x += dot(tiles[qb + c], kk);
                 s.y += dot(tiles[qb + STR + c], kk);
@@ -259,14 +280,14 @@ fn attn_fwd(
                 s.w += dot(tiles[qb + 3u * STR + c], kk);
             }
             s *= p.scale;
-            sm[my0 * PS + tx] = select(NEG, s.x, kok && key <= lim0);
-            sm[(my0 + 1u) * PS + tx] = select(NEG, s.y, kok && key <= lim1);
-            sm[(my0 + 2u) * PS + tx] = select(NEG, s.z, kok && key <= lim2);
-            sm[(my0 + 3u) * PS + tx] = select(NEG, s.w, kok && key <= lim3);
+            sm[my0 * PS + ln.tx] = select(NEG, s.x, kok && key <= lim0);
+            sm[(my0 + 1u) * PS + ln.tx] = select(NEG, s.y, kok && key <= lim1);
+            sm[(my0 + 2u) * PS + ln.tx] = select(NEG, s.z, kok && key <= lim2);
+            sm[(my0 + 3u) * PS + ln.tx] = select(NEG, s.w, kok && key <= lim3);
         }
         workgroupBarrier();
         // K is no longer needed: V takes its place.
-        load_kv_tile(true, kv0, b, kvh, kb, kend, tid, d4);
+        load_kv_tile(true, kv0, at.b, at.kvh, kb, kend, tid, at.d4);
         // Online softmax, one invocation per row.
         if tid < F_BQ {
             let base = tid * PS;
@@ -301,10 +322,10 @@ fn attn_fwd(
                 acc[2u * i] *= a;
                 acc[2u * i + 1u] *= a;
             }
-            if c1 < d4 {
+            if ln.c1 < at.d4 {
                 for (var j = 0u; j < BK; j++) {
-                    let v0 = tiles[kv0 + j * STR + tx];
-                    let v1 = tiles[kv0 + j * STR + c1];
+                    let v0 = tiles[kv0 + j * STR + ln.tx];
+                    let v1 = tiles[kv0 + j * STR + ln.c1];
                     let p0 = sm[my0 * PS + j];
                     let p1 = sm[(my0 + 1u) * PS + j];
                     let p2 = sm[(my0 + 2u) * PS + j];
@@ -318,9 +339,9 @@ fn attn_fwd(
                     acc[6] += p3 * v0;
                     acc[7] += p3 * v1;
                 }
-            } else if tx < d4 {
+            } else if ln.tx < at.d4 {
                 for (var j = 0u; j < BK; j++) {
-                    let v0 = tiles[kv0 + j * STR + tx];
+                    let v0 = tiles[kv0 + j * STR + ln.tx];
                     acc[0] += sm[my0 * PS + j] * v0;
                     acc[2] += sm[(my0 + 1u) * PS + j] * v0;
                     acc[4] += sm[(my0 + 2u) * PS + j] * v0;
@@ -332,30 +353,30 @@ fn attn_fwd(
     workgroupBarrier();
 
     // Splits write partials to scratch: [split][rows of out], [split][lse].
-    let o_off = wid.z * (p.batch * p.tq * p.hq * d4);
+    let o_off = wid.z * (p.batch * p.tq * p.hq * at.d4);
     let l_off = wid.z * (p.batch * p.hq * p.tq);
     if live {
         for (var i = 0u; i < F_RQ; i++) {
             let row = row0 + my0 + i;
-            if row < nrows {
-                let qh = row_qh(kvh, row);
+            if row < at.nrows {
+                let qh = row_qh(at.kvh, row);
                 let l = rs[F_BQ + my0 + i];
                 let inv = select(0.0, 1.0 / max(l, 1.0e-30), l > 0.0);
-                let oi = o_off + o_index(b, qh.x, qh.y);
-                if tx < d4 {
-                    out[oi + tx] = acc[2u * i] * inv;
+                let oi = o_off + o_index(at.b, qh.x, qh.y);
+                if ln.tx < at.d4 {
+                    out[oi + ln.tx] = acc[2u * i] * inv;
                 }
-                if c1 < d4 {
-                    out[oi + c1] = acc[2u * i + 1u] * inv;
+                if ln.c1 < at.d4 {
+                    out[oi + ln.c1] = acc[2u * i + 1u] * inv;
                 }
             }
         }
     }
-    if tid < F_BQ && row0 + tid < nrows {
-        let qh = row_qh(kvh, row0 + tid);
+    if tid < F_BQ && row0 + tid < at.nrows {
+        let qh = row_qh(at.kvh, row0 + tid);
         let l = rs[F_BQ + tid];
         let empty = select(neg_inf(), NEG, p.splits > 1u);
-        lse[l_off + lse_index(b, qh.y, qh.x)] = select(empty, rs[tid] + log(max(l, 1.0e-30)), l > 0.0);
+        lse[l_off + lse_index(at.b, qh.y, qh.x)] = select(empty, rs[tid] + log(max(l, 1.0e-30)), l > 0.0);
     }
 }
 
@@ -433,32 +454,26 @@ fn attn_bwd_dq(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
-    let g = p.group;
-    let nrows = p.tq * g;
+    let at = place(wid.y);
+    let ln = lane_of(tid);
     let row0 = (nwg.x - 1u - wid.x) * Q_BQ;
-    let b = wid.y / p.hkv;
-    let kvh = wid.y % p.hkv;
-    let d4 = p.d / 4u;
-    let ty = tid / TX;
-    let tx = tid % TX;
-    let c1 = tx + TX;
     let q0 = 0u;
     let do0 = Q_BQ * STR;
     let kv0 = 2u * Q_BQ * STR;
 
-    load_q_dout_rows(q0, do0, b, kvh, row0, Q_BQ, tid, d4);
+    load_q_dout_rows(q0, do0, at.b, at.kvh, row0, Q_BQ, tid, at.d4);
     if tid < Q_BQ {
-        let st = row_stats(b, kvh, row0 + tid);
+        let st = row_stats(at.b, at.kvh, row0 + tid);
         rs[tid] = st.x;
         rs[Q_BQ + tid] = st.y;
     }
 
-    let last_row = min(row0 + Q_BQ, nrows) - 1u;
-    let kmax = min(p.tk, p.q_offset + last_row / g + 1u);
-    let my0 = ty * Q_RQ;
-    let live = row0 + my0 < nrows;
-    let lim0 = p.q_offset + (row0 + my0) / g;
-    let lim1 = p.q_offset + (row0 + my0 + 1u) / g;
+    let last_row = min(row0 + Q_BQ, at.nrows) - 1u;
+    let kmax = min(p.tk, p.q_offset + last_row / at.g + 1u);
+    let my0 = ln.ty * Q_RQ;
+    let live = row0 + my0 < at.nrows;
+    let lim0 = p.q_offset + (row0 + my0) / at.g;
+    let lim1 = p.q_offset + (row0 + my0 + 1u) / at.g;
 
     var acc: array<vec4<f32>, 4>;
     for (var i = 0u; i < 4u; i++) {
@@ -467,28 +482,28 @@ fn attn_bwd_dq(
 
     for (var kb = 0u; kb < kmax; kb += BK) {
         workgroupBarrier();
-        load_kv_tile(true, kv0, b, kvh, kb, kmax, tid, d4);
+        load_kv_tile(true, kv0, at.b, at.kvh, kb, kmax, tid, at.d4);
         workgroupBarrier();
         var dp = vec2<f32>(0.0);
         if live {
-            let kbase = kv0 + tx * STR;
+            let kbase = kv0 + ln.tx * STR;
             let ob = do0 + my0 * STR;
-            for (var c = 0u; c < d4; c++) {
+            for (var c = 0u; c < at.d4; c++) {
                 let vv = tiles[kbase + c];
                 dp.x += dot(tiles[ob + c], vv);
                 dp.y += dot(tiles[ob + STR + c], vv);
             }
         }
         workgroupBarrier();
-        load_kv_tile(false, kv0, b, kvh, kb, kmax, tid, d4);
+        load_kv_tile(false, kv0, at.b, at.kvh, kb, kmax, tid, at.d4);
         workgroupBarrier();
         if live {
-            let key = kb + tx;
-            let kok = key_ok(b, key, kmax);
+            let key = kb + ln.tx;
+            let kok = key_ok(at.b, key, kmax);
             var s = vec2<f32>(0.0);
-            let kbase = kv0 + tx * STR;
+            let kbase = kv0 + ln.tx * STR;
             let qb = q0 + my0 * STR;
-            for (var c = 0u; c < d4; c++) {
+            for (var c = 0u; c < at.d4; c++) {
                 let kk = tiles[kbase + c];
                 s.x += dot(tiles[qb + c], kk);
                 s.y += dot(tiles[qb + STR + c], kk);
@@ -496,20 +511,20 @@ fn attn_bwd_dq(
             s *= p.scale;
             let pr0 = select(0.0, exp(s.x - rs[my0]), kok && key <= lim0);
             let pr1 = select(0.0, exp(s.y - rs[my0 + 1u]), kok && key <= lim1);
-            sm[my0 * PS + tx] = pr0 * (dp.x - rs[Q_BQ + my0]) * p.scale;
-            sm[(my0 + 1u) * PS + tx] = pr1 * (dp.y - rs[Q_BQ + my0 + 1u]) * p.scale;
+            sm[my0 * PS + ln.tx] = pr0 * (dp.x - rs[Q_BQ + my0]) * p.scale;
+            sm[(my0 + 1u) * PS + ln.tx] = pr1 * (dp.y - rs[Q_BQ + my0 + 1u]) * p.scale;
         }
         workgroupBarrier();
-        if live && tx < d4 {
-            let has1 = c1 < d4;
+        if live && ln.tx < at.d4 {
+            let has1 = ln.c1 < at.d4;
             for (var j = 0u; j < BK; j++) {
-                let k0v = tiles[kv0 + j * STR + tx];
+                let k0v = tiles[kv0 + j * STR + ln.tx];
                 let ds0 = sm[my0 * PS + j];
                 let ds1 = sm[(my0 + 1u) * PS + j];
                 acc[0] += ds0 * k0v;
                 acc[2] += ds1 * k0v;
                 if has1 {
-                    let k1v = tiles[kv0 + j * STR + c1];
+                    let k1v = tiles[kv0 + j * STR + ln.c1];
                     acc[1] += ds0 * k1v;
                     acc[3] += ds1 * k1v;
                 }
@@ -520,14 +535,14 @@ fn attn_bwd_dq(
     if live {
         for (var i = 0u; i < Q_RQ; i++) {
             let row = row0 + my0 + i;
-            if row < nrows {
-                let qh = row_qh(kvh, row);
-                let oi = o_index(b, qh.x, qh.y);
-                if tx < d4 {
-                    dq[oi + tx] = acc[2u * i];
+            if row < at.nrows {
+                let qh = row_qh(at.kvh, row);
+                let oi = o_index(at.b, qh.x, qh.y);
+                if ln.tx < at.d4 {
+                    dq[oi + ln.tx] = acc[2u * i];
                 }
-                if c1 < d4 {
-                    dq[oi + c1] = acc[2u * i + 1u];
+                if ln.c1 < at.d4 {
+                    dq[oi + ln.c1] = acc[2u * i + 1u];
                 }
             }
         }
@@ -542,31 +557,25 @@ fn attn_bwd_dkdv(
     @builtin(local_invocation_index) tid: u32,
     @builtin(workgroup_id) wid: vec3<u32>,
 ) {
-    let g = p.group;
-    let nrows = p.tq * g;
+    let at = place(wid.y);
+    let ln = lane_of(tid);
     let kb0 = wid.x * K_BK;
-    let b = wid.y / p.hkv;
-    let kvh = wid.y % p.hkv;
-    let d4 = p.d / 4u;
-    let ty = tid / TX;
-    let tx = tid % TX;
-    let c1 = tx + TX;
     let k0 = 0u;
     let v0 = K_BK * STR;
     let q0 = 2u * K_BK * STR;
     let do0 = q0 + K_BR * STR;
     let ds0 = K_BR * PS;
 
-    load_kv_tile(false, k0, b, kvh, kb0, p.tk, tid, d4);
-    load_kv_tile(true, v0, b, kvh, kb0, p.tk, tid, d4);
+    load_kv_tile(false, k0, at.b, at.kvh, kb0, p.tk, tid, at.d4);
+    load_kv_tile(true, v0, at.b, at.kvh, kb0, p.tk, tid, at.d4);
 
     // Score phase: one (row, key) pair per invocation.
     let sj = tid % K_BK;
     let sr = tid / K_BK;
     let skey = kb0 + sj;
-    let skey_ok = key_ok(b, skey, p.tk);
-    // Accumulation phase: keys 2ty, 2ty+1 and vec4 columns tx, tx + 16.
-    let my0 = ty * 2u;
+    let skey_ok = key_ok(at.b, skey, p.tk);
+    // Accumulation phase: keys 2ty, 2ty+1 and vec4 columns ln.tx, ln.tx + 16.
+    let my0 = ln.ty * 2u;
 
     // The first query that sees key kb0.
     var qi_min = 0u;
@@ -581,11 +590,11 @@ fn attn_bwd_dkdv(
         adv[i] = vec4<f32>(0.0);
     }
 
-    for (var r0 = qi_min * g; r0 < nrows; r0 += K_BR) {
+    for (var r0 = qi_min * at.g; r0 < at.nrows; r0 += K_BR) {
         workgroupBarrier();
-        load_q_dout_rows(q0, do0, b, kvh, r0, K_BR, tid, d4);
+        load_q_dout_rows(q0, do0, at.b, at.kvh, r0, K_BR, tid, at.d4);
         if tid < K_BR {
-            let st = row_stats(b, kvh, r0 + tid);
+            let st = row_stats(at.b, at.kvh, r0 + tid);
             rs[tid] = st.x;
             rs[K_BR + tid] = st.y;
         }
@@ -593,14 +602,14 @@ fn attn_bwd_dkdv(
         let row = r0 + sr;
         var pr = 0.0;
         var dsr = 0.0;
-        if skey_ok && row < nrows && skey <= p.q_offset + row / g {
+        if skey_ok && row < at.nrows && skey <= p.q_offset + row / at.g {
             var s = 0.0;
             var dp = 0.0;
             let qb = q0 + sr * STR;
             let ob = do0 + sr * STR;
             let kbase = k0 + sj * STR;
             let vbase = v0 + sj * STR;
-            for (var c = 0u; c < d4; c++) {
+            for (var c = 0u; c < at.d4; c++) {
                 s += dot(tiles[qb + c], tiles[kbase + c]);
                 dp += dot(tiles[ob + c], tiles[vbase + c]);
             }
@@ -610,11 +619,11 @@ fn attn_bwd_dkdv(
         sm[sr * PS + sj] = pr;
         sm[ds0 + sr * PS + sj] = dsr;
         workgroupBarrier();
-        if tx < d4 {
-            let has1 = c1 < d4;
+        if ln.tx < at.d4 {
+            let has1 = ln.c1 < at.d4;
             for (var r = 0u; r < K_BR; r++) {
-                let qa = tiles[q0 + r * STR + tx];
-                let oa = tiles[do0 + r * STR + tx];
+                let qa = tiles[q0 + r * STR + ln.tx];
+                let oa = tiles[do0 + r * STR + ln.tx];
                 let pa = sm[r * PS + my0];
                 let pb = sm[r * PS + my0 + 1u];
                 let da = sm[ds0 + r * PS + my0];
@@ -624,8 +633,8 @@ fn attn_bwd_dkdv(
                 adk[0] += da * qa;
                 adk[2] += db * qa;
                 if has1 {
-                    let qb = tiles[q0 + r * STR + c1];
-                    let ob = tiles[do0 + r * STR + c1];
+                    let qb = tiles[q0 + r * STR + ln.c1];
+                    let ob = tiles[do0 + r * STR + ln.c1];
                     adv[1] += pa * ob;
                     adv[3] += pb * ob;
                     adk[1] += da * qb;
@@ -638,14 +647,14 @@ fn attn_bwd_dkdv(
     for (var i = 0u; i < 2u; i++) {
         let key = kb0 + my0 + i;
         if key < p.tk {
-            let oi = dkv_index(b, key, kvh);
-            if tx < d4 {
-                dk[oi + tx] = adk[2u * i] * p.scale;
-                dv[oi + tx] = adv[2u * i];
+            let oi = dkv_index(at.b, key, at.kvh);
+            if ln.tx < at.d4 {
+                dk[oi + ln.tx] = adk[2u * i] * p.scale;
+                dv[oi + ln.tx] = adv[2u * i];
             }
-            if c1 < d4 {
-                dk[oi + c1] = adk[2u * i + 1u] * p.scale;
-                dv[oi + c1] = adv[2u * i + 1u];
+            if ln.c1 < at.d4 {
+                dk[oi + ln.c1] = adk[2u * i + 1u] * p.scale;
+                dv[oi + ln.c1] = adv[2u * i + 1u];
             }
         }
     }

@@ -30,13 +30,7 @@ fn loss_parts_and_gradients_match_pytorch() {
         let (scfg, student) = load(&sname, true);
         let params = StudentParams::new(g, &student).unwrap();
         let refs = Checkpoint::open_file(&sdir.join("distill_grads.safetensors")).unwrap();
-        let ids: Vec<u32> = refs
-            .to_f32("input_ids")
-            .unwrap()
-            .iter()
-            .map(|&x| x as u32)
-            .collect();
-        let shape = refs.tensors["input_ids"].shape.clone();
+        let (ids, shape) = reference_batch(&refs);
         let (ns, nt) = (student.layers.len() + 1, teacher.layers.len() + 1);
         let pairs: Vec<(usize, usize)> = r["pairs"]
             .as_array()

@@ -30,13 +30,8 @@ fn first_logged_line_has_the_reference_loss_parts() {
     let refs =
         boomgpu::model::weights::Checkpoint::open_file(&sdir.join("distill_grads.safetensors"))
             .unwrap();
-    let ids: Vec<u32> = refs
-        .to_f32("input_ids")
-        .unwrap()
-        .iter()
-        .map(|&x| x as u32)
-        .collect();
-    let t = refs.tensors["input_ids"].shape[1];
+    let (ids, shape) = reference_batch(&refs);
+    let t = shape[1];
     let data = dir.join("batch.jsonl");
     let lines: Vec<String> = ids
         .chunks(t)

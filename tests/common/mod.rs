@@ -90,6 +90,18 @@ pub fn read_json(p: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
 }
 
+/// The batch of a distillation fixture (its `distill_grads.safetensors`):
+/// token ids, row-major, and [batch, seq].
+pub fn reference_batch(refs: &boomgpu::model::weights::Checkpoint) -> (Vec<u32>, Vec<usize>) {
+    let ids = refs
+        .to_f32("input_ids")
+        .unwrap()
+        .iter()
+        .map(|&x| x as u32)
+        .collect();
+    (ids, refs.tensors["input_ids"].shape.clone())
+}
+
 /// A JSON array of token ids.
 pub fn ids_of(v: &serde_json::Value) -> Vec<u32> {
     v.as_array()
