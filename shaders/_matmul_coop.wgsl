@@ -43,9 +43,9 @@ fn matmul_coop(
 ) {
     let row0 = wid.y * BM;
     let col0 = wid.x * BN;
-    let base_a = wid.z * p.stride_a;
+    let base_a = base_of_a(wid.z);
     let base_b = wid.z * p.stride_b;
-    let base_c = wid.z * p.stride_c;
+    let base_c = base_of_c(wid.z);
     // This subgroup's corner inside the workgroup tile.
     let q = sg % 4u;
     let sm = (q / 2u) * TM * S;

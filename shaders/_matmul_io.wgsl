@@ -19,13 +19,28 @@ struct Params {
     stride_c: u32,
     alpha: f32,
     beta: f32,
-    _pad: u32,
+    // Elements before A's and C's first entry: a region inside a larger
+    // tensor (a block of vocabulary columns, a chunk of token rows).
+    off_a: u32,
+    off_c: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> a: array<f32>;
 @group(0) @binding(2) var<storage, read> b: array<u32>;
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
+
+// Where batch entry z of A and of C starts.
+fn base_of_a(z: u32) -> u32 {
+    return z * p.stride_a + p.off_a;
+}
+
+fn base_of_c(z: u32) -> u32 {
+    return z * p.stride_c + p.off_c;
+}
 
 // Element e of B in its storage dtype.
 fn load_b(e: u32) -> f32 {

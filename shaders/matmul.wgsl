@@ -33,9 +33,9 @@ fn matmul(
 ) {
     let row0 = wid.y * BM;
     let col0 = wid.x * BN;
-    let base_a = wid.z * p.stride_a;
+    let base_a = base_of_a(wid.z);
     let base_b = wid.z * p.stride_b;
-    let base_c = wid.z * p.stride_c;
+    let base_c = base_of_c(wid.z);
     let tid = lid.y * 16u + lid.x;
 
     var acc: array<f32, 16>;
@@ -107,9 +107,9 @@ fn matmul_direct(@builtin(global_invocation_id) gid: vec3<u32>) {
     if row0 >= p.m || col0 >= p.n {
         return;
     }
-    let base_a = gid.z * p.stride_a;
+    let base_a = base_of_a(gid.z);
     let base_b = gid.z * p.stride_b;
-    let base_c = gid.z * p.stride_c;
+    let base_c = base_of_c(gid.z);
     var rows: array<u32, 4>;
     var cols: array<u32, 4>;
     for (var i = 0u; i < 4u; i++) {
@@ -220,13 +220,13 @@ fn matmul_direct4(@builtin(global_invocation_id) gid: vec3<u32>) {
     if row0 >= p.m || col0 >= p.n {
         return;
     }
-    let base_a = gid.z * p.stride_a;
+    let base_a = base_of_a(gid.z);
     let base_b = gid.z * p.stride_b;
     var acc = mat4x4<f32>();
     for (var kk = 0u; kk < p.k; kk += 4u) {
         acc += block_a(base_a, row0, kk) * block_b(base_b, kk, col0);
     }
-    store_block(gid.z * p.stride_c, row0, col0, acc);
+    store_block(base_of_c(gid.z), row0, col0, acc);
 }
 
 // 8×8 per invocation: four 4×4 accumulators, half the loads per FMA of
@@ -238,9 +238,9 @@ fn matmul_direct8(@builtin(global_invocation_id) gid: vec3<u32>) {
     if row0 >= p.m || col0 >= p.n {
         return;
     }
-    let base_a = gid.z * p.stride_a;
+    let base_a = base_of_a(gid.z);
     let base_b = gid.z * p.stride_b;
-    let base_c = gid.z * p.stride_c;
+    let base_c = base_of_c(gid.z);
     // With TRANS_A the second row block must exist (m is a multiple of 4).
     let row1 = select(row0 + 4u, row0, TRANS_A && row0 + 4u >= p.m);
     let col1 = select(col0 + 4u, col0, !TRANS_B && col0 + 4u >= p.n);

@@ -77,11 +77,11 @@ enum Node {
         b: Var,
         y: Var,
     },
+    /// A gather from a table in blocks of rows: (block, its first row).
     Embedding {
         ids: Tensor,
-        table: Var,
+        blocks: Vec<(Var, usize)>,
         y: Var,
-        vocab: usize,
     },
 }
 
@@ -259,15 +259,32 @@ impl Tape {
         Ok(y)
     }
 
-    pub fn embedding(&mut self, rec: &mut Recorder, ids: &Tensor, table: Var) -> Result<Var> {
-        let y = embedding::embedding(rec, ids, self.value(table))?;
-        let vocab = self.value(table).shape()[0];
-        let y = self.out(y, &[table]);
+    /// Rows of a table gathered by `ids`; the table is given as blocks of
+    /// consecutive rows with their first row (one block: the whole table).
+    pub fn embedding(
+        &mut self,
+        rec: &mut Recorder,
+        ids: &Tensor,
+        blocks: &[(Var, usize)],
+    ) -> Result<Var> {
+        let mut start = 0;
+        let mut tables = Vec::with_capacity(blocks.len());
+        for &(v, first) in blocks {
+            if first != start {
+                return Err(Error::Shape(format!(
+                    "embedding: a block starts at row {first}, expected {start}"
+                )));
+            }
+            start += self.value(v).shape()[0];
+            tables.push(self.value(v).clone());
+        }
+        let y = embedding::embedding_sharded(rec, ids, &tables)?;
+        let inputs: Vec<Var> = blocks.iter().map(|&(v, _)| v).collect();
+        let y = self.out(y, &inputs);
         self.nodes.push(Node::Embedding {
             ids: ids.clone(),
-            table,
+            blocks: blocks.to_vec(),
             y,
-            vocab,
         });
         Ok(y)
     }
@@ -447,12 +464,13 @@ impl Tape {
                     accumulate(rec, grads, b, dy)?;
                 }
             }
-            Node::Embedding {
-                ids, table, vocab, ..
-            } => {
-                if self.needs(table) {
-                    let dt = embedding::embedding_backward(rec, &ids, &dy, vocab)?;
-                    accumulate(rec, grads, table, dt)?;
+            Node::Embedding { ids, blocks, .. } => {
+                for (table, first) in blocks {
+                    if self.needs(table) {
+                        let rows = self.value(table).shape()[0];
+                        let dt = embedding::embedding_backward_rows(rec, &ids, &dy, rows, first)?;
+                        accumulate(rec, grads, table, dt)?;
+                    }
                 }
             }
         }

@@ -57,6 +57,11 @@ pub fn run(opts: &GpuOptions, as_json: bool) -> Result<String> {
         let features = a.features() & wanted_features();
         let caps = Capabilities::from_adapter(a, features);
         let l = &caps.limits;
+        let mut effective = l.clone();
+        device::apply_binding_override(&mut effective)?;
+        let split_above = effective
+            .max_storage_buffer_binding_size
+            .min(effective.max_buffer_size);
         list.push(json!({
             "index": i,
             "name": info.name,
@@ -77,6 +82,9 @@ pub fn run(opts: &GpuOptions, as_json: bool) -> Result<String> {
                 "max_compute_workgroups_per_dimension": l.max_compute_workgroups_per_dimension,
                 "max_storage_buffers_per_shader_stage": l.max_storage_buffers_per_shader_stage,
             },
+            // Tensors above this are stored as blocks of rows
+            // (after the BOOMGPU_MAX_BINDING switch, if set).
+            "split_above_bytes": split_above,
             "cooperative_matrix": caps.coop_matrix.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
             "selected": i == chosen,
         }));
@@ -104,6 +112,16 @@ pub fn run(opts: &GpuOptions, as_json: bool) -> Result<String> {
             format_bytes(g("max_storage_buffer_binding_size")),
             format_bytes(g("max_buffer_size")),
             format_bytes(g("max_compute_workgroup_storage_size")),
+        ));
+        let split = v["split_above_bytes"].as_u64().unwrap_or(0);
+        let forced = if split < g("max_storage_buffer_binding_size").min(g("max_buffer_size")) {
+            " (lowered by BOOMGPU_MAX_BINDING)"
+        } else {
+            ""
+        };
+        s.push_str(&format!(
+            "    tensors above {} are stored as blocks of rows{forced}\n",
+            format_bytes(split)
         ));
         s.push_str(&format!(
             "    invocations per workgroup: {}   workgroup size: {}   workgroups per dimension: {}   subgroup size: {}..{}\n",

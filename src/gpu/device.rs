@@ -29,6 +29,51 @@ impl GpuOptions {
     }
 }
 
+/// The test switch `BOOMGPU_MAX_BINDING` (bytes, or with a unit: `64KiB`,
+/// `1MiB`, `2GiB`): a lower storage-binding and buffer limit than the
+/// adapter's, so that tiny models take every split path. It can only
+/// lower the limits; an unreadable value is an error, not ignored.
+pub fn binding_override() -> Result<Option<u64>> {
+    match std::env::var("BOOMGPU_MAX_BINDING") {
+        Ok(s) if !s.trim().is_empty() => parse_bytes(&s).map(Some).ok_or_else(|| {
+            Error::Invalid(format!(
+                "BOOMGPU_MAX_BINDING='{s}' is not a size: expected bytes, or a number with \
+                 KiB, MiB or GiB (e.g. 64KiB), of at least 1KiB"
+            ))
+        }),
+        _ => Ok(None),
+    }
+}
+
+/// `1024`, `64KiB`, `64K`, `1.5MiB`, `2GiB` as bytes (binary units); None
+/// when unreadable or under 1 KiB (nothing useful fits).
+pub fn parse_bytes(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let num: f64 = num.parse().ok()?;
+    let scale = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1u64,
+        "k" | "kib" | "kb" => 1 << 10,
+        "m" | "mib" | "mb" => 1 << 20,
+        "g" | "gib" | "gb" => 1 << 30,
+        _ => return None,
+    };
+    let bytes = num * scale as f64;
+    (bytes.is_finite() && bytes >= 1024.0 && bytes < u64::MAX as f64).then(|| bytes as u64 / 4 * 4)
+}
+
+/// Lower `limits` to the `BOOMGPU_MAX_BINDING` switch, if set.
+pub fn apply_binding_override(limits: &mut wgpu::Limits) -> Result<()> {
+    if let Some(cap) = binding_override()? {
+        limits.max_storage_buffer_binding_size = limits.max_storage_buffer_binding_size.min(cap);
+        limits.max_buffer_size = limits.max_buffer_size.min(cap);
+    }
+    Ok(())
+}
+
 /// Parse a backend list. The default leaves out GL: its compute support is
 /// partial and it is only used when asked for by name.
 pub fn parse_backends(spec: Option<&str>) -> Result<wgpu::Backends> {
@@ -293,9 +338,18 @@ impl Capabilities {
         }
     }
 
-    /// Largest buffer that one shader binding may see.
+    /// Largest buffer that one shader binding may see (after the
+    /// `BOOMGPU_MAX_BINDING` switch).
     pub fn max_binding(&self) -> u64 {
         self.limits.max_storage_buffer_binding_size
+    }
+
+    /// Largest tensor one buffer and one binding may hold: tensors above
+    /// it are stored as blocks of rows.
+    pub fn max_tensor_bytes(&self) -> u64 {
+        self.limits
+            .max_storage_buffer_binding_size
+            .min(self.limits.max_buffer_size)
     }
 }
 

@@ -6,6 +6,7 @@ pub mod alloc;
 pub mod device;
 pub mod kernel;
 pub mod recorder;
+pub mod rows;
 pub mod shaders;
 pub mod tensor;
 
@@ -16,6 +17,7 @@ pub use alloc::{Allocator, BufferKind, GpuBuffer, MemoryStats};
 pub use device::{Capabilities, CoopConfig, GpuOptions};
 pub use kernel::Kernel;
 pub use recorder::{Recorder, Submitted};
+pub use rows::RowBlocks;
 pub use tensor::{DType, Tensor};
 
 // Byte sizes are formatted where the error messages need them, at the
@@ -58,7 +60,8 @@ impl Gpu {
             .nth(idx)
             .expect("index from choose_adapter");
         let (dev, queue, features, errors) = device::open_device(&adapter)?;
-        let caps = Capabilities::from_adapter(&adapter, features);
+        let mut caps = Capabilities::from_adapter(&adapter, features);
+        device::apply_binding_override(&mut caps.limits)?;
         let alloc = Allocator::new(dev.clone(), &caps.limits);
         Ok(Gpu {
             info: adapter.get_info(),

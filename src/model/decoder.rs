@@ -15,7 +15,7 @@ use super::exec::{Attend, Eager, Exec};
 use super::layers::{self, LayerCtx};
 use super::weights::Checkpoint;
 use crate::error::{Error, Result};
-use crate::gpu::{DType, Gpu, Recorder, Tensor};
+use crate::gpu::{DType, Gpu, Recorder, RowBlocks, Tensor};
 use crate::ops::attention::AttnConfig;
 use crate::ops::{gemv, rope};
 
@@ -50,11 +50,14 @@ pub struct Norm {
 pub struct Decoder {
     /// Dimensions and family; `num_layers` equals `layers.len()`.
     pub cfg: ModelConfig,
-    pub embed: Tensor,
+    /// Embedding table [vocab, hidden], in blocks of rows where it is over
+    /// the adapter's binding limit.
+    pub embed: RowBlocks,
     pub layers: Vec<Arc<Layer>>,
     pub final_norm: Norm,
-    /// LM head [vocab, hidden]; the embedding tensor itself when tied.
-    pub head: Tensor,
+    /// LM head [vocab, hidden] (blocked like the embedding); the embedding
+    /// itself when tied.
+    pub head: RowBlocks,
     rope: Arc<Mutex<Option<Arc<rope::RopeTables>>>>,
     /// Decode steps (at most `gemv::MAX_ROWS` tokens) use gemv: Some(on),
     /// or None = on GPUs, off on CPU adapters (where matmul is as fast for
@@ -69,6 +72,8 @@ pub struct ForwardOut<V = Tensor> {
     pub logits: Option<V>,
     /// HF `output_hidden_states`: num_layers + 1 values [tokens, hidden].
     pub hidden: Vec<V>,
+    /// The final normed states [tokens, hidden] (what the head reads).
+    pub normed: V,
 }
 
 /// The tokens of one forward pass: `batch` sequences of `seq` tokens,
@@ -135,7 +140,7 @@ impl Decoder {
                 cfg.num_layers
             )));
         }
-        let embed = ckpt.upload(gpu, cfg.embed_name(), as_f32)?;
+        let embed = ckpt.upload_rows(gpu, cfg.embed_name(), as_f32)?;
         let mut layers = Vec::with_capacity(keep.len());
         for &l in keep {
             let prefix = cfg.layer_prefix(l);
@@ -187,7 +192,7 @@ impl Decoder {
         let head = if cfg.tie_word_embeddings {
             embed.clone()
         } else {
-            ckpt.upload(gpu, cfg.head_name(), as_f32)?
+            ckpt.upload_rows(gpu, cfg.head_name(), as_f32)?
         };
         Ok(Decoder::from_parts(cfg, embed, layers, final_norm, head))
     }
@@ -196,10 +201,10 @@ impl Decoder {
     /// It shares `base`'s rotary tables, so switching sizes uploads nothing.
     pub fn assemble(
         base: &Decoder,
-        embed: Tensor,
+        embed: RowBlocks,
         layers: Vec<Arc<Layer>>,
         final_norm: Norm,
-        head: Tensor,
+        head: RowBlocks,
     ) -> Decoder {
         Decoder {
             rope: base.rope.clone(),
@@ -250,8 +255,7 @@ impl Decoder {
     }
 
     pub fn head_is_embed(&self) -> bool {
-        self.head.buffer().id() == self.embed.buffer().id()
-            && self.head.byte_offset() == self.embed.byte_offset()
+        self.head.same_storage(&self.embed)
     }
 
     /// Rotary tables covering positions below `max_pos` (grown on demand).
@@ -314,8 +318,7 @@ impl Decoder {
 
     /// The embeddings of `ids` (the first residual stream).
     pub fn embed_forward<E: Exec>(&self, e: &mut E, ids: &Tensor) -> Result<E::V> {
-        let table = e.weight(&self.embed)?;
-        e.embedding(ids, &table)
+        e.embedding(ids, &self.embed)
     }
 
     /// The final norm applied to the residual stream.
@@ -331,10 +334,11 @@ impl Decoder {
         }
     }
 
-    /// Logits `[tokens, vocab]` of final-normed states.
+    /// Logits `[tokens, vocab]` of final-normed states, all at once (a
+    /// decode step's few rows; long inputs go through `model::head` in
+    /// chunks, so that logit memory stays bounded).
     pub fn head_forward<E: Exec>(&self, e: &mut E, normed: &E::V) -> Result<E::V> {
-        let w = e.weight(&self.head)?;
-        e.linear(normed, &w, None)
+        e.logits(normed, &self.head)
     }
 
     /// Run the whole model on a batch with executor `e` (eagerly, or on a
@@ -383,9 +387,13 @@ impl Decoder {
             None
         };
         if want_hidden {
-            hidden.push(normed);
+            hidden.push(normed.clone());
         }
-        Ok(ForwardOut { logits, hidden })
+        Ok(ForwardOut {
+            logits,
+            hidden,
+            normed,
+        })
     }
 
     /// Run the whole model on a batch, recording into `rec` (nothing is
@@ -498,10 +506,10 @@ impl Decoder {
     /// A decoder from tensors made elsewhere (random weights for benches).
     pub fn from_parts(
         cfg: &ModelConfig,
-        embed: Tensor,
+        embed: RowBlocks,
         layers: Vec<Arc<Layer>>,
         final_norm: Norm,
-        head: Tensor,
+        head: RowBlocks,
     ) -> Decoder {
         Decoder {
             cfg: cfg.with_layers(layers.len()),
@@ -518,8 +526,8 @@ impl Decoder {
     /// speed measurements at real model sizes without downloading them.
     /// Values are small and deterministic; nothing is read back.
     pub fn random(gpu: &Gpu, cfg: &ModelConfig, dtype: DType, seed: u64) -> Result<Decoder> {
-        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        let mut make = |name: &str, shape: &[usize], norm: bool| -> Result<Tensor> {
+        let state = std::cell::Cell::new(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+        let values = |shape: &[usize], norm: bool| -> Vec<f32> {
             let n: usize = shape.iter().product();
             let scale = if norm {
                 0.0
@@ -528,10 +536,12 @@ impl Decoder {
             };
             let vals: Vec<f32> = (0..n)
                 .map(|_| {
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
-                    let u = (state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0;
+                    let mut x = state.get();
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    state.set(x);
+                    let u = (x >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0;
                     if norm {
                         1.0
                     } else {
@@ -539,16 +549,28 @@ impl Decoder {
                     }
                 })
                 .collect();
+            vals
+        };
+        let bytes = |vals: Vec<f32>| -> (DType, Vec<u8>) {
             match dtype {
                 DType::BF16 => {
                     let h: Vec<half::bf16> =
                         vals.iter().map(|&v| half::bf16::from_f32(v)).collect();
-                    gpu.upload_bf16(name, shape, &h)
+                    (DType::BF16, bytemuck::cast_slice(&h).to_vec())
                 }
-                _ => gpu.upload_f32(name, shape, &vals),
+                _ => (DType::F32, bytemuck::cast_slice(&vals).to_vec()),
             }
         };
-        let embed = make("embed", &[cfg.vocab_size, cfg.hidden_size], false)?;
+        let make = |name: &str, shape: &[usize], norm: bool| -> Result<Tensor> {
+            let (d, b) = bytes(values(shape, norm));
+            gpu.upload_bytes(name, shape, d, &b)
+        };
+        let vocab = [cfg.vocab_size, cfg.hidden_size];
+        let make_rows = |name: &str| -> Result<RowBlocks> {
+            let (d, b) = bytes(values(&vocab, false));
+            RowBlocks::upload(gpu, name, &vocab, d, &b)
+        };
+        let embed = make_rows("embed")?;
         let mut layers = Vec::with_capacity(cfg.num_layers);
         for l in 0..cfg.num_layers {
             let mut tensors = HashMap::new();
@@ -588,7 +610,7 @@ impl Decoder {
         let head = if cfg.tie_word_embeddings {
             embed.clone()
         } else {
-            make("head", &[cfg.vocab_size, cfg.hidden_size], false)?
+            make_rows("head")?
         };
         Ok(Decoder::from_parts(cfg, embed, layers, final_norm, head))
     }

@@ -17,8 +17,9 @@ use std::collections::HashMap;
 
 use crate::autodiff::{Tape, Var};
 use crate::error::{Error, Result};
-use crate::gpu::{Gpu, Recorder, Tensor};
+use crate::gpu::{DType, Gpu, Recorder, RowBlocks, Tensor};
 use crate::ops::attention::{self, AttnConfig};
+use crate::ops::matmul::{Gemm, Region};
 use crate::ops::rope::RopeTables;
 use crate::ops::{
     bias_add, elementwise, embedding, gelu, gemv, layernorm, matmul, rmsnorm, rope, swiglu,
@@ -53,8 +54,11 @@ pub trait Exec {
     fn value<'a>(&'a self, v: &'a Self::V) -> &'a Tensor;
     /// A model weight as a value (a parameter when it has a gradient).
     fn weight(&mut self, t: &Tensor) -> Result<Self::V>;
-    /// Rows of `table` gathered by `ids`.
-    fn embedding(&mut self, ids: &Tensor, table: &Self::V) -> Result<Self::V>;
+    /// Rows of `table` (a weight, in one or more blocks of rows) gathered
+    /// by `ids`.
+    fn embedding(&mut self, ids: &Tensor, table: &RowBlocks) -> Result<Self::V>;
+    /// Logits x·headᵀ `[tokens, vocab]` over a head in blocks of rows.
+    fn logits(&mut self, x: &Self::V, head: &RowBlocks) -> Result<Self::V>;
     /// x·wᵀ (+ b), w stored `[out, in]`.
     fn linear(&mut self, x: &Self::V, w: &Self::V, b: Option<&Self::V>) -> Result<Self::V>;
     fn rmsnorm(&mut self, x: &Self::V, w: &Self::V, eps: f32) -> Result<Self::V>;
@@ -107,8 +111,18 @@ impl Exec for Eager<'_, '_> {
     fn weight(&mut self, t: &Tensor) -> Result<Tensor> {
         Ok(t.clone())
     }
-    fn embedding(&mut self, ids: &Tensor, table: &Tensor) -> Result<Tensor> {
-        embedding::embedding(self.rec, ids, table)
+    fn embedding(&mut self, ids: &Tensor, table: &RowBlocks) -> Result<Tensor> {
+        embedding::embedding_sharded(self.rec, ids, table.blocks())
+    }
+    fn logits(&mut self, x: &Tensor, head: &RowBlocks) -> Result<Tensor> {
+        if let Some(w) = head.as_whole() {
+            return self.linear(x, w, None);
+        }
+        let mut shape = x.shape().to_vec();
+        *shape.last_mut().expect("x has a hidden dimension") = head.rows();
+        let out = Tensor::empty(self.rec.gpu(), "logits", &shape, DType::F32)?;
+        logits_blocks_into(self.rec, (x, Region::whole(x)), head, &out)?;
+        Ok(out)
     }
     fn linear(&mut self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
         let y = if self.gemv {
@@ -238,8 +252,25 @@ impl Exec for Taped<'_, '_, '_, '_> {
         self.weights.insert(key, v);
         Ok(v)
     }
-    fn embedding(&mut self, ids: &Tensor, table: &Var) -> Result<Var> {
-        self.tape.embedding(self.rec, ids, *table)
+    fn embedding(&mut self, ids: &Tensor, table: &RowBlocks) -> Result<Var> {
+        let mut blocks = Vec::with_capacity(table.blocks().len());
+        for (start, t) in table.iter() {
+            blocks.push((self.weight(t)?, start));
+        }
+        self.tape.embedding(self.rec, ids, &blocks)
+    }
+    fn logits(&mut self, x: &Var, head: &RowBlocks) -> Result<Var> {
+        match head.as_whole() {
+            Some(w) => {
+                let w = self.weight(w)?;
+                self.linear(x, &w, None)
+            }
+            None => Err(Error::Invalid(format!(
+                "the LM head {} is split into blocks; training computes its logits and loss \
+                 in chunks (train::head_loss), not on the tape",
+                head.describe()
+            ))),
+        }
     }
     fn linear(&mut self, x: &Var, w: &Var, b: Option<&Var>) -> Result<Var> {
         let y = self.tape.linear(self.rec, *x, *w)?;
@@ -284,4 +315,21 @@ impl Exec for Taped<'_, '_, '_, '_> {
     fn flush(&mut self) -> Result<()> {
         self.rec.flush()
     }
+}
+
+/// Logits of the rows of region `x` (f32, `[rows, hidden]`) into `out`
+/// (`[rows, vocab]`, contiguous): one matmul per block of the head, each
+/// writing its block of vocabulary columns.
+pub fn logits_blocks_into(
+    rec: &mut Recorder,
+    x: (&Tensor, Region),
+    head: &RowBlocks,
+    out: &Tensor,
+) -> Result<()> {
+    let whole = Region::whole(out);
+    for (start, w) in head.iter() {
+        let cols = whole.cols(start, w.dim(0));
+        matmul::matmul_region(rec, x, w, (out, cols), Gemm::new(false, true))?;
+    }
+    Ok(())
 }

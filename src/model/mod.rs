@@ -5,6 +5,7 @@ pub mod config;
 pub mod decoder;
 pub mod exec;
 pub mod gguf;
+pub mod head;
 pub mod layers;
 pub mod score;
 pub mod source;

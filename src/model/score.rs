@@ -6,8 +6,9 @@
 //! predicted. Perplexity = exp(total NLL / predicted tokens).
 
 use super::decoder::{Batch, Decoder};
+use super::head;
 use crate::error::{Error, Result};
-use crate::gpu::{DType, Gpu, Tensor};
+use crate::gpu::{DType, Gpu};
 use crate::ops::distill_loss;
 
 #[derive(Clone, Debug, PartialEq)]
@@ -37,7 +38,6 @@ pub fn window_nll(gpu: &Gpu, model: &Decoder, window: &[u32]) -> Result<f64> {
     // Row i predicts token i+1; the last row predicts nothing.
     let mut tgt: Vec<u32> = window[1..].to_vec();
     tgt.push(distill_loss::NO_TARGET);
-    let targets = gpu.upload_u32("eval.targets", &[t], &tgt)?;
     let mut rec = gpu.recorder();
     let batch = Batch {
         ids: &ids,
@@ -46,10 +46,10 @@ pub fn window_nll(gpu: &Gpu, model: &Decoder, window: &[u32]) -> Result<f64> {
         seq: t,
         mask: None,
     };
-    let out = model.forward(&mut rec, &batch, true, false)?;
-    let logits = out.logits.expect("asked for logits");
-    let nll: Tensor = distill_loss::cross_entropy(&mut rec, &logits, &targets)?;
-    drop(logits);
+    let out = model.forward(&mut rec, &batch, false, false)?;
+    // Logits in chunks of tokens: bounded memory at any window length.
+    let nll = head::nll(&mut rec, model, &out.normed, &tgt)?;
+    drop(out);
     rec.run()?;
     let v = gpu.read_f32(&nll)?;
     debug_assert_eq!(nll.dtype(), DType::F32);

@@ -9,7 +9,7 @@ use memmap2::Mmap;
 
 use super::config::ModelConfig;
 use crate::error::{Error, Result};
-use crate::gpu::{DType, Gpu, Tensor};
+use crate::gpu::{DType, Gpu, RowBlocks, Tensor};
 
 /// Where one tensor lives in the mapped files.
 #[derive(Clone, Debug)]
@@ -291,6 +291,27 @@ impl Checkpoint {
             return gpu.upload_f32(name, &e.shape, &v);
         }
         gpu.upload_bytes(name, &e.shape, dtype, bytes)
+    }
+
+    /// A 2-D tensor split into blocks of rows that each fit one binding
+    /// (one block when it fits): embeddings and LM heads.
+    pub fn upload_rows(&self, gpu: &Gpu, name: &str, as_f32: bool) -> Result<RowBlocks> {
+        let e = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| Error::Invalid(format!("missing tensor '{name}'")))?;
+        let bytes = self.bytes(name).expect("entry exists");
+        let dtype = dtype_of(e.dtype).ok_or_else(|| {
+            Error::Invalid(format!(
+                "tensor '{name}' has unsupported dtype {:?}",
+                e.dtype
+            ))
+        })?;
+        if as_f32 && dtype != DType::F32 {
+            let v = to_f32(bytes, dtype);
+            return RowBlocks::upload(gpu, name, &e.shape, DType::F32, bytemuck::cast_slice(&v));
+        }
+        RowBlocks::upload(gpu, name, &e.shape, dtype, bytes)
     }
 
     /// A tensor as f32 on the host.

@@ -163,13 +163,26 @@ pub fn embedding_backward(
     dout: &Tensor,
     vocab: usize,
 ) -> Result<Tensor> {
+    embedding_backward_rows(rec, ids, dout, vocab, 0)
+}
+
+/// The gradient of one block of a table split by rows: a new zeroed
+/// `[rows, hidden]` f32 tensor with the rows of the ids in
+/// `[row_start, row_start + rows)` added in.
+pub fn embedding_backward_rows(
+    rec: &mut Recorder,
+    ids: &Tensor,
+    dout: &Tensor,
+    rows: usize,
+    row_start: usize,
+) -> Result<Tensor> {
     if dout.shape().is_empty() {
         shape_bail!("embedding_backward: dout {:?} has no hidden dim", dout);
     }
     let hidden = dout.dim(-1);
-    let d_table = Tensor::empty(rec.gpu(), "embedding.d_table", &[vocab, hidden], DType::F32)?;
+    let d_table = Tensor::empty(rec.gpu(), "embedding.d_table", &[rows, hidden], DType::F32)?;
     rec.clear(&d_table);
-    embedding_backward_accumulate(rec, ids, dout, &d_table, 0)?;
+    embedding_backward_accumulate(rec, ids, dout, &d_table, row_start)?;
     Ok(d_table)
 }
 

@@ -33,7 +33,9 @@ struct Params {
     stride_c: u32,
     alpha: f32,
     beta: f32,
-    _pad: u32,
+    off_a: u32,
+    off_c: u32,
+    _pad: [u32; 3],
 }
 
 /// How to combine the operands.
@@ -344,32 +346,133 @@ pub fn matmul_into(rec: &mut Recorder, a: &Tensor, b: &Tensor, c: &Tensor, g: Ge
             pr.out_shape
         );
     }
+    // Row strides are the stored last dimensions in every layout.
+    let (lda, ldb) = (a.dim(-1), b.dim(-1));
+    launch(rec, (a, b, c), &pr, [lda, ldb, pr.n], [0, 0], g)
+}
+
+/// A matrix inside a larger f32 tensor: `rows × cols` elements starting at
+/// element `offset`, consecutive rows `ld` elements apart. A block of
+/// vocabulary columns of a logits chunk, or a chunk of token rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Region {
+    pub offset: usize,
+    pub rows: usize,
+    pub cols: usize,
+    pub ld: usize,
+}
+
+impl Region {
+    /// The whole of a 2-D (or flattened) tensor of `cols` columns.
+    pub fn whole(t: &Tensor) -> Region {
+        let cols = t.shape().last().copied().unwrap_or(1);
+        Region {
+            offset: 0,
+            rows: t.numel().checked_div(cols).unwrap_or(0),
+            cols,
+            ld: cols,
+        }
+    }
+    /// Rows `start..start + n` of this region.
+    pub fn rows(self, start: usize, n: usize) -> Region {
+        Region {
+            offset: self.offset + start * self.ld,
+            rows: n,
+            ..self
+        }
+    }
+    /// Columns `start..start + n` of this region.
+    pub fn cols(self, start: usize, n: usize) -> Region {
+        Region {
+            offset: self.offset + start,
+            cols: n,
+            ..self
+        }
+    }
+    fn check(&self, what: &str, t: &Tensor) -> Result<()> {
+        let end = self
+            .rows
+            .checked_sub(1)
+            .map(|r| self.offset + r * self.ld + self.cols);
+        if t.dtype() != DType::F32
+            || self.cols > self.ld
+            || end.is_some_and(|e| e > t.numel())
+            || self.offset + self.rows * self.ld > u32::MAX as usize
+        {
+            shape_bail!("matmul: {what} region {self:?} does not lie inside f32 {t:?}");
+        }
+        Ok(())
+    }
+}
+
+/// C[rc] = alpha·op(A[ra])·op(B) + beta·C[rc]: the product of regions of
+/// A and C (stored `[m, k]` / `[k, m]` with `trans_a`, and `[m, n]`) with
+/// the whole of B (a weight or a block of one). One launch, no copies.
+pub fn matmul_region(
+    rec: &mut Recorder,
+    (a, ra): (&Tensor, Region),
+    b: &Tensor,
+    (c, rc): (&Tensor, Region),
+    g: Gemm,
+) -> Result<()> {
+    ra.check("A", a)?;
+    rc.check("C", c)?;
+    let pr = problem(&[ra.rows, ra.cols], b.shape(), g.trans_a, g.trans_b)?;
+    if b.shape().len() != 2 || pr.m != rc.rows || pr.n != rc.cols {
+        shape_bail!(
+            "matmul: a C region of {}×{} for a product of {}×{} (B {:?})",
+            rc.rows,
+            rc.cols,
+            pr.m,
+            pr.n,
+            b.shape()
+        );
+    }
+    launch(
+        rec,
+        (a, b, c),
+        &pr,
+        [ra.ld, b.dim(-1), rc.ld],
+        [ra.offset, rc.offset],
+        g,
+    )
+}
+
+fn launch(
+    rec: &mut Recorder,
+    (a, b, c): (&Tensor, &Tensor, &Tensor),
+    pr: &Problem,
+    [lda, ldb, ldc]: [usize; 3],
+    [off_a, off_c]: [usize; 2],
+    g: Gemm,
+) -> Result<()> {
     if pr.m == 0 || pr.n == 0 {
         return Ok(());
     }
-    // Row strides are the stored last dimensions in every layout.
-    let lda = a.dim(-1);
-    let ldb = b.dim(-1);
     let p = Params {
         m: pr.m as u32,
         n: pr.n as u32,
         k: pr.k as u32,
         lda: lda as u32,
         ldb: ldb as u32,
-        ldc: pr.n as u32,
+        ldc: ldc as u32,
         stride_a: pr.stride_a as u32,
         stride_b: pr.stride_b as u32,
         stride_c: (pr.m * pr.n) as u32,
         alpha: g.alpha,
         beta: g.beta,
-        _pad: 0,
+        off_a: off_a as u32,
+        off_c: off_c as u32,
+        _pad: [0; 3],
     };
+    // The vector paths load A four elements at a time from its start.
+    let vec4_ok = |pr: &Problem, lda, ldb, g| off_a.is_multiple_of(4) && vec4_ok(pr, lda, ldb, g);
     let gpu = rec.gpu();
     let path = match g.path {
-        Some(Path::Direct4 | Path::Direct8) if !vec4_ok(&pr, lda, ldb, g) => Path::Direct,
+        Some(Path::Direct4 | Path::Direct8) if !vec4_ok(pr, lda, ldb, g) => Path::Direct,
         Some(p) => p,
         None => match choose_path(gpu) {
-            Path::Direct if vec4_ok(&pr, lda, ldb, g) => {
+            Path::Direct if vec4_ok(pr, lda, ldb, g) => {
                 match std::env::var("BOOMGPU_MATMUL_TILE").as_deref() {
                     Ok("4") => Path::Direct4,
                     _ => Path::Direct8,

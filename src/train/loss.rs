@@ -6,6 +6,7 @@
 //!
 //! loss = CE + w_kl·τ²·KL + Σ_pairs (w_cos / n_pairs)·mean(1 − cos)
 
+use super::head_loss::{distill_head, HeadInputs};
 use super::student::{self, StudentParams};
 use crate::autodiff::Tape;
 use crate::error::{Error, Result};
@@ -97,7 +98,6 @@ pub fn micro_step(
         tgt.extend_from_slice(&mb.ids[s * t + 1..(s + 1) * t]);
         tgt.push(distill_loss::NO_TARGET);
     }
-    let targets = gpu.upload_u32("batch.targets", &[n], &tgt)?;
     let mask = gpu.upload_u32("batch.mask", &[n], &vec![1u32; n])?;
     let batch = Batch {
         ids: &ids,
@@ -118,8 +118,7 @@ pub fn micro_step(
     let n_pairs = pairs.len().max(1) as f32;
 
     let mut rec = gpu.recorder();
-    let t_out = teacher.forward(&mut rec, &batch, true, !pairs.is_empty())?;
-    let t_logits = t_out.logits.expect("teacher logits");
+    let t_out = teacher.forward(&mut rec, &batch, false, !pairs.is_empty())?;
     // The student: on one tape, or with activation checkpointing.
     enum Run {
         Tape(Tape, student::TapeOut),
@@ -134,12 +133,9 @@ pub fn micro_step(
         let out = student::forward(&mut tape, &mut rec, student, params, &batch)?;
         Run::Tape(tape, out)
     };
-    let (s_logits, s_hidden): (Tensor, Vec<Tensor>) = match &run {
-        Run::Tape(tape, out) => (
-            tape.value(out.logits).clone(),
-            out.hidden.iter().map(|&v| tape.value(v).clone()).collect(),
-        ),
-        Run::Checkpointed(ck) => (ck.logits.clone(), ck.hidden.clone()),
+    let s_hidden: Vec<Tensor> = match &run {
+        Run::Tape(tape, out) => out.hidden.iter().map(|&v| tape.value(v).clone()).collect(),
+        Run::Checkpointed(ck) => ck.hidden.clone(),
     };
     for &(si, ti) in pairs {
         if si >= s_hidden.len() || ti >= t_out.hidden.len() {
@@ -150,9 +146,15 @@ pub fn micro_step(
             )));
         }
     }
-    let (rows, ds) = distill_loss::distill_loss(&mut rec, &s_logits, &t_logits, &targets, &cfg)?;
-    drop(s_logits);
-    drop(t_logits);
+    // The head and the loss, chunk by chunk of tokens: bounded logits.
+    let inputs = HeadInputs {
+        student,
+        s_normed: s_hidden.last().expect("the final normed state"),
+        teacher,
+        t_normed: &t_out.normed,
+        targets: &tgt,
+    };
+    let (rows, d_normed) = distill_head(&mut rec, &inputs, &cfg, backward.then_some(params))?;
     let mut hidden_grads: Vec<(usize, Tensor)> = Vec::with_capacity(pairs.len());
     let mut cos_vals = Vec::with_capacity(pairs.len());
     for &(si, ti) in pairs {
@@ -168,16 +170,17 @@ pub fn micro_step(
         hidden_grads.push((si, grad));
     }
     drop(s_hidden);
-    drop(t_out.hidden);
-    if backward {
+    drop(t_out);
+    if let Some(d_normed) = d_normed {
         match run {
             Run::Tape(mut tape, out) => {
-                let mut seeds = vec![(out.logits, ds)];
+                let last = *out.hidden.last().expect("the final normed state");
+                let mut seeds = vec![(last, d_normed)];
                 seeds.extend(hidden_grads.into_iter().map(|(h, g)| (out.hidden[h], g)));
                 tape.backward(&mut rec, seeds, 24)?;
             }
             Run::Checkpointed(ck) => {
-                ck.backward(&mut rec, student, params, &batch, ds, hidden_grads)?
+                ck.backward(&mut rec, student, params, &batch, d_normed, hidden_grads)?
             }
         }
     }

@@ -2,6 +2,7 @@
 //! boomerang loss, data, the optimiser loop and checkpoints.
 
 pub mod data;
+pub mod head_loss;
 pub mod loss;
 pub mod run;
 pub mod student;

@@ -11,7 +11,7 @@ use serde_json::json;
 
 use super::data::{permutation, Corpus, DataPosition};
 use super::loss::{micro_step, LossParts, LossWeights, MicroBatch};
-use super::student::{export_named, StudentParams, Which};
+use super::student::{export_named, group_values, StudentParams, Which};
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu};
 use crate::model::decoder::Decoder;
@@ -321,16 +321,16 @@ impl<'a> Trainer<'a> {
         // Master weights in f32, so that --resume continues exactly.
         self.write_weights(cfg, &tmp.join("model.safetensors"), DType::F32)?;
         let mut opt: BTreeMap<String, (DType, Vec<usize>, Vec<u8>)> = BTreeMap::new();
-        for p in &self.params.params {
-            for (kind, t) in [("m", &p.m), ("v", &p.v)] {
-                let v = self.gpu.read_f32(t)?;
+        // One entry per tensor (a table in blocks is joined), so that a
+        // run resumes on an adapter that splits it differently.
+        for (name, group) in self.params.groups() {
+            for kind in ["m", "v"] {
+                let (shape, v) = group_values(&group, |p| {
+                    self.gpu.read_f32(if kind == "m" { &p.m } else { &p.v })
+                })?;
                 opt.insert(
-                    format!("{kind}.{}", p.name),
-                    (
-                        DType::F32,
-                        t.shape().to_vec(),
-                        bytemuck::cast_slice(&v).to_vec(),
-                    ),
+                    format!("{kind}.{name}"),
+                    (DType::F32, shape, bytemuck::cast_slice(&v).to_vec()),
                 );
             }
         }
@@ -396,11 +396,24 @@ impl<'a> Trainer<'a> {
         self.perm = permutation(self.corpus.train.len(), self.pos.seed, self.pos.epoch);
         self.step = v["step"].as_u64().unwrap_or(0) as usize;
         let opt = Checkpoint::open_file(&ckpt_dir.join("optimizer.safetensors"))?;
-        for p in &self.params.params {
-            for (kind, t) in [("m", &p.m), ("v", &p.v)] {
-                let name = format!("{kind}.{}", p.name);
-                let vals = opt.to_f32(&name)?;
-                self.gpu.write_f32(t, &vals)?;
+        for (name, group) in self.params.groups() {
+            for kind in ["m", "v"] {
+                let vals = opt.to_f32(&format!("{kind}.{name}"))?;
+                let want: usize = group.iter().map(|p| p.value.numel()).sum();
+                if vals.len() != want {
+                    return Err(Error::Invalid(format!(
+                        "{}: optimizer state '{kind}.{name}' has {} values, the student {want}",
+                        ckpt_dir.display(),
+                        vals.len()
+                    )));
+                }
+                let mut at = 0;
+                for p in &group {
+                    let n = p.value.numel();
+                    self.gpu
+                        .write_f32(if kind == "m" { &p.m } else { &p.v }, &vals[at..at + n])?;
+                    at += n;
+                }
             }
         }
         Ok(())

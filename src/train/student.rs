@@ -47,7 +47,18 @@ impl StudentParams {
     /// load the student with `as_f32`). The tensors are shared, so the
     /// decoder sees every optimiser update.
     pub fn new(gpu: &Gpu, student: &Decoder) -> Result<StudentParams> {
-        let mut named: Vec<(String, Tensor)> = vec![("embed".into(), student.embed.clone())];
+        // A table in blocks of rows is one parameter per block,
+        // `embed@{first row}` (grouped again by `groups`).
+        let blocked = |base: &str, rows: &crate::gpu::RowBlocks| -> Vec<(String, Tensor)> {
+            match rows.as_whole() {
+                Some(t) => vec![(base.to_string(), t.clone())],
+                None => rows
+                    .iter()
+                    .map(|(start, t)| (format!("{base}@{start}"), t.clone()))
+                    .collect(),
+            }
+        };
+        let mut named: Vec<(String, Tensor)> = blocked("embed", &student.embed);
         for (i, l) in student.layers.iter().enumerate() {
             let mut names: Vec<&String> = l.tensors.keys().collect();
             names.sort();
@@ -63,7 +74,7 @@ impl StudentParams {
             named.push(("final_norm.bias".into(), b.clone()));
         }
         if !student.head_is_embed() {
-            named.push(("head".into(), student.head.clone()));
+            named.extend(blocked("head", &student.head));
         }
         let mut params = Vec::new();
         let mut index = BTreeMap::new();
@@ -102,6 +113,20 @@ impl StudentParams {
         self.index.get(name).map(|&i| &self.params[i])
     }
 
+    /// The parameters by the tensor they belong to, in order: a table in
+    /// blocks of rows (`embed@0`, `embed@4096`, …) is one group `embed`.
+    pub fn groups(&self) -> Vec<(&str, Vec<&Param>)> {
+        let mut out: Vec<(&str, Vec<&Param>)> = Vec::new();
+        for p in &self.params {
+            let base = p.name.split('@').next().expect("split yields one item");
+            match out.last_mut() {
+                Some((b, ps)) if *b == base => ps.push(p),
+                _ => out.push((base, vec![p])),
+            }
+        }
+        out
+    }
+
     pub fn count(&self) -> u64 {
         self.params.iter().map(|p| p.value.numel() as u64).sum()
     }
@@ -116,13 +141,14 @@ impl StudentParams {
 
 /// The tape variables of one forward pass.
 pub struct TapeOut {
-    pub logits: Var,
     /// HF hidden states: embedding output, each layer's output but the
-    /// last, and the final normed state.
+    /// last, and the final normed state (which the head reads: the logits
+    /// and the loss are computed off the tape, in chunks, by
+    /// `train::head_loss`).
     pub hidden: Vec<Var>,
 }
 
-/// The student's forward pass on `tape`: logits and every hidden state.
+/// The student's forward pass on `tape`: every hidden state.
 pub fn forward(
     tape: &mut Tape,
     rec: &mut Recorder,
@@ -131,11 +157,8 @@ pub fn forward(
     batch: &Batch,
 ) -> Result<TapeOut> {
     let mut e = Taped::new(tape, rec, Some(params));
-    let out = student.forward_with(&mut e, batch, true, true)?;
-    Ok(TapeOut {
-        logits: out.logits.expect("logits were asked for"),
-        hidden: out.hidden,
-    })
+    let out = student.forward_with(&mut e, batch, false, true)?;
+    Ok(TapeOut { hidden: out.hidden })
 }
 
 /// Tensors by name: shape and f32 values on the host.
@@ -163,8 +186,7 @@ pub fn export_named(
             Which::Grad => &p.grad,
         })
     };
-    for p in &params.params {
-        let name = p.name.as_str();
+    for (name, group) in params.groups() {
         let hf = if name == "embed" {
             cfg.embed_name().to_string()
         } else if name == "head" {
@@ -195,7 +217,8 @@ pub fn export_named(
         } else {
             name.to_string()
         };
-        out.insert(hf, (p.value.shape().to_vec(), read(p)?));
+        let (shape, values) = group_values(&group, |p| read(p))?;
+        out.insert(hf, (shape, values));
     }
     if cfg.family == Family::GptNeox {
         let (heads, d, h) = (cfg.num_heads, cfg.head_dim, cfg.hidden_size);
@@ -236,18 +259,31 @@ pub fn export_named(
     Ok(out)
 }
 
+/// A group's tensors joined along the rows: its shape and values.
+pub fn group_values(
+    group: &[&Param],
+    mut read: impl FnMut(&Param) -> Result<Vec<f32>>,
+) -> Result<(Vec<usize>, Vec<f32>)> {
+    let mut shape = group[0].value.shape().to_vec();
+    shape[0] = group.iter().map(|p| p.value.dim(0)).sum();
+    let mut values = Vec::with_capacity(shape.iter().product());
+    for p in group {
+        values.extend(read(p)?);
+    }
+    Ok((shape, values))
+}
+
 /// The student's forward pass with activation checkpointing: only each
 /// layer's input is kept; `backward` recomputes one layer at a time on a
 /// fresh tape, which bounds activation memory to one layer's worth.
 pub struct Checkpointed {
-    pub logits: Tensor,
     /// HF hidden states (values), as `TapeOut::hidden` would hold them.
     pub hidden: Vec<Tensor>,
     embed_tape: Tape,
     x0: Var,
+    /// The final norm, on its own tape.
     head_tape: Tape,
     head_in_grad: Tensor,
-    logits_var: Var,
     normed_var: Var,
     inputs: Vec<Tensor>,
     tables: std::sync::Arc<crate::ops::rope::RopeTables>,
@@ -291,17 +327,14 @@ pub fn forward_checkpointed(
     let hx = head_tape.param(x, head_in_grad.clone())?;
     let mut e = Taped::new(&mut head_tape, rec, Some(params));
     let normed_var = student.final_norm_forward(&mut e, &hx)?;
-    let logits_var = student.head_forward(&mut e, &normed_var)?;
     let mut hidden = inputs.clone();
     hidden.push(head_tape.value(normed_var).clone());
     Ok(Checkpointed {
-        logits: head_tape.value(logits_var).clone(),
         hidden,
         embed_tape,
         x0,
         head_tape,
         head_in_grad,
-        logits_var,
         normed_var,
         inputs,
         tables,
@@ -309,15 +342,16 @@ pub fn forward_checkpointed(
 }
 
 impl Checkpointed {
-    /// Backward from the gradient of the logits and of hidden states
-    /// (by HF index), adding into the parameters' gradient buffers.
+    /// Backward from the gradient of the final normed states (the head's
+    /// input) and of hidden states (by HF index), adding into the
+    /// parameters' gradient buffers.
     pub fn backward(
         mut self,
         rec: &mut Recorder,
         student: &Decoder,
         params: &StudentParams,
         batch: &Batch,
-        d_logits: Tensor,
+        d_normed: Tensor,
         hidden_seeds: Vec<(usize, Tensor)>,
     ) -> Result<()> {
         let n = self.inputs.len();
@@ -330,7 +364,7 @@ impl Checkpointed {
             }
             at[h].push(g);
         }
-        let mut seeds = vec![(self.logits_var, d_logits)];
+        let mut seeds = vec![(self.normed_var, d_normed)];
         for g in at[n].drain(..) {
             seeds.push((self.normed_var, g));
         }

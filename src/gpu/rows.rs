@@ -1,0 +1,163 @@
+//! A matrix stored as blocks of consecutive rows, each its own buffer
+//! within the adapter's binding and buffer limits: how a vocabulary ×
+//! hidden table (Qwen3's 151,936 rows) lives on an adapter that binds
+//! 128 MiB at a time. A matrix that fits is one block, the plain tensor.
+
+use super::{format_bytes, DType, Gpu, Tensor};
+use crate::error::{Error, Result};
+
+#[derive(Clone, Debug)]
+pub struct RowBlocks {
+    blocks: Vec<Tensor>,
+    /// First row of each block, and the row count at the end.
+    starts: Vec<usize>,
+    cols: usize,
+}
+
+impl RowBlocks {
+    /// One block: the tensor itself (2-D).
+    pub fn whole(t: Tensor) -> Result<RowBlocks> {
+        if t.shape().len() != 2 {
+            return Err(Error::Shape(format!(
+                "a row-blocked matrix must be 2-D, got {t:?}"
+            )));
+        }
+        let (rows, cols) = (t.dim(0), t.dim(1));
+        Ok(RowBlocks {
+            blocks: vec![t],
+            starts: vec![0, rows],
+            cols,
+        })
+    }
+
+    /// Rows per block for rows of `row_bytes` on this adapter: as many as
+    /// one binding holds. Refused, naming the tensor, when one row is over.
+    pub fn rows_per_block(gpu: &Gpu, name: &str, row_bytes: u64) -> Result<usize> {
+        let limit = gpu.caps.max_tensor_bytes();
+        let per = limit / row_bytes.max(1);
+        if per == 0 {
+            return Err(Error::OverLimit {
+                tensor: format!("{name} (one row)"),
+                requested: row_bytes,
+                limit,
+                what: "largest buffer one shader may bind on this adapter",
+                hint: "A single row cannot be split further: use an adapter with a larger \
+                       binding limit (or unset BOOMGPU_MAX_BINDING).",
+            });
+        }
+        Ok(per as usize)
+    }
+
+    /// Upload `[rows, cols]` of `dtype` from `bytes`, split into blocks
+    /// that each fit one binding.
+    pub fn upload(
+        gpu: &Gpu,
+        name: &str,
+        shape: &[usize],
+        dtype: DType,
+        bytes: &[u8],
+    ) -> Result<RowBlocks> {
+        let [rows, cols] = *shape else {
+            return Err(Error::Shape(format!(
+                "'{name}': a row-blocked matrix must be 2-D, got {shape:?}"
+            )));
+        };
+        let row_bytes = cols * dtype.size();
+        if bytes.len() != rows * row_bytes {
+            return Err(Error::Shape(format!(
+                "'{name}': {} bytes given for shape {shape:?} of {}",
+                bytes.len(),
+                dtype.name()
+            )));
+        }
+        let per = Self::rows_per_block(gpu, name, row_bytes as u64)?;
+        if per >= rows {
+            return Self::whole(gpu.upload_bytes(name, shape, dtype, bytes)?);
+        }
+        let mut blocks = Vec::new();
+        let mut starts = Vec::new();
+        let mut start = 0;
+        while start < rows {
+            let n = per.min(rows - start);
+            let part = &bytes[start * row_bytes..(start + n) * row_bytes];
+            blocks.push(gpu.upload_bytes(
+                &format!("{name}[{start}..{}]", start + n),
+                &[n, cols],
+                dtype,
+                part,
+            )?);
+            starts.push(start);
+            start += n;
+        }
+        starts.push(rows);
+        Ok(RowBlocks {
+            blocks,
+            starts,
+            cols,
+        })
+    }
+
+    pub fn blocks(&self) -> &[Tensor] {
+        &self.blocks
+    }
+    /// Block `i` with its first row.
+    pub fn iter(&self) -> impl Iterator<Item = (usize, &Tensor)> {
+        self.starts.iter().copied().zip(&self.blocks)
+    }
+    pub fn rows(&self) -> usize {
+        *self.starts.last().expect("starts end with the row count")
+    }
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+    pub fn shape(&self) -> [usize; 2] {
+        [self.rows(), self.cols]
+    }
+    pub fn dtype(&self) -> DType {
+        self.blocks[0].dtype()
+    }
+    pub fn numel(&self) -> usize {
+        self.rows() * self.cols
+    }
+    pub fn byte_len(&self) -> u64 {
+        self.blocks.iter().map(Tensor::byte_len).sum()
+    }
+    pub fn is_split(&self) -> bool {
+        self.blocks.len() > 1
+    }
+    /// The single tensor, when the matrix is one block.
+    pub fn as_whole(&self) -> Option<&Tensor> {
+        (!self.is_split()).then(|| &self.blocks[0])
+    }
+    /// Whether both hold the same device storage (a tied head).
+    pub fn same_storage(&self, other: &RowBlocks) -> bool {
+        self.blocks.len() == other.blocks.len()
+            && self.blocks.iter().zip(&other.blocks).all(|(a, b)| {
+                a.buffer().id() == b.buffer().id() && a.byte_offset() == b.byte_offset()
+            })
+    }
+
+    /// Every row's bytes, in order (blocks read back and joined).
+    pub fn read_bytes(&self, gpu: &Gpu) -> Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(self.byte_len() as usize);
+        for b in &self.blocks {
+            out.extend(gpu.read_bytes(b)?);
+        }
+        Ok(out)
+    }
+
+    /// A description for messages: the shape, and the blocks if split.
+    pub fn describe(&self) -> String {
+        let [r, c] = self.shape();
+        if self.is_split() {
+            format!(
+                "[{r}, {c}] {} in {} blocks of ≤ {}",
+                self.dtype().name(),
+                self.blocks.len(),
+                format_bytes(self.blocks[0].byte_len())
+            )
+        } else {
+            format!("[{r}, {c}] {}", self.dtype().name())
+        }
+    }
+}

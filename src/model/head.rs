@@ -1,0 +1,104 @@
+//! The LM head over many tokens, in chunks of token rows: logits are
+//! computed for at most `chunk_rows` tokens at a time (one matmul per
+//! block of the head's vocabulary rows, each writing its columns of the
+//! chunk), consumed, and dropped before the next chunk. So logit memory is
+//! bounded by `LOGITS_CHUNK_BYTES` (and the binding limit) at any sequence
+//! length and vocabulary, and a vocabulary of any size works on any
+//! adapter as long as one token's logits fit one binding.
+
+use super::decoder::Decoder;
+use super::exec::logits_blocks_into;
+use crate::error::{Error, Result};
+use crate::gpu::{format_bytes, DType, Gpu, Recorder, Tensor};
+use crate::ops::distill_loss;
+use crate::ops::matmul::Region;
+
+/// The most bytes of f32 logits one chunk holds (each of the student's and
+/// the teacher's in distillation).
+pub const LOGITS_CHUNK_BYTES: u64 = 64 << 20;
+
+/// Token rows per logits chunk for a vocabulary of `vocab`: as many as
+/// `LOGITS_CHUNK_BYTES` and one binding allow. Refused when one token's
+/// logits are over the binding limit.
+pub fn chunk_rows(gpu: &Gpu, vocab: usize) -> Result<usize> {
+    let row = vocab as u64 * 4;
+    let limit = gpu.caps.max_tensor_bytes();
+    if row > limit {
+        return Err(Error::OverLimit {
+            tensor: "logits (one token's row)".into(),
+            requested: row,
+            limit,
+            what: "largest buffer one shader may bind on this adapter",
+            hint: "One token's logits over the whole vocabulary must fit one binding; use an \
+                   adapter with a larger binding limit.",
+        });
+    }
+    Ok((LOGITS_CHUNK_BYTES.min(limit) / row).max(1) as usize)
+}
+
+/// Rows `r0..r0 + n` of a `[rows, hidden]` f32 tensor as a tensor of its
+/// own (the tensor itself when that is all of it).
+pub fn rows_of(rec: &mut Recorder, x: &Tensor, r0: usize, n: usize) -> Result<Tensor> {
+    let hidden = x.dim(-1);
+    let total = x.numel() / hidden.max(1);
+    if r0 == 0 && n == total {
+        return x.reshape(&[n, hidden]);
+    }
+    let part = Tensor::empty(rec.gpu(), "head.rows", &[n, hidden], DType::F32)?;
+    let bytes = (hidden * 4) as u64;
+    rec.copy(x, r0 as u64 * bytes, &part, 0, n as u64 * bytes)?;
+    Ok(part)
+}
+
+/// Logits of one chunk of rows of final-normed states `x` ([n, hidden]).
+pub fn chunk_logits(rec: &mut Recorder, model: &Decoder, x: &Tensor) -> Result<Tensor> {
+    let n = x.numel() / x.dim(-1).max(1);
+    let out = Tensor::empty(
+        rec.gpu(),
+        "head.logits",
+        &[n, model.head.rows()],
+        DType::F32,
+    )?;
+    logits_blocks_into(rec, (x, Region::whole(x)), &model.head, &out)?;
+    Ok(out)
+}
+
+/// Per-token negative log-likelihood (f32 `[tokens]`, 0 where the target
+/// is `NO_TARGET`) of final-normed states, chunk by chunk; the chunks'
+/// rows are gathered into one tensor, so the host reads it once.
+pub fn nll(
+    rec: &mut Recorder,
+    model: &Decoder,
+    normed: &Tensor,
+    targets: &[u32],
+) -> Result<Tensor> {
+    let gpu = rec.gpu();
+    let n = targets.len();
+    if normed.numel() != n * model.cfg.hidden_size {
+        return Err(Error::Shape(format!(
+            "head: {n} targets for normed states {normed:?}"
+        )));
+    }
+    let c = chunk_rows(gpu, model.head.rows())?;
+    let all = Tensor::empty(gpu, "head.nll", &[n], DType::F32)?;
+    for r0 in (0..n).step_by(c.max(1)) {
+        let m = c.min(n - r0);
+        let x = rows_of(rec, normed, r0, m)?;
+        let logits = chunk_logits(rec, model, &x)?;
+        let tg = rec
+            .gpu()
+            .upload_u32("head.targets", &[m], &targets[r0..r0 + m])?;
+        let part = distill_loss::cross_entropy(rec, &logits, &tg)?;
+        rec.copy(&part, 0, &all, r0 as u64 * 4, m as u64 * 4)?;
+    }
+    Ok(all)
+}
+
+/// A line for plans and logs: the logits workspace at `tokens` tokens.
+pub fn describe_workspace(gpu: &Gpu, vocab: usize, tokens: usize) -> Result<String> {
+    let c = chunk_rows(gpu, vocab)?.min(tokens.max(1));
+    Ok(format!(
+        "logits in chunks of {c} token(s): {} per chunk",
+        format_bytes(c as u64 * vocab as u64 * 4)
+    ))
+}
