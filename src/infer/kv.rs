@@ -44,6 +44,20 @@ impl KvCache {
                 "KV cache needs a context and a width above 0 (got {max_ctx} and {kv_dim})"
             )));
         }
+        // Each layer's K and V are one binding each: refuse a context
+        // whose cache could not be bound before anything is allocated.
+        let row = kv_dim as u64 * 4;
+        let limit = gpu.caps.max_tensor_bytes();
+        if max_ctx as u64 * row > limit {
+            return Err(Error::Invalid(format!(
+                "a context of {max_ctx} positions needs {} per layer for each of K and V (kv.k0), \
+                 over the {} one shader may bind on this adapter; KV caches are not split into \
+                 blocks: use --max-context {} or less",
+                crate::gpu::format_bytes(max_ctx as u64 * row),
+                crate::gpu::format_bytes(limit),
+                limit / row
+            )));
+        }
         let mut c = KvCache {
             k: Vec::new(),
             v: Vec::new(),

@@ -19,6 +19,9 @@ use crate::gpu::{DType, Gpu, Recorder, RowBlocks, Tensor};
 use crate::ops::attention::AttnConfig;
 use crate::ops::{gemv, rope};
 
+/// The most prompt tokens one prefill pass runs (`Decoder::prefill_chunk`).
+pub const PREFILL_CHUNK: usize = 2048;
+
 /// One decoder layer's weights on the GPU, names relative to the layer
 /// prefix (GPT-NeoX's fused query_key_value is split into q/k/v on load).
 pub struct Layer {
@@ -413,7 +416,8 @@ impl Decoder {
     /// `[past, past + n)` with `past = cache.filled()`: the cache grows if
     /// needed (an error past its context), each layer writes the new keys
     /// and values into it and attends to everything cached. Prefill is the
-    /// whole prompt in one call; decoding one token per call (records
+    /// whole prompt in one call (run in passes of `prefill_chunk` tokens);
+    /// decoding one token per call (records
     /// nothing but kernels and copies: one submission per step).
     ///
     /// Returns logits f32 `[n, vocab]` with `all_logits`, else `[1, vocab]`
@@ -440,6 +444,18 @@ impl Decoder {
                 cache.kv_dim(),
                 self.layers.len(),
             )));
+        }
+        let chunk = self.prefill_chunk(rec.gpu());
+        if n > chunk && !all_logits {
+            // A long prompt in chunks of tokens, each against the cache
+            // the ones before filled: every activation stays bounded.
+            let mut done = 0;
+            while n - done > chunk {
+                self.forward_cached(rec, &ids[done..done + chunk], cache, false)?;
+                rec.flush()?;
+                done += chunk;
+            }
+            return self.forward_cached(rec, &ids[done..], cache, false);
         }
         cache.reserve(rec, past + n)?;
         let gpu = rec.gpu();
@@ -503,6 +519,23 @@ impl Decoder {
 }
 
 impl Decoder {
+    /// Tokens per prefill pass: at most `PREFILL_CHUNK`, and few enough
+    /// that the widest activation of a layer (q, k and v together, or the
+    /// MLP's gate and up) stays within one binding.
+    pub fn prefill_chunk(&self, gpu: &Gpu) -> usize {
+        let c = &self.cfg;
+        let widest = [
+            c.hidden_size,
+            (c.num_heads + 2 * c.num_kv_heads) * c.head_dim,
+            2 * c.intermediate_size,
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or(1) as u64
+            * 4;
+        ((gpu.caps.max_tensor_bytes() / widest.max(1)) as usize).clamp(1, PREFILL_CHUNK)
+    }
+
     /// A decoder from tensors made elsewhere (random weights for benches).
     pub fn from_parts(
         cfg: &ModelConfig,
