@@ -106,9 +106,9 @@ fn full_logits(dec: &Decoder, ids: &[u32]) -> Vec<f32> {
         seq: t,
         mask: None,
     };
-    let out = dec.forward(&mut rec, &b, true, false).unwrap();
+    let out = dec.forward(&mut rec, &b, false, false).unwrap();
     rec.run().unwrap();
-    g.read_f32(out.logits.as_ref().unwrap()).unwrap()
+    boomgpu::model::head::read_logits(g, dec, &out.normed).unwrap()
 }
 
 #[test]

@@ -4,7 +4,7 @@
 mod common;
 
 use boomgpu::gpu::{DType, Tensor};
-use boomgpu::ops::matmul::{self, cpu, Gemm, Path};
+use boomgpu::ops::matmul::{self, cpu, matmul_region, Gemm, Path, Region};
 
 const PATHS: [Path; 4] = [Path::Tiled, Path::Direct, Path::Direct4, Path::Direct8];
 use common::*;
@@ -411,4 +411,134 @@ fn coop_path_matches_f16_reference() {
         "self-check failed on {}",
         g.describe()
     );
+}
+
+/// Products over regions of larger tensors, as the LM head over blocks of
+/// its vocabulary uses them: logits columns of a chunk (C region, B a bf16
+/// block, transposed), the gradient into a chunk of token rows (A columns,
+/// C rows, accumulated), and a block's weight gradient (A columns,
+/// transposed). Cells outside the C region keep their values.
+#[test]
+fn regions_of_a_and_c_match_cpu_and_touch_nothing_else() {
+    let g = gpu();
+    let mut rng = Rng::new(21);
+    let sub = |v: &[f32], ld: usize, r0: usize, rows: usize, c0: usize, cols: usize| {
+        (r0..r0 + rows)
+            .flat_map(|r| v[r * ld + c0..r * ld + c0 + cols].to_vec())
+            .collect::<Vec<f32>>()
+    };
+    let (tokens, vocab, hidden) = (9, 70, 12);
+    for (c0, w) in [(0, 32), (33, 37), (5, 1)] {
+        for path in PATHS {
+            let what = format!("columns {c0}+{w}, {path:?}");
+            let gm = |ta, tb| {
+                let mut gm = Gemm::new(ta, tb);
+                gm.path = Some(path);
+                gm
+            };
+            // Logits: C[:, c0..c0+w] = X · Wᵀ with W a bf16 [w, hidden] block.
+            let x = rng.vec(tokens * hidden, 1.0);
+            let (tw, wv) = upload_b("bf16", &[w, hidden], &rng.vec(w * hidden, 1.0));
+            let c_init = rng.vec(tokens * vocab, 1.0);
+            let tx = g.upload_f32("x", &[tokens, hidden], &x).unwrap();
+            let tc = g.upload_f32("c", &[tokens, vocab], &c_init).unwrap();
+            let rc = Region::whole(&tc).cols(c0, w);
+            let mut rec = g.recorder();
+            matmul_region(
+                &mut rec,
+                (&tx, Region::whole(&tx)),
+                &tw,
+                (&tc, rc),
+                gm(false, true),
+            )
+            .unwrap();
+            rec.run().unwrap();
+            let got = g.read_f32(&tc).unwrap();
+            let want = cpu::matmul(&x, &wv, tokens, w, hidden, false, true);
+            assert_close(
+                &format!("logits {what}"),
+                &sub(&got, vocab, 0, tokens, c0, w),
+                &want,
+                1e-4,
+                1e-5,
+            );
+            let mut outside = got.clone();
+            let mut init = c_init.clone();
+            for r in 0..tokens {
+                for c in c0..c0 + w {
+                    outside[r * vocab + c] = 0.0;
+                    init[r * vocab + c] = 0.0;
+                }
+            }
+            assert_eq!(
+                outside, init,
+                "logits {what}: cells outside the region changed"
+            );
+
+            // d_normed[r0..r0+m] += dS[:, c0..c0+w] · W (rows 2..2+m of 13).
+            let (r0, m) = (2, tokens);
+            let dn0 = rng.vec(13 * hidden, 1.0);
+            let tdn = g.upload_f32("dn", &[13, hidden], &dn0).unwrap();
+            let mut rec = g.recorder();
+            let out = Region::whole(&tdn).rows(r0, m);
+            let acc = gm(false, false).accumulate();
+            matmul_region(&mut rec, (&tc, rc), &tw, (&tdn, out), acc).unwrap();
+            rec.run().unwrap();
+            let got_dn = g.read_f32(&tdn).unwrap();
+            let ds = sub(&got, vocab, 0, tokens, c0, w);
+            let prod = cpu::matmul(&ds, &wv, m, hidden, w, false, false);
+            let want: Vec<f32> = prod
+                .iter()
+                .zip(&dn0[r0 * hidden..(r0 + m) * hidden])
+                .map(|(p, d)| p + d)
+                .collect();
+            assert_close(
+                &format!("d_normed {what}"),
+                &got_dn[r0 * hidden..(r0 + m) * hidden],
+                &want,
+                1e-4,
+                1e-5,
+            );
+            assert_eq!(
+                &got_dn[..r0 * hidden],
+                &dn0[..r0 * hidden],
+                "{what}: rows before"
+            );
+            assert_eq!(
+                &got_dn[(r0 + m) * hidden..],
+                &dn0[(r0 + m) * hidden..],
+                "{what}: rows after"
+            );
+
+            // dW += dS[:, c0..c0+w]ᵀ · X.
+            let gw0 = rng.vec(w * hidden, 1.0);
+            let tgw = g.upload_f32("gw", &[w, hidden], &gw0).unwrap();
+            let mut rec = g.recorder();
+            let acc = gm(true, false).accumulate();
+            matmul_region(&mut rec, (&tc, rc), &tx, (&tgw, Region::whole(&tgw)), acc).unwrap();
+            rec.run().unwrap();
+            let prod = cpu::matmul(&ds, &x, w, hidden, tokens, true, false);
+            let want: Vec<f32> = prod.iter().zip(&gw0).map(|(p, a)| p + a).collect();
+            assert_close(
+                &format!("dW {what}"),
+                &g.read_f32(&tgw).unwrap(),
+                &want,
+                1e-4,
+                1e-5,
+            );
+        }
+    }
+    // A region that does not lie inside its tensor is refused.
+    let t = g.upload_f32("t", &[4, 8], &[0.0; 32]).unwrap();
+    let b = g.upload_f32("b", &[8, 3], &[0.0; 24]).unwrap();
+    let mut rec = g.recorder();
+    let bad = Region::whole(&t).cols(6, 3);
+    let e = matmul_region(
+        &mut rec,
+        (&t, bad),
+        &b,
+        (&t, Region::whole(&t)),
+        Gemm::new(false, false),
+    );
+    assert!(format!("{}", e.unwrap_err()).contains("does not lie inside"));
 }

@@ -33,3 +33,35 @@ fn published_teacher_configs_parse_with_their_sizes() {
         );
     }
 }
+
+/// The distillation loss's workspace at the head for one 2,048-token
+/// sequence of the Qwen3 teachers: two logits chunks of at most 64 MiB
+/// instead of two 1.24 GB logits tensors (numbers for the README).
+#[test]
+fn head_loss_workspace_is_bounded_at_seq_2048() {
+    use boomgpu::gpu::format_bytes;
+    use boomgpu::model::head::{distill_workspace_bytes, rows_per_chunk, LOGITS_CHUNK_BYTES};
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/published");
+    for name in ["Qwen3-4B-Base", "Qwen3-8B-Base"] {
+        let cfg = ModelConfig::from_file(&dir.join(name).join("config.json")).unwrap();
+        let (v, h, t) = (cfg.vocab_size, cfg.hidden_size, 2048);
+        for limit in [128u64 << 20, 4 << 30] {
+            // 64 MiB / (151,936 × 4 bytes) = 110 tokens per chunk.
+            assert_eq!(rows_per_chunk(limit, v), 110, "{name}");
+            let ws = distill_workspace_bytes(limit, v, h, t);
+            let unchunked = 2 * (t * v * 4) as u64;
+            let normed_grad = (t * h * 4) as u64;
+            assert!(
+                ws <= 2 * LOGITS_CHUNK_BYTES + normed_grad + (4 << 20),
+                "{name}: {ws}"
+            );
+            println!(
+                "{name} at seq {t}: head loss workspace {} (unchunked logits alone: {})",
+                format_bytes(ws),
+                format_bytes(unchunked)
+            );
+        }
+        // A binding limit below one chunk shrinks the chunk with it.
+        assert_eq!(rows_per_chunk(16 << 20, v), 27);
+    }
+}

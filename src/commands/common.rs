@@ -51,8 +51,20 @@ fn upload(
         None
     };
     let decoder = Decoder::load(gpu, &cfg, ckpt, as_f32)?;
+    // Say so when a table is over the binding limit and stored in blocks.
+    let blocks = match decoder.embed.blocks().len() {
+        1 => String::new(),
+        n => format!(
+            "; embedding{} in {n} blocks of rows",
+            if decoder.head_is_embed() || decoder.head.is_split() {
+                " and head"
+            } else {
+                ""
+            }
+        ),
+    };
     eprintln!(
-        "loaded {reference}: {} ({} layers, {:.1}M parameters, {} on the GPU)",
+        "loaded {reference}: {} ({} layers, {:.1}M parameters, {} on the GPU{blocks})",
         cfg.family.model_type(),
         cfg.num_layers,
         decoder.params() as f64 / 1e6,

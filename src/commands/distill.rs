@@ -194,6 +194,15 @@ pub fn run(gpu_opts: &GpuOptions, a: &DistillArgs) -> Result<String> {
         corpus.eval.len(),
         tokens_per_step
     );
+    eprintln!(
+        "loss at the head: {}",
+        crate::model::head::describe_workspace(
+            &gpu,
+            teacher.cfg.vocab_size,
+            a.opts.batch * a.seq_len,
+            2
+        )?
+    );
     if tokens_per_step < 1 << 20 {
         eprintln!(
             "note: the reference trains with 2048 sequences of 2048 tokens per step (≈4.2M tokens); \

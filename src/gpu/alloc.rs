@@ -204,7 +204,9 @@ impl Allocator {
                 requested: bytes,
                 limit: self.shared.max_binding,
                 what: "largest buffer one shader may bind on this adapter (max_storage_buffer_binding_size)",
-                hint: "Split the tensor by rows, or use an adapter with a larger binding limit.",
+                hint: "boomgpu stores vocabulary tables in blocks of rows and computes logits in chunks, \
+                       but this tensor must fit one binding: use an adapter with a larger binding \
+                       limit (or unset BOOMGPU_MAX_BINDING if it lowered the limit).",
             });
         }
         if bytes > self.shared.max_buffer {
@@ -213,7 +215,7 @@ impl Allocator {
                 requested: bytes,
                 limit: self.shared.max_buffer,
                 what: "largest buffer on this adapter (max_buffer_size)",
-                hint: "Split the tensor, or use an adapter with a larger buffer limit.",
+                hint: "This tensor must fit one buffer: use an adapter with a larger buffer limit.",
             });
         }
         Ok(())

@@ -33,7 +33,24 @@ pub fn chunk_rows(gpu: &Gpu, vocab: usize) -> Result<usize> {
                    adapter with a larger binding limit.",
         });
     }
-    Ok((LOGITS_CHUNK_BYTES.min(limit) / row).max(1) as usize)
+    Ok(rows_per_chunk(limit, vocab))
+}
+
+/// Token rows per logits chunk under a binding limit of `limit` bytes (at
+/// least 1; [`chunk_rows`] refuses a row over the limit).
+pub fn rows_per_chunk(limit: u64, vocab: usize) -> usize {
+    (LOGITS_CHUNK_BYTES.min(limit) / (vocab as u64 * 4).max(1)).max(1) as usize
+}
+
+/// The bytes the distillation loss at the head holds at once for `tokens`
+/// tokens of a `hidden`-wide model under a binding limit of `limit`: the
+/// student's and the teacher's logits chunks, the chunk's rows of both
+/// normed states, the per-token CE and KL, and the gradient into the
+/// student's normed states.
+pub fn distill_workspace_bytes(limit: u64, vocab: usize, hidden: usize, tokens: usize) -> u64 {
+    let c = rows_per_chunk(limit, vocab).min(tokens.max(1)) as u64;
+    let (v, h, t) = (vocab as u64, hidden as u64, tokens as u64);
+    2 * c * v * 4 + 2 * c * h * 4 + 2 * t * 4 + t * h * 4
 }
 
 /// Rows `r0..r0 + n` of a `[rows, hidden]` f32 tensor as a tensor of its
@@ -94,11 +111,35 @@ pub fn nll(
     Ok(all)
 }
 
-/// A line for plans and logs: the logits workspace at `tokens` tokens.
-pub fn describe_workspace(gpu: &Gpu, vocab: usize, tokens: usize) -> Result<String> {
+/// A line for plans and logs: the logits workspace at `tokens` tokens
+/// when `live` chunks exist at once (2 in distillation: the student's and
+/// the teacher's).
+pub fn describe_workspace(gpu: &Gpu, vocab: usize, tokens: usize, live: usize) -> Result<String> {
     let c = chunk_rows(gpu, vocab)?.min(tokens.max(1));
+    let one = c as u64 * vocab as u64 * 4;
+    let whole = tokens as u64 * vocab as u64 * 4;
     Ok(format!(
-        "logits in chunks of {c} token(s): {} per chunk",
-        format_bytes(c as u64 * vocab as u64 * 4)
+        "logits in chunks of {c} token(s) × {vocab}: {} per chunk, {} live at once ({} for all {tokens} tokens unchunked)",
+        format_bytes(one),
+        format_bytes(one * live as u64),
+        format_bytes(whole * live as u64),
     ))
+}
+
+/// All logits of final-normed states `normed` (`[tokens, hidden]`) read to
+/// the host, row-major `[tokens, vocab]`: computed and read chunk by chunk,
+/// so no GPU tensor holds more than one chunk at any vocabulary.
+pub fn read_logits(gpu: &Gpu, model: &Decoder, normed: &Tensor) -> Result<Vec<f32>> {
+    let hidden = model.cfg.hidden_size;
+    let n = normed.numel() / hidden.max(1);
+    let c = chunk_rows(gpu, model.head.rows())?;
+    let mut all = Vec::with_capacity(n * model.head.rows());
+    for r0 in (0..n).step_by(c.max(1)) {
+        let mut rec = gpu.recorder();
+        let x = rows_of(&mut rec, normed, r0, c.min(n - r0))?;
+        let logits = chunk_logits(&mut rec, model, &x)?;
+        rec.run()?;
+        all.extend(gpu.read_f32(&logits)?);
+    }
+    Ok(all)
 }

@@ -234,3 +234,65 @@ pub fn find_smollm2() -> Option<PathBuf> {
     }
     None
 }
+
+/// The seeded weight rule of tests/fixtures/make_vocab_fixture.py, bit for
+/// bit: u in [-1, 1) from splitmix64 of `(fnv1a(name) ^ seed) + index`
+/// (its top 24 bits); vectors `1 + u/4`, matrices `u · f32(√(3/fan_in))`.
+pub fn seeded(name: &str, shape: &[usize], seed: u64) -> Vec<f32> {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.bytes() {
+        h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
+    }
+    let base = h ^ seed;
+    let n: usize = shape.iter().product();
+    let scale = (3.0 / *shape.last().unwrap() as f64).sqrt() as f32;
+    (0..n as u64)
+        .map(|i| {
+            let mut x = base.wrapping_add(i).wrapping_add(0x9e37_79b9_7f4a_7c15);
+            x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            x ^= x >> 31;
+            let u = (x >> 40) as f32 * (1.0 / (1u32 << 23) as f32) - 1.0;
+            if shape.len() == 1 {
+                1.0 + u * 0.25
+            } else {
+                u * scale
+            }
+        })
+        .collect()
+}
+
+/// A model folder made from a seed: `config` as config.json, every tensor
+/// it implies from [`seeded`] in `dtype`, and the Qwen3 fixture's
+/// 320-token tokenizer (the model's vocabulary may be larger).
+pub fn write_seeded_model(
+    dir: &Path,
+    config: &serde_json::Value,
+    dtype: boomgpu::gpu::DType,
+    seed: u64,
+) {
+    use boomgpu::boomerang::init::encode;
+    use boomgpu::gpu::DType;
+    use boomgpu::model::weights::write_safetensors;
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(fixture("qwen3").join(f), dir.join(f)).unwrap();
+    }
+    let cfg = boomgpu::model::ModelConfig::from_json(config.clone()).unwrap();
+    let st = match dtype {
+        DType::F32 => safetensors::Dtype::F32,
+        DType::BF16 => safetensors::Dtype::BF16,
+        DType::F16 => safetensors::Dtype::F16,
+        DType::U32 => panic!("weights are floats"),
+    };
+    let tensors = cfg
+        .expected_tensors()
+        .into_iter()
+        .map(|(name, shape)| {
+            let bytes = encode(&seeded(&name, &shape, seed), st);
+            (name, (dtype, shape, bytes))
+        })
+        .collect();
+    write_safetensors(&dir.join("model.safetensors"), &tensors, None).unwrap();
+}
