@@ -7,7 +7,7 @@ mod common;
 use boomgpu::model::decoder::Decoder;
 use boomgpu::model::weights::Checkpoint;
 use boomgpu::model::ModelConfig;
-use boomgpu::train::loss::{micro_step, LossWeights, MicroBatch};
+use boomgpu::train::loss::{micro_step, MicroBatch};
 use boomgpu::train::student::{export_named, StudentParams, Which};
 use common::*;
 
@@ -31,24 +31,8 @@ fn loss_parts_and_gradients_match_pytorch() {
         let params = StudentParams::new(g, &student).unwrap();
         let refs = Checkpoint::open_file(&sdir.join("distill_grads.safetensors")).unwrap();
         let (ids, shape) = reference_batch(&refs);
-        let (ns, nt) = (student.layers.len() + 1, teacher.layers.len() + 1);
-        let pairs: Vec<(usize, usize)> = r["pairs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| {
-                let s = p[0].as_i64().unwrap();
-                let t = p[1].as_i64().unwrap();
-                let s = if s < 0 { ns as i64 + s } else { s } as usize;
-                let t = if t < 0 { nt as i64 + t } else { t } as usize;
-                (s, t)
-            })
-            .collect();
-        let w = LossWeights {
-            kl: r["w_kl"].as_f64().unwrap() as f32,
-            cos: r["w_cos"].as_f64().unwrap() as f32,
-            temperature: r["tau"].as_f64().unwrap() as f32,
-        };
+        let (pairs, w) =
+            reference_loss_setup(&r, student.layers.len() + 1, teacher.layers.len() + 1);
         let mb = MicroBatch {
             ids: &ids,
             batch: shape[0],
@@ -70,18 +54,7 @@ fn loss_parts_and_gradients_match_pytorch() {
         let ck_grads = export_named(g, &scfg, &params, Which::Grad).unwrap();
         let parts = step(false);
         assert_eq!(ck, parts, "{teacher_name}: checkpointed loss differs");
-        for (key, got) in [
-            ("loss", parts.loss),
-            ("ce", parts.ce),
-            ("kl", parts.kl),
-            ("cos", parts.cos),
-        ] {
-            let want = r[key].as_f64().unwrap();
-            assert!(
-                (got - want).abs() <= 1e-3 * want.abs().max(1e-3),
-                "{teacher_name}: {key} {got} vs PyTorch {want}"
-            );
-        }
+        check_loss_parts(teacher_name, &parts, &r);
         let grads = export_named(g, &scfg, &params, Which::Grad).unwrap();
         let mut checked = 0;
         for (name, entry) in &refs.tensors {

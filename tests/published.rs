@@ -56,7 +56,8 @@ fn head_loss_workspace_is_bounded_at_seq_2048() {
                 "{name}: {ws}"
             );
             println!(
-                "{name} at seq {t}: head loss workspace {} (unchunked logits alone: {})",
+                "{name} at seq {t}, binding limit {}: head loss workspace {} (unchunked logits alone: {})",
+                format_bytes(limit),
                 format_bytes(ws),
                 format_bytes(unchunked)
             );

@@ -16,17 +16,7 @@ use serde_json::Value;
 /// tensors and the chat's KV cache still fit.
 const LIMIT: &str = "32KiB";
 
-fn run(limit: Option<&str>, args: &[&str]) -> (String, String) {
-    let mut cmd = boomgpu_cmd();
-    cmd.args(args);
-    match limit {
-        Some(l) => cmd.env("BOOMGPU_MAX_BINDING", l),
-        None => cmd.env_remove("BOOMGPU_MAX_BINDING"),
-    };
-    let out = cmd.output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    (ok(&out), stderr)
-}
+use common::run_limited as run;
 
 fn close(what: &str, split: f64, whole: f64, rel: f64) {
     assert!(
@@ -214,7 +204,7 @@ fn devices_shows_the_effective_limit() {
     let (text, _) = run(Some("48KiB"), &["devices"]);
     assert!(
         text.contains(
-            "tensors above 48.0 KiB are stored as blocks of rows (lowered by BOOMGPU_MAX_BINDING)"
+            "embedding and head tables above 48.0 KiB are stored as blocks of rows (lowered by BOOMGPU_MAX_BINDING)"
         ),
         "{text}"
     );

@@ -120,7 +120,7 @@ pub fn run(opts: &GpuOptions, as_json: bool) -> Result<String> {
             ""
         };
         s.push_str(&format!(
-            "    tensors above {} are stored as blocks of rows{forced}\n",
+            "    embedding and head tables above {} are stored as blocks of rows{forced}\n",
             format_bytes(split)
         ));
         s.push_str(&format!(

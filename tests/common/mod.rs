@@ -296,3 +296,65 @@ pub fn write_seeded_model(
         .collect();
     write_safetensors(&dir.join("model.safetensors"), &tensors, None).unwrap();
 }
+
+/// `boomgpu args` with the binding limit forced to `limit` (or the
+/// adapter's own with `None`): its stdout (it must succeed) and stderr.
+pub fn run_limited(limit: Option<&str>, args: &[&str]) -> (String, String) {
+    let mut cmd = boomgpu_cmd();
+    cmd.args(args);
+    match limit {
+        Some(l) => cmd.env("BOOMGPU_MAX_BINDING", l),
+        None => cmd.env_remove("BOOMGPU_MAX_BINDING"),
+    };
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    (ok(&out), stderr)
+}
+
+/// A reference's `pairs` ((student, teacher) hidden-state indices, negative
+/// counting from the end) for models of `ns` and `nt` hidden states, and
+/// its loss weights (`w_kl`, `w_cos`, `tau`).
+pub fn reference_loss_setup(
+    r: &serde_json::Value,
+    ns: usize,
+    nt: usize,
+) -> (Vec<(usize, usize)>, boomgpu::train::loss::LossWeights) {
+    let pairs = r["pairs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let at = |v: &serde_json::Value, n: usize| {
+                let i = v.as_i64().unwrap();
+                (if i < 0 { n as i64 + i } else { i }) as usize
+            };
+            (at(&p[0], ns), at(&p[1], nt))
+        })
+        .collect();
+    let w = boomgpu::train::loss::LossWeights {
+        kl: r["w_kl"].as_f64().unwrap() as f32,
+        cos: r["w_cos"].as_f64().unwrap() as f32,
+        temperature: r["tau"].as_f64().unwrap() as f32,
+    };
+    (pairs, w)
+}
+
+/// The loss parts of a step against a reference's, within 1e-3 relative.
+pub fn check_loss_parts(
+    what: &str,
+    parts: &boomgpu::train::loss::LossParts,
+    r: &serde_json::Value,
+) {
+    for (key, got) in [
+        ("loss", parts.loss),
+        ("ce", parts.ce),
+        ("kl", parts.kl),
+        ("cos", parts.cos),
+    ] {
+        let want = r[key].as_f64().unwrap();
+        assert!(
+            (got - want).abs() <= 1e-3 * want.abs().max(1e-3),
+            "{what}: {key} {got} vs the reference {want}"
+        );
+    }
+}
