@@ -5,8 +5,9 @@
 //
 // Layouts (f32, token-major, row-major):
 //   q      [B*Tq rows, stride q_stride]      head h at columns h*D..h*D+D
-//   k, v   row (b*kv_batch + key), stride kv_stride, kv head at kvh*D
-//          (kv_batch = Tk for dense tensors, max_ctx for a KV cache)
+//   k, v   row (b*kv_batch + key - k_base), stride kv_stride, kv head at
+//          kvh*D (kv_batch = Tk for dense tensors, the rows of a KV cache
+//          buffer; k_base > 0 for the later blocks of a cache in blocks)
 //   mask   u32 [B, mask_stride], 1 = attend, 0 = masked key (optional)
 //   out    [B*Tq, Hq*D] dense;  lse [B, Hq, Tq]
 // Query i of batch b sits at key position q_offset + i and sees the keys
@@ -40,6 +41,13 @@ struct Params {
     splits: u32,
     split_len: u32,
     scale: f32,
+    // Keys [k_base, k_end) are in the bound k / v (row key - k_base): a
+    // block of a KV cache stored in several buffers (0 and tk otherwise).
+    // Partial results go to split slots split_base + z.
+    k_base: u32,
+    k_end: u32,
+    split_base: u32,
+    _pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -107,7 +115,7 @@ fn o_index(b: u32, qi: u32, h: u32) -> u32 {
 }
 // vec4 index in k / v (strided, possibly a KV cache).
 fn kv_index(b: u32, key: u32, kvh: u32) -> u32 {
-    return ((b * p.kv_batch + key) * p.kv_stride + kvh * p.d) / 4u;
+    return ((b * p.kv_batch + key - p.k_base) * p.kv_stride + kvh * p.d) / 4u;
 }
 // vec4 index in the dense [B*Tk, Hkv*D] dk / dv.
 fn dkv_index(b: u32, key: u32, kvh: u32) -> u32 {
@@ -246,8 +254,8 @@ fn attn_fwd(
 
     let last_row = min(row0 + F_BQ, at.nrows) - 1u;
     let kmax = min(p.tk, p.q_offset + last_row / at.g + 1u);
-    let kstart = wid.z * p.split_len;
-    let kend = min(kmax, kstart + p.split_len);
+    let kstart = p.k_base + wid.z * p.split_len;
+    let kend = min(min(kmax, kstart + p.split_len), p.k_end);
 
     let my0 = ln.ty * F_RQ;
     let live = row0 + my0 < at.nrows;
@@ -353,8 +361,9 @@ fn attn_fwd(
     workgroupBarrier();
 
     // Splits write partials to scratch: [split][rows of out], [split][lse].
-    let o_off = wid.z * (p.batch * p.tq * p.hq * at.d4);
-    let l_off = wid.z * (p.batch * p.hq * p.tq);
+    let slot = p.split_base + wid.z;
+    let o_off = slot * (p.batch * p.tq * p.hq * at.d4);
+    let l_off = slot * (p.batch * p.hq * p.tq);
     if live {
         for (var i = 0u; i < F_RQ; i++) {
             let row = row0 + my0 + i;

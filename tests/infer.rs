@@ -178,6 +178,58 @@ fn kv_cache_decoding_equals_recomputing() {
     }
 }
 
+/// A KV cache in blocks of 5 rows (as a long context is over the binding
+/// limit): new rows cross block boundaries, blocks grow in 4-row chunks,
+/// and attention reads the blocks in turn; the logits of recomputing.
+#[test]
+fn kv_cache_in_blocks_equals_recomputing() {
+    let g = gpu();
+    for name in MODELS {
+        let (dec, tok) = load(name);
+        let vocab = dec.cfg.vocab_size;
+        let ids = tok
+            .encode(
+                "The river below the old mill runs slowly past the stones.",
+                false,
+            )
+            .unwrap();
+        let ids = &ids[..14.min(ids.len())];
+        let full = full_logits(&dec, ids);
+        let scale = full.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let kv = dec.cfg.num_kv_heads * dec.cfg.head_dim;
+        let mut cache = KvCache::in_blocks(g, dec.layers.len(), kv, 64, 4, 5).unwrap();
+        let mut at = 0;
+        for n in [6usize, 1, 4, 1, 1, 1] {
+            let n = n.min(ids.len() - at);
+            if n == 0 {
+                break;
+            }
+            let mut rec = g.recorder();
+            let logits = dec
+                .forward_cached(&mut rec, &ids[at..at + n], &mut cache, true)
+                .unwrap();
+            rec.run().unwrap();
+            assert_close(
+                &format!(
+                    "{name}: rows {at}..{} over {} blocks",
+                    at + n,
+                    cache.blocks()
+                ),
+                &g.read_f32(&logits).unwrap(),
+                &full[at * vocab..(at + n) * vocab],
+                2e-4 * scale,
+                0.0,
+            );
+            at += n;
+        }
+        assert!(cache.blocks() >= 3, "{name}: {} blocks", cache.blocks());
+        assert_eq!(
+            cache.bytes(),
+            (2 * dec.layers.len() * cache.capacity() * kv * 4) as u64
+        );
+    }
+}
+
 #[test]
 fn a_prompt_longer_than_the_context_is_an_error() {
     let (dec, _) = load("qwen3");

@@ -182,6 +182,55 @@ fn forward_chunked_prefill_strided_rows() {
     check_forward("q_offset 3", &c, &data(&mut rng, &c, None));
 }
 
+/// A KV cache in blocks of rows (each its own buffer): decode and a
+/// chunk of queries over 700 keys in blocks of 300 (the automatic key
+/// splits inside each block), and over blocks of 5; the CPU reference over
+/// the whole cache.
+#[test]
+fn forward_over_kv_blocks() {
+    let g = gpu();
+    let mut rng = Rng::new(14);
+    for (tq, tk, block, kv_heads) in [(1, 700, 300, 2), (3, 700, 300, 1), (7, 23, 5, 2)] {
+        let c = AttnConfig::new(1, tq, tk, 8, kv_heads, 16);
+        let d = data(&mut rng, &c, None);
+        let (want, _) = cpu::forward(&c, &d.q, &d.k, &d.v, None);
+        let row = kv_heads * 16;
+        let q = g.upload_f32("q", &[d.q.len()], &d.q).unwrap();
+        // Blocks of `block` rows; the last holds spare rows past tk.
+        let mut tensors = Vec::new();
+        for start in (0..tk).step_by(block) {
+            let n = block.min(tk - start);
+            let mut k = d.k[start * row..(start + n) * row].to_vec();
+            let mut v = d.v[start * row..(start + n) * row].to_vec();
+            k.resize(block * row, f32::NAN);
+            v.resize(block * row, f32::NAN);
+            tensors.push((
+                g.upload_f32("k", &[block, row], &k).unwrap(),
+                g.upload_f32("v", &[block, row], &v).unwrap(),
+                start,
+            ));
+        }
+        let blocks: Vec<attention::KvBlock> = tensors
+            .iter()
+            .map(|(k, v, start)| attention::KvBlock {
+                k,
+                v,
+                start: *start,
+                rows: block,
+            })
+            .collect();
+        let mut rec = g.recorder();
+        let out = attention::attention_blocks(&mut rec, &c, &q, &blocks).unwrap();
+        rec.run().unwrap();
+        let what = format!("tq {tq} over {} blocks of {block}", blocks.len());
+        assert_close(&what, &g.read_f32(&out).unwrap(), &want, 2e-5, 1e-4);
+        // Blocks that miss keys are refused.
+        let mut rec = g.recorder();
+        let e = attention::attention_blocks(&mut rec, &c, &q, &blocks[..1]);
+        assert!(e.is_err(), "{what}: a missing block was accepted");
+    }
+}
+
 #[test]
 fn rejects_bad_shapes() {
     let g = gpu();

@@ -1,12 +1,16 @@
 //! The key/value cache of one sequence on the GPU: per layer, K and V as
-//! f32 `[capacity, kv_heads·head_dim]` (rows = positions, after rope), read
-//! in place by attention (`AttnConfig::with_kv_cache(capacity)`).
+//! f32 rows `[positions, kv_heads·head_dim]` (after rope), read in place by
+//! attention. Each is stored in blocks of rows, every block one buffer
+//! within the adapter's binding limit: one block unless the context is
+//! long (at 128 MiB, 32,768 positions of 8 KV heads of 128), several
+//! beyond, which attention reads block by block (`attention_blocks`).
 //!
 //! The cache is allocated for a few chunks and grows in chunks (new
-//! buffers, the filled rows copied over on the GPU) up to `max_ctx`, the
-//! context the user asked for; asking for more is an error that says so.
-//! It also remembers which token ids its rows hold, so that a chat turn
-//! re-uses the rows of the shared prefix of the conversation.
+//! buffers for the blocks that grow, the filled rows copied over on the
+//! GPU) up to `max_ctx`, the context the user asked for; asking for more is
+//! an error that says so. It also remembers which token ids its rows hold,
+//! so that a chat turn re-uses the rows of the shared prefix of the
+//! conversation.
 
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Recorder, Tensor};
@@ -16,22 +20,26 @@ use crate::model::decoder::{Decoder, KvStore};
 pub const DEFAULT_CHUNK: usize = 512;
 
 pub struct KvCache {
-    /// Per layer `[capacity, kv_dim]` f32.
-    pub k: Vec<Tensor>,
-    pub v: Vec<Tensor>,
+    /// Per layer, the blocks of K (`[rows, kv_dim]` f32; block `b` holds
+    /// positions `b·block_rows ..`).
+    pub k: Vec<Vec<Tensor>>,
+    pub v: Vec<Vec<Tensor>>,
     /// Rows allocated per layer.
     capacity: usize,
     /// The most rows the cache may hold (the context length).
     max_ctx: usize,
     kv_dim: usize,
     chunk: usize,
+    /// Rows of a full block.
+    block_rows: usize,
     /// Token ids of the filled rows, in order (`len()` rows are valid).
     tokens: Vec<u32>,
 }
 
 impl KvCache {
     /// An empty cache for `layers` layers of `kv_dim` columns, holding up to
-    /// `max_ctx` positions, growing `chunk` rows at a time.
+    /// `max_ctx` positions, growing `chunk` rows at a time, in blocks of as
+    /// many rows as one binding holds.
     pub fn new(
         gpu: &Gpu,
         layers: usize,
@@ -39,50 +47,51 @@ impl KvCache {
         max_ctx: usize,
         chunk: usize,
     ) -> Result<KvCache> {
-        if max_ctx == 0 || kv_dim == 0 {
-            return Err(Error::Invalid(format!(
-                "KV cache needs a context and a width above 0 (got {max_ctx} and {kv_dim})"
-            )));
-        }
-        // Each layer's K and V are one binding each: refuse a context
-        // whose cache could not be bound before anything is allocated.
         let row = kv_dim as u64 * 4;
         let limit = gpu.caps.max_tensor_bytes();
-        if max_ctx as u64 * row > limit {
+        if row > limit {
+            return Err(Error::OverLimit {
+                tensor: "kv.k0 (one position)".into(),
+                requested: row,
+                limit,
+                what: "largest buffer one shader may bind on this adapter",
+                hint: "One position's keys must fit one binding: use an adapter with a larger \
+                       binding limit (or unset BOOMGPU_MAX_BINDING).",
+            });
+        }
+        let block_rows = (limit / row.max(1)) as usize;
+        KvCache::in_blocks(gpu, layers, kv_dim, max_ctx, chunk, block_rows)
+    }
+
+    /// As [`KvCache::new`] with blocks of `block_rows` rows (tests use
+    /// small blocks to exercise the blocked attention).
+    pub fn in_blocks(
+        gpu: &Gpu,
+        layers: usize,
+        kv_dim: usize,
+        max_ctx: usize,
+        chunk: usize,
+        block_rows: usize,
+    ) -> Result<KvCache> {
+        if max_ctx == 0 || kv_dim == 0 || block_rows == 0 {
             return Err(Error::Invalid(format!(
-                "a context of {max_ctx} positions needs {} per layer for each of K and V (kv.k0), \
-                 over the {} one shader may bind on this adapter; KV caches are not split into \
-                 blocks: use --max-context {} or less",
-                crate::gpu::format_bytes(max_ctx as u64 * row),
-                crate::gpu::format_bytes(limit),
-                limit / row
+                "KV cache needs a context, a width and blocks above 0 (got {max_ctx}, {kv_dim} and {block_rows})"
             )));
         }
         let mut c = KvCache {
-            k: Vec::new(),
-            v: Vec::new(),
+            k: vec![Vec::new(); layers],
+            v: vec![Vec::new(); layers],
             capacity: 0,
             max_ctx,
             kv_dim,
             chunk: chunk.max(1),
+            block_rows,
             tokens: Vec::new(),
         };
         let first = c.chunk.min(max_ctx);
-        for l in 0..layers {
-            c.k.push(Tensor::empty(
-                gpu,
-                &format!("kv.k{l}"),
-                &[first, kv_dim],
-                DType::F32,
-            )?);
-            c.v.push(Tensor::empty(
-                gpu,
-                &format!("kv.v{l}"),
-                &[first, kv_dim],
-                DType::F32,
-            )?);
-        }
-        c.capacity = first;
+        let mut rec = gpu.recorder();
+        c.reserve(&mut rec, first)?;
+        rec.run()?;
         Ok(c)
     }
 
@@ -123,7 +132,12 @@ impl KvCache {
     }
     /// GPU bytes held.
     pub fn bytes(&self) -> u64 {
-        self.k.iter().chain(&self.v).map(|t| t.byte_len()).sum()
+        self.k
+            .iter()
+            .chain(&self.v)
+            .flatten()
+            .map(|t| t.byte_len())
+            .sum()
     }
 
     /// Forget every row (the buffers stay).
@@ -159,9 +173,20 @@ impl KvCache {
         ))
     }
 
+    /// Rows of a full block.
+    pub fn block_rows(&self) -> usize {
+        self.block_rows
+    }
+
+    /// Blocks per layer.
+    pub fn blocks(&self) -> usize {
+        self.k.first().map_or(0, Vec::len)
+    }
+
     /// Make room for `needed` rows in all, growing in whole chunks: new
-    /// buffers, with the filled rows copied over by commands recorded in
-    /// `rec` (they run before anything recorded later).
+    /// buffers for the blocks that grow, with their filled rows copied over
+    /// by commands recorded in `rec` (they run before anything recorded
+    /// later); full blocks are kept as they are.
     pub fn reserve(&mut self, rec: &mut Recorder, needed: usize) -> Result<()> {
         if needed > self.max_ctx {
             return Err(self.too_long(needed));
@@ -172,15 +197,28 @@ impl KvCache {
         let cap = needed.div_ceil(self.chunk) * self.chunk;
         let cap = cap.min(self.max_ctx);
         let gpu = rec.gpu();
-        let filled = (self.len() * self.kv_dim * 4) as u64;
-        let kv_dim = self.kv_dim;
-        for l in 0..self.k.len() {
-            for (which, list) in [("k", &mut self.k), ("v", &mut self.v)] {
-                let t = Tensor::empty(gpu, &format!("kv.{which}{l}"), &[cap, kv_dim], DType::F32)?;
-                if filled > 0 {
-                    rec.copy(&list[l], 0, &t, 0, filled)?;
+        let (r, kv_dim, filled) = (self.block_rows, self.kv_dim, self.len());
+        for b in 0..cap.div_ceil(r) {
+            let want = r.min(cap - b * r);
+            let have = self.k[0].get(b).map_or(0, |t| t.numel() / kv_dim);
+            if have >= want {
+                continue;
+            }
+            // Filled rows of this block, to keep.
+            let keep = (filled.saturating_sub(b * r).min(have) * kv_dim * 4) as u64;
+            for l in 0..self.k.len() {
+                for (which, list) in [("k", &mut self.k[l]), ("v", &mut self.v[l])] {
+                    let name = format!("kv.{which}{l}");
+                    let t = Tensor::empty(gpu, &name, &[want, kv_dim], DType::F32)?;
+                    if b < list.len() {
+                        if keep > 0 {
+                            rec.copy(&list[b], 0, &t, 0, keep)?;
+                        }
+                        list[b] = t;
+                    } else {
+                        list.push(t);
+                    }
                 }
-                list[l] = t;
             }
         }
         self.capacity = cap;
@@ -201,7 +239,10 @@ impl KvStore for KvCache {
     fn reserve(&mut self, rec: &mut Recorder, needed: usize) -> Result<()> {
         KvCache::reserve(self, rec, needed)
     }
-    fn layer(&self, l: usize) -> (&Tensor, &Tensor) {
+    fn block_rows(&self) -> usize {
+        self.block_rows
+    }
+    fn layer(&self, l: usize) -> (&[Tensor], &[Tensor]) {
         (&self.k[l], &self.v[l])
     }
     fn push(&mut self, ids: &[u32]) -> Result<()> {

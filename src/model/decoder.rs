@@ -100,8 +100,11 @@ pub trait KvStore {
     fn filled(&self) -> usize;
     /// Make room for `needed` rows in all (copies recorded into `rec`).
     fn reserve(&mut self, rec: &mut Recorder, needed: usize) -> Result<()>;
-    /// Layer `l`'s K and V.
-    fn layer(&self, l: usize) -> (&Tensor, &Tensor);
+    /// Rows of a full block of K or V (block `b` holds positions from
+    /// `b · block_rows`).
+    fn block_rows(&self) -> usize;
+    /// Layer `l`'s K and V, in blocks of rows.
+    fn layer(&self, l: usize) -> (&[Tensor], &[Tensor]);
     /// Rows `[filled, filled + ids.len())` now hold `ids`.
     fn push(&mut self, ids: &[u32]) -> Result<()>;
 }
@@ -466,28 +469,33 @@ impl Decoder {
         let mut e = Eager::new(rec);
         e.gemv = self.gemv_rows(gpu, n);
         let mut x = self.embed_forward(&mut e, &tids)?;
-        let row = (kv_dim * 4) as u64;
+        let block_rows = cache.block_rows();
         for (l, layer) in self.layers.iter().enumerate() {
             let (k_cache, v_cache) = cache.layer(l);
-            let capacity = k_cache.numel() / kv_dim.max(1);
-            if k_cache.numel() != v_cache.numel()
-                || k_cache.numel() != capacity * kv_dim
+            let capacity: usize = k_cache.iter().map(|t| t.numel() / kv_dim.max(1)).sum();
+            let fits = |b: usize, t: &Tensor| {
+                let rows = t.numel() / kv_dim.max(1);
+                t.numel() == rows * kv_dim
+                    && (rows == block_rows || b + 1 == k_cache.len())
+                    && v_cache.get(b).is_some_and(|v| v.numel() == t.numel())
+            };
+            if k_cache.len() != v_cache.len()
+                || !k_cache.iter().enumerate().all(|(b, t)| fits(b, t))
                 || past + n > capacity
             {
                 return Err(Error::Shape(format!(
-                    "forward_cached: {n} positions from {past} into layer {l}'s caches {:?} / {:?} of {kv_dim} columns",
-                    k_cache.shape(),
-                    v_cache.shape()
+                    "forward_cached: {n} positions from {past} into layer {l}'s caches of {} blocks ({capacity} rows of {kv_dim} columns)",
+                    k_cache.len(),
                 )));
             }
             let cfg = AttnConfig::new(1, n, past + n, c.num_heads, c.num_kv_heads, c.head_dim)
-                .with_q_offset(past)
-                .with_kv_cache(capacity);
+                .with_q_offset(past);
             let attend = Attend::Cached {
                 cfg,
                 k: k_cache,
                 v: v_cache,
-                offset: past as u64 * row,
+                block_rows,
+                past,
             };
             let ctx = LayerCtx {
                 positions: &positions,

@@ -33,14 +33,16 @@ pub enum Attend<'a> {
         /// u32 `[batch, seq]`: 1 = real token, 0 = padding.
         mask: Option<&'a Tensor>,
     },
-    /// A KV cache of one sequence: the new keys and values are copied into
-    /// `k`/`v` at byte `offset`, then the queries attend as `cfg` says
-    /// (rows `0..past + n` of the cache, queries offset by `past`).
+    /// A KV cache of one sequence in blocks of `block_rows` rows: the new
+    /// keys and values are copied into rows `past..past + n`, then the
+    /// queries attend as `cfg` says (rows `0..past + n` of the cache,
+    /// queries offset by `past`).
     Cached {
         cfg: AttnConfig,
-        k: &'a Tensor,
-        v: &'a Tensor,
-        offset: u64,
+        k: &'a [Tensor],
+        v: &'a [Tensor],
+        block_rows: usize,
+        past: usize,
     },
 }
 
@@ -161,17 +163,44 @@ impl Exec for Eager<'_, '_> {
                 cfg,
                 k: kc,
                 v: vc,
-                offset,
+                block_rows,
+                past,
             } => {
-                self.rec.copy(k, 0, kc, offset, k.byte_len())?;
-                self.rec.copy(v, 0, vc, offset, v.byte_len())?;
-                let inputs = attention::AttnInputs {
-                    q,
-                    k: kc,
-                    v: vc,
-                    mask: None,
-                };
-                Ok(attention::attention(self.rec, &cfg, &inputs)?.0)
+                // The new rows into the blocks they fall in.
+                let n = cfg.q_len;
+                let row = (k.numel() / n.max(1) * 4) as u64;
+                for (b, (kb, vb)) in kc.iter().zip(vc).enumerate() {
+                    let start = b * block_rows;
+                    let (lo, hi) = (past.max(start), (past + n).min(start + block_rows));
+                    if lo < hi {
+                        let (src, dst) = ((lo - past) as u64 * row, (lo - start) as u64 * row);
+                        let len = (hi - lo) as u64 * row;
+                        self.rec.copy(k, src, kb, dst, len)?;
+                        self.rec.copy(v, src, vb, dst, len)?;
+                    }
+                }
+                if let ([kb], [vb]) = (kc, vc) {
+                    let cfg = cfg.with_kv_cache(kb.numel() * 4 / row as usize);
+                    let inputs = attention::AttnInputs {
+                        q,
+                        k: kb,
+                        v: vb,
+                        mask: None,
+                    };
+                    return Ok(attention::attention(self.rec, &cfg, &inputs)?.0);
+                }
+                let blocks: Vec<attention::KvBlock> = kc
+                    .iter()
+                    .zip(vc)
+                    .enumerate()
+                    .map(|(b, (k, v))| attention::KvBlock {
+                        k,
+                        v,
+                        start: b * block_rows,
+                        rows: k.numel() * 4 / row as usize,
+                    })
+                    .collect();
+                attention::attention_blocks(self.rec, &cfg, q, &blocks)
             }
         }
     }

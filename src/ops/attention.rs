@@ -230,6 +230,10 @@ struct Params {
     splits: u32,
     split_len: u32,
     scale: f32,
+    k_base: u32,
+    k_end: u32,
+    split_base: u32,
+    _pad: u32,
 }
 
 fn need(what: &str, t: &Tensor, dtype: DType, elems: usize) -> Result<()> {
@@ -306,6 +310,10 @@ fn params(
         splits: splits as u32,
         split_len: split_len as u32,
         scale: cfg.scale,
+        k_base: 0,
+        k_end: cfg.kv_len as u32,
+        split_base: 0,
+        _pad: 0,
     }
 }
 
@@ -392,6 +400,115 @@ pub fn attention(rec: &mut Recorder, cfg: &AttnConfig, x: &AttnInputs) -> Result
         )?;
     }
     Ok((out, lse))
+}
+
+/// One block of a KV cache stored in several buffers: keys
+/// `[start, start + rows)` of the sequence, `rows` rows each of `k` and `v`
+/// (the block's capacity; only keys below `kv_len` are read).
+pub struct KvBlock<'a> {
+    pub k: &'a Tensor,
+    pub v: &'a Tensor,
+    pub start: usize,
+    pub rows: usize,
+}
+
+/// Forward over a KV cache of one sequence held in blocks of rows: each
+/// block's key ranges write partial rows and log-sum-exps (as the key
+/// splits of [`attention`] do), which one combine merges. The same values
+/// as [`attention`] over the whole cache, up to the order of the sums.
+pub fn attention_blocks(
+    rec: &mut Recorder,
+    cfg: &AttnConfig,
+    q: &Tensor,
+    blocks: &[KvBlock],
+) -> Result<Tensor> {
+    cfg.validate()?;
+    if cfg.batch != 1 {
+        shape_bail!(
+            "attention: a KV cache in blocks holds one sequence, not {}",
+            cfg.batch
+        );
+    }
+    need("q", q, DType::F32, cfg.q_elems())?;
+    // (block, its key range, key splits, keys per split) of blocks that
+    // hold keys below kv_len, in order and contiguous from 0.
+    let mut plan = Vec::new();
+    let mut next = 0;
+    for blk in blocks.iter().filter(|b| b.start < cfg.kv_len) {
+        if blk.start != next || blk.rows == 0 {
+            shape_bail!(
+                "attention: KV block at key {} after keys up to {next}",
+                blk.start
+            );
+        }
+        let end = cfg.kv_len.min(blk.start + blk.rows);
+        let bcfg = AttnConfig {
+            kv_len: end - blk.start,
+            kv_batch_stride: blk.rows,
+            ..*cfg
+        };
+        need("k block", blk.k, DType::F32, bcfg.kv_elems())?;
+        need("v block", blk.v, DType::F32, bcfg.kv_elems())?;
+        let splits = choose_splits(&bcfg);
+        let split_len = bcfg.kv_len.div_ceil(splits).div_ceil(BK) * BK;
+        plan.push((blk, end, bcfg.kv_len.div_ceil(split_len), split_len));
+        next = blk.start + blk.rows;
+    }
+    if next < cfg.kv_len {
+        shape_bail!(
+            "attention: the KV blocks hold {next} keys, {} are attended",
+            cfg.kv_len
+        );
+    }
+    let gpu = rec.gpu();
+    let out = Tensor::empty(gpu, "attention.out", &cfg.out_shape(), DType::F32)?;
+    let lse = Tensor::empty(gpu, "attention.lse", &cfg.lse_shape(), DType::F32)?;
+    let slots: usize = plan.iter().map(|p| p.2).sum();
+    let [rows, cols] = cfg.out_shape();
+    let lse_len = cfg.lse_shape().iter().product::<usize>();
+    let o_part = Tensor::empty(gpu, "attention.o_part", &[slots * rows, cols], DType::F32)?;
+    let lse_part = Tensor::empty(gpu, "attention.lse_part", &[slots * lse_len], DType::F32)?;
+    let row_blocks = grid_dim(rec, "row blocks", (cfg.q_len * cfg.group()).div_ceil(F_BQ))?;
+    let heads = grid_dim(rec, "batch·kv heads", cfg.kv_heads)?;
+    let mut slot = 0;
+    for (blk, end, splits, split_len) in plan {
+        let mut p = params(cfg, 0, false, slots, split_len);
+        p.kv_batch = blk.rows as u32;
+        p.k_base = blk.start as u32;
+        p.k_end = end as u32;
+        p.split_base = slot as u32;
+        launch::dispatch(
+            rec,
+            SHADER,
+            "attn_fwd",
+            &[
+                ("q", q),
+                ("k", blk.k),
+                ("v", blk.v),
+                ("mask", q),
+                ("out", &o_part),
+                ("lse", &lse_part),
+            ],
+            &p,
+            [row_blocks, heads, grid_dim(rec, "key splits", splits)?],
+        )?;
+        slot += splits;
+    }
+    let p = params(cfg, 0, false, slots, 0);
+    launch::per_item(
+        rec,
+        SHADER,
+        "attn_combine",
+        &[
+            ("o_part", &o_part),
+            ("lse_part", &lse_part),
+            ("out", &out),
+            ("lse", &lse),
+        ],
+        &p,
+        out.numel() / 4,
+    )?;
+    Ok(out)
 }
 
 /// Backward: `(dq [B*Tq, Hq*D], dk [B*Tk, Hkv*D], dv [B*Tk, Hkv*D])` from
