@@ -542,3 +542,76 @@ fn regions_of_a_and_c_match_cpu_and_touch_nothing_else() {
     );
     assert!(format!("{}", e.unwrap_err()).contains("does not lie inside"));
 }
+
+/// The tape's product with a weight in blocks of rows against the same
+/// weight whole: output, input gradient and each block's weight gradient
+/// (accumulated into parameter buffers), for blocks of 7, 7 and 3 rows.
+#[test]
+fn linear_over_row_blocks_matches_whole_on_the_tape() {
+    use boomgpu::autodiff::Tape;
+    let g = gpu();
+    let mut rng = Rng::new(33);
+    let (n, din, dout) = (6, 10, 17);
+    let x = rng.vec(n * din, 1.0);
+    let w = rng.vec(dout * din, 1.0);
+    let dy = rng.vec(n * dout, 1.0);
+    let tdy = g.upload_f32("dy", &[n, dout], &dy).unwrap();
+    // Whole.
+    let mut rec = g.recorder();
+    let mut tape = Tape::new();
+    let gx = g.zeros("gx", &[n, din], DType::F32).unwrap();
+    let gw = g.zeros("gw", &[dout, din], DType::F32).unwrap();
+    let vx = tape
+        .param(g.upload_f32("x", &[n, din], &x).unwrap(), gx.clone())
+        .unwrap();
+    let vw = tape
+        .param(g.upload_f32("w", &[dout, din], &w).unwrap(), gw.clone())
+        .unwrap();
+    let y = tape.linear(&mut rec, vx, vw).unwrap();
+    rec.run().unwrap();
+    let want_y = g.read_f32(tape.value(y)).unwrap();
+    let mut rec = g.recorder();
+    tape.backward(&mut rec, vec![(y, tdy.clone())], 0).unwrap();
+    rec.run().unwrap();
+    // In blocks.
+    let mut rec = g.recorder();
+    let mut tape = Tape::new();
+    let bx = g.zeros("bx", &[n, din], DType::F32).unwrap();
+    let vx = tape
+        .param(g.upload_f32("x", &[n, din], &x).unwrap(), bx.clone())
+        .unwrap();
+    let mut blocks = Vec::new();
+    let mut grads = Vec::new();
+    for (start, rows) in [(0, 7), (7, 7), (14, 3)] {
+        let t = g
+            .upload_f32("wb", &[rows, din], &w[start * din..(start + rows) * din])
+            .unwrap();
+        let gb = g.zeros("gb", &[rows, din], DType::F32).unwrap();
+        blocks.push((tape.param(t, gb.clone()).unwrap(), start));
+        grads.push(gb);
+    }
+    // Blocks out of order are refused (before anything is recorded).
+    let bad = [blocks[1], blocks[0], blocks[2]];
+    assert!(tape.linear_rows(&mut rec, vx, &bad).is_err());
+    let y = tape.linear_rows(&mut rec, vx, &blocks).unwrap();
+    rec.run().unwrap();
+    let mut rec = g.recorder();
+    assert_close(
+        "y",
+        &g.read_f32(tape.value(y)).unwrap(),
+        &want_y,
+        1e-5,
+        1e-5,
+    );
+    tape.backward(&mut rec, vec![(y, tdy)], 0).unwrap();
+    rec.run().unwrap();
+    assert_close(
+        "dx",
+        &g.read_f32(&bx).unwrap(),
+        &g.read_f32(&gx).unwrap(),
+        1e-5,
+        1e-5,
+    );
+    let joined: Vec<f32> = grads.iter().flat_map(|t| g.read_f32(t).unwrap()).collect();
+    assert_close("dW", &joined, &g.read_f32(&gw).unwrap(), 1e-5, 1e-5);
+}

@@ -13,6 +13,7 @@ use std::collections::HashMap;
 
 use crate::error::{Error, Result};
 use crate::gpu::{Recorder, Tensor};
+use crate::ops::matmul::{Gemm, Region};
 use crate::ops::{
     attention, bias_add, elementwise, embedding, gelu, layernorm, matmul, rmsnorm, rope, swiglu,
 };
@@ -75,6 +76,13 @@ enum Node {
     Add {
         a: Var,
         b: Var,
+        y: Var,
+    },
+    /// y = x·wᵀ with w in blocks of rows (block, its first row): each
+    /// block gives its columns of y.
+    LinearRows {
+        x: Var,
+        blocks: Vec<(Var, usize)>,
         y: Var,
     },
     /// A gather from a table in blocks of rows: (block, its first row).
@@ -149,6 +157,50 @@ impl Tape {
         let y = matmul::matmul(rec, self.value(x), self.value(w), false, true)?;
         let y = self.out(y, &[x, w]);
         self.nodes.push(Node::Linear { x, w, y });
+        Ok(y)
+    }
+
+    /// y = x·wᵀ for a weight `[out, in]` given as blocks of consecutive
+    /// rows with their first row: one product per block into its columns.
+    pub fn linear_rows(
+        &mut self,
+        rec: &mut Recorder,
+        x: Var,
+        blocks: &[(Var, usize)],
+    ) -> Result<Var> {
+        let xv = self.value(x).clone();
+        let mut rows = 0;
+        for &(w, first) in blocks {
+            if first != rows {
+                return Err(Error::Shape(format!(
+                    "linear: a weight block starts at row {first}, expected {rows}"
+                )));
+            }
+            rows += self.value(w).dim(0);
+        }
+        let mut shape = xv.shape().to_vec();
+        *shape.last_mut().expect("x has a feature dimension") = rows;
+        let y = Tensor::empty(rec.gpu(), "linear.rows", &shape, crate::gpu::DType::F32)?;
+        let whole = Region::whole(&y);
+        for &(w, first) in blocks {
+            let w = self.value(w);
+            let cols = whole.cols(first, w.dim(0));
+            matmul::matmul_region(
+                rec,
+                (&xv, Region::whole(&xv)),
+                w,
+                (&y, cols),
+                Gemm::new(false, true),
+            )?;
+        }
+        let mut inputs = vec![x];
+        inputs.extend(blocks.iter().map(|&(w, _)| w));
+        let y = self.out(y, &inputs);
+        self.nodes.push(Node::LinearRows {
+            x,
+            blocks: blocks.to_vec(),
+            y,
+        });
         Ok(y)
     }
 
@@ -342,6 +394,7 @@ impl Tape {
             | Node::Swiglu { y, .. }
             | Node::Gelu { y, .. }
             | Node::Add { y, .. }
+            | Node::LinearRows { y, .. }
             | Node::Embedding { y, .. } => *y,
         };
         let Some(dy) = grads[y.0].take() else {
@@ -462,6 +515,65 @@ impl Tape {
                 }
                 if self.needs(b) {
                     accumulate(rec, grads, b, dy)?;
+                }
+            }
+            Node::LinearRows { x, blocks, .. } => {
+                let xv = self.value(x).clone();
+                let n = xv.numel() / xv.dim(-1);
+                let x2 = xv.reshape(&[n, xv.dim(-1)])?;
+                let dy2 = dy.reshape(&[n, dy.dim(-1)])?;
+                let dys = Region::whole(&dy2);
+                let dx = if self.needs(x) {
+                    Some(Tensor::empty(
+                        rec.gpu(),
+                        "linear.dx",
+                        xv.shape(),
+                        crate::gpu::DType::F32,
+                    )?)
+                } else {
+                    None
+                };
+                for (i, &(w, first)) in blocks.iter().enumerate() {
+                    let wv = self.value(w).clone();
+                    let cols = dys.cols(first, wv.dim(0));
+                    // dx (+)= dy[:, block]·W_block
+                    if let Some(dx) = &dx {
+                        let g = Gemm {
+                            beta: if i == 0 { 0.0 } else { 1.0 },
+                            ..Gemm::new(false, false)
+                        };
+                        matmul::matmul_region(rec, (&dy2, cols), &wv, (dx, Region::whole(dx)), g)?;
+                    }
+                    // dW_block = dy[:, block]ᵀ·x, into the parameter's buffer.
+                    if self.needs(w) {
+                        let g = Gemm::new(true, false);
+                        match self.param_grads.get(&w) {
+                            Some(buf) => {
+                                let r = Region::whole(buf);
+                                matmul::matmul_region(
+                                    rec,
+                                    (&dy2, cols),
+                                    &x2,
+                                    (buf, r),
+                                    g.accumulate(),
+                                )?;
+                            }
+                            None => {
+                                let dw = Tensor::empty(
+                                    rec.gpu(),
+                                    "linear.dw",
+                                    wv.shape(),
+                                    crate::gpu::DType::F32,
+                                )?;
+                                let r = Region::whole(&dw);
+                                matmul::matmul_region(rec, (&dy2, cols), &x2, (&dw, r), g)?;
+                                accumulate(rec, grads, w, dw)?;
+                            }
+                        }
+                    }
+                }
+                if let Some(dx) = dx {
+                    accumulate(rec, grads, x, dx)?;
                 }
             }
             Node::Embedding { ids, blocks, .. } => {

@@ -63,6 +63,11 @@ fn upload(
             }
         ),
     };
+    let split_layers: usize = decoder.layers.iter().map(|l| l.split.len()).sum();
+    let blocks = match split_layers {
+        0 => blocks,
+        n => format!("{blocks}; {n} layer weights in blocks of rows"),
+    };
     eprintln!(
         "loaded {reference}: {} ({} layers, {:.1}M parameters, {} on the GPU{blocks})",
         cfg.family.model_type(),

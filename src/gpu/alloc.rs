@@ -204,9 +204,10 @@ impl Allocator {
                 requested: bytes,
                 limit: self.shared.max_binding,
                 what: "largest buffer one shader may bind on this adapter (max_storage_buffer_binding_size)",
-                hint: "boomgpu stores vocabulary tables in blocks of rows and computes logits in chunks, \
-                       but this tensor must fit one binding: use an adapter with a larger binding \
-                       limit (or unset BOOMGPU_MAX_BINDING if it lowered the limit).",
+                hint: "boomgpu stores weight matrices and KV caches in blocks of rows and computes \
+                       logits in chunks, but this tensor must fit one binding: use an adapter with \
+                       a larger binding limit (or unset BOOMGPU_MAX_BINDING if it lowered the \
+                       limit).",
             });
         }
         if bytes > self.shared.max_buffer {

@@ -24,21 +24,41 @@ pub const PREFILL_CHUNK: usize = 2048;
 
 /// One decoder layer's weights on the GPU, names relative to the layer
 /// prefix (GPT-NeoX's fused query_key_value is split into q/k/v on load).
+#[derive(Default)]
 pub struct Layer {
     pub tensors: HashMap<String, Tensor>,
+    /// Weights over the binding limit, in blocks of rows (output features);
+    /// their names are not in `tensors`.
+    pub split: HashMap<String, RowBlocks>,
 }
 
 impl Layer {
+    /// Add a matrix: stored whole when it is one block.
+    pub fn insert_rows(&mut self, name: String, rows: RowBlocks) {
+        match rows.as_whole() {
+            Some(t) => {
+                self.tensors.insert(name, t.clone());
+            }
+            None => {
+                self.split.insert(name, rows);
+            }
+        }
+    }
     pub fn get(&self, name: &str) -> Result<&Tensor> {
-        self.tensors
-            .get(name)
-            .ok_or_else(|| Error::Invalid(format!("layer has no tensor '{name}'")))
+        self.tensors.get(name).ok_or_else(|| {
+            Error::Invalid(match self.split.get(name) {
+                Some(r) => format!("layer tensor '{name}' is stored as {}", r.describe()),
+                None => format!("layer has no tensor '{name}'"),
+            })
+        })
     }
     pub fn bytes(&self) -> u64 {
-        self.tensors.values().map(|t| t.byte_len()).sum()
+        let whole: u64 = self.tensors.values().map(|t| t.byte_len()).sum();
+        whole + self.split.values().map(|r| r.byte_len()).sum::<u64>()
     }
     pub fn params(&self) -> u64 {
-        self.tensors.values().map(|t| t.numel() as u64).sum()
+        let whole: u64 = self.tensors.values().map(|t| t.numel() as u64).sum();
+        whole + self.split.values().map(|r| r.numel() as u64).sum::<u64>()
     }
 }
 
@@ -150,7 +170,7 @@ impl Decoder {
         let mut layers = Vec::with_capacity(keep.len());
         for &l in keep {
             let prefix = cfg.layer_prefix(l);
-            let mut tensors = HashMap::new();
+            let mut layer = Layer::default();
             for (name, _) in cfg.layer_tensors() {
                 let full = format!("{prefix}{name}");
                 if cfg.family == Family::GptNeox && name.starts_with("attention.query_key_value.") {
@@ -173,19 +193,33 @@ impl Decoder {
                             vec![cfg.hidden_size, cfg.hidden_size]
                         };
                         let tname = format!("attention.{part}.{kind}");
-                        let t = if as_f32 && dtype != DType::F32 {
+                        let full = format!("{prefix}{tname}");
+                        let (dtype, data) = if as_f32 && dtype != DType::F32 {
                             let v = super::weights::to_f32(&data, dtype);
-                            gpu.upload_f32(&format!("{prefix}{tname}"), &shape, &v)?
+                            (DType::F32, bytemuck::cast_slice(&v).to_vec())
                         } else {
-                            gpu.upload_bytes(&format!("{prefix}{tname}"), &shape, dtype, &data)?
+                            (dtype, data)
                         };
-                        tensors.insert(tname, t);
+                        if is_bias {
+                            let t = gpu.upload_bytes(&full, &shape, dtype, &data)?;
+                            layer.tensors.insert(tname, t);
+                        } else {
+                            let t = RowBlocks::upload(gpu, &full, &shape, dtype, &data)?;
+                            layer.insert_rows(tname, t);
+                        }
                     }
                     continue;
                 }
-                tensors.insert(name.clone(), ckpt.upload(gpu, &full, as_f32)?);
+                // Matrices over the binding limit in blocks of rows.
+                if ckpt.tensors[&full].shape.len() == 2 {
+                    layer.insert_rows(name.clone(), ckpt.upload_rows(gpu, &full, as_f32)?);
+                } else {
+                    layer
+                        .tensors
+                        .insert(name.clone(), ckpt.upload(gpu, &full, as_f32)?);
+                }
             }
-            layers.push(Arc::new(Layer { tensors }));
+            layers.push(Arc::new(layer));
         }
         let norms = cfg.final_norm_names();
         let final_norm = Norm {
@@ -614,7 +648,20 @@ impl Decoder {
         let embed = make_rows("embed")?;
         let mut layers = Vec::with_capacity(cfg.num_layers);
         for l in 0..cfg.num_layers {
-            let mut tensors = HashMap::new();
+            let mut layer = Layer::default();
+            // Matrices in blocks of rows when over the binding limit.
+            let mut add = |name: String, shape: &[usize], norm: bool| -> Result<()> {
+                let (d, b) = bytes(values(shape, norm));
+                let label = format!("layer{l}.{name}");
+                if shape.len() == 2 {
+                    layer.insert_rows(name, RowBlocks::upload(gpu, &label, shape, d, &b)?);
+                } else {
+                    layer
+                        .tensors
+                        .insert(name, gpu.upload_bytes(&label, shape, d, &b)?);
+                }
+                Ok(())
+            };
             for (name, shape) in cfg.layer_tensors() {
                 let is_norm = name.contains("norm") && name.ends_with("weight");
                 let is_bias = name.ends_with("bias");
@@ -626,19 +673,13 @@ impl Decoder {
                         } else {
                             vec![cfg.hidden_size, cfg.hidden_size]
                         };
-                        tensors.insert(
-                            format!("attention.{part}.{kind}"),
-                            make(&format!("layer{l}.{part}"), &shape, false)?,
-                        );
+                        add(format!("attention.{part}.{kind}"), &shape, false)?;
                     }
                     continue;
                 }
-                tensors.insert(
-                    name.clone(),
-                    make(&format!("layer{l}.{name}"), &shape, is_norm && !is_bias)?,
-                );
+                add(name.clone(), &shape, is_norm && !is_bias)?;
             }
-            layers.push(Arc::new(Layer { tensors }));
+            layers.push(Arc::new(layer));
         }
         let norms = cfg.final_norm_names();
         let final_norm = Norm {

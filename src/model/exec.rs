@@ -63,6 +63,9 @@ pub trait Exec {
     fn logits(&mut self, x: &Self::V, head: &RowBlocks) -> Result<Self::V>;
     /// x·wᵀ (+ b), w stored `[out, in]`.
     fn linear(&mut self, x: &Self::V, w: &Self::V, b: Option<&Self::V>) -> Result<Self::V>;
+    /// x·wᵀ (+ b) with w a weight in blocks of rows: each block writes its
+    /// columns of the output.
+    fn linear_rows(&mut self, x: &Self::V, w: &RowBlocks, b: Option<&Self::V>) -> Result<Self::V>;
     fn rmsnorm(&mut self, x: &Self::V, w: &Self::V, eps: f32) -> Result<Self::V>;
     fn layernorm(&mut self, x: &Self::V, w: &Self::V, b: &Self::V, eps: f32) -> Result<Self::V>;
     /// Rotary embedding of `x` (consumed: an eager run rotates in place).
@@ -117,13 +120,19 @@ impl Exec for Eager<'_, '_> {
         embedding::embedding_sharded(self.rec, ids, table.blocks())
     }
     fn logits(&mut self, x: &Tensor, head: &RowBlocks) -> Result<Tensor> {
-        if let Some(w) = head.as_whole() {
-            return self.linear(x, w, None);
+        self.linear_rows(x, head, None)
+    }
+    fn linear_rows(&mut self, x: &Tensor, w: &RowBlocks, b: Option<&Tensor>) -> Result<Tensor> {
+        if let Some(w) = w.as_whole() {
+            return self.linear(x, w, b);
         }
         let mut shape = x.shape().to_vec();
-        *shape.last_mut().expect("x has a hidden dimension") = head.rows();
-        let out = Tensor::empty(self.rec.gpu(), "logits", &shape, DType::F32)?;
-        logits_blocks_into(self.rec, (x, Region::whole(x)), head, &out)?;
+        *shape.last_mut().expect("x has a feature dimension") = w.rows();
+        let out = Tensor::empty(self.rec.gpu(), "linear.rows", &shape, DType::F32)?;
+        logits_blocks_into(self.rec, (x, Region::whole(x)), w, &out)?;
+        if let Some(b) = b {
+            bias_add::bias_add_inplace(self.rec, &out, b)?;
+        }
         Ok(out)
     }
     fn linear(&mut self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
@@ -289,16 +298,20 @@ impl Exec for Taped<'_, '_, '_, '_> {
         self.tape.embedding(self.rec, ids, &blocks)
     }
     fn logits(&mut self, x: &Var, head: &RowBlocks) -> Result<Var> {
-        match head.as_whole() {
-            Some(w) => {
-                let w = self.weight(w)?;
-                self.linear(x, &w, None)
-            }
-            None => Err(Error::Invalid(format!(
-                "the LM head {} is split into blocks; training computes its logits and loss \
-                 in chunks (train::head_loss), not on the tape",
-                head.describe()
-            ))),
+        self.linear_rows(x, head, None)
+    }
+    fn linear_rows(&mut self, x: &Var, w: &RowBlocks, b: Option<&Var>) -> Result<Var> {
+        let mut blocks = Vec::with_capacity(w.blocks().len());
+        for (start, t) in w.iter() {
+            blocks.push((self.weight(t)?, start));
+        }
+        let y = match blocks[..] {
+            [(w, _)] => self.tape.linear(self.rec, *x, w)?,
+            _ => self.tape.linear_rows(self.rec, *x, &blocks)?,
+        };
+        match b {
+            Some(b) => self.tape.bias_add(self.rec, y, *b),
+            None => Ok(y),
         }
     }
     fn linear(&mut self, x: &Var, w: &Var, b: Option<&Var>) -> Result<Var> {

@@ -34,9 +34,15 @@ impl Weights<'_> {
         }
     }
     /// `prefix.weight` with `prefix.bias` when the checkpoint has one.
+    /// A weight over the binding limit is in blocks of rows (output
+    /// features): one product per block.
     fn linear<E: Exec>(&self, e: &mut E, x: &E::V, prefix: &str) -> Result<E::V> {
-        let w = self.get(e, &format!("{prefix}.weight"))?;
+        let name = format!("{prefix}.weight");
         let b = self.opt(e, &format!("{prefix}.bias"))?;
+        if let Some(rows) = self.layer.split.get(&name) {
+            return e.linear_rows(x, rows, b.as_ref());
+        }
+        let w = self.get(e, &name)?;
         e.linear(x, &w, b.as_ref())
     }
 }

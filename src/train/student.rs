@@ -60,10 +60,19 @@ impl StudentParams {
         };
         let mut named: Vec<(String, Tensor)> = blocked("embed", &student.embed);
         for (i, l) in student.layers.iter().enumerate() {
-            let mut names: Vec<&String> = l.tensors.keys().collect();
-            names.sort();
-            for n in names {
-                named.push((format!("layers.{i}.{n}"), l.tensors[n].clone()));
+            // By name, the blocks of a split weight in row order.
+            let mut entries: Vec<(&String, Option<usize>, &Tensor)> =
+                l.tensors.iter().map(|(n, t)| (n, None, t)).collect();
+            for (n, rows) in &l.split {
+                entries.extend(rows.iter().map(|(start, t)| (n, Some(start), t)));
+            }
+            entries.sort_by_key(|&(n, start, _)| (n, start));
+            for (n, start, t) in entries {
+                let name = match start {
+                    Some(s) => format!("layers.{i}.{n}@{s}"),
+                    None => format!("layers.{i}.{n}"),
+                };
+                named.push((name, t.clone()));
             }
         }
         named.push((
