@@ -207,6 +207,14 @@ enum Command {
         /// With --layers all: the SVG plot to write [default: DATA.sizes.svg].
         #[arg(long)]
         svg: Option<PathBuf>,
+        /// With a curve: also score naive layer pruning at every size (the
+        /// teacher with the same layers removed, untrained).
+        #[arg(long)]
+        baseline: bool,
+        /// With a curve: also score this student (e.g. the pruned one before
+        /// distillation) patched the same way.
+        #[arg(long, value_name = "DIR")]
+        before: Option<String>,
     },
     /// Make a student from a teacher by deleting layers (boomerang step 1).
     /// Needs no GPU: the kept layers are copied byte for byte.
@@ -460,7 +468,22 @@ fn main() -> ExitCode {
             json,
             csv,
             svg,
-        } => eval(models, layers, order, data, seq_len, json, csv, svg, &opts),
+            baseline,
+            before,
+        } => {
+            let compare = Compare { baseline, before };
+            eval(
+                models,
+                layers,
+                order,
+                data,
+                seq_len,
+                json,
+                (csv, svg),
+                compare,
+                &opts,
+            )
+        }
         Command::InitStudent {
             teacher,
             out,
@@ -522,6 +545,12 @@ fn main() -> ExitCode {
     }
 }
 
+/// `eval`'s extra curves.
+struct Compare {
+    baseline: bool,
+    before: Option<String>,
+}
+
 #[allow(clippy::too_many_arguments)]
 fn eval(
     models: ModelArgs,
@@ -530,8 +559,8 @@ fn eval(
     data: PathBuf,
     seq_len: Option<usize>,
     json: bool,
-    csv: Option<PathBuf>,
-    svg: Option<PathBuf>,
+    (csv, svg): (Option<PathBuf>, Option<PathBuf>),
+    compare: Compare,
     opts: &GpuOptions,
 ) -> boomgpu::Result<()> {
     use boomgpu::commands::eval::{run, EvalArgs, Sizes, Target};
@@ -567,6 +596,8 @@ fn eval(
         json,
         csv,
         svg,
+        baseline: compare.baseline,
+        before: compare.before.as_deref(),
     };
     match run(opts, &a) {
         Ok(s) => {

@@ -141,3 +141,131 @@ fn curve_through_the_cli_writes_table_csv_and_svg() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Naive layer pruning at size k keeps exactly the teacher layers the
+/// patched model stands for: its removed layers are the pruned layers whose
+/// blocks were not patched back, for every k, both orders, every family.
+#[test]
+fn naive_pruning_removes_what_the_patched_model_lacks() {
+    use boomgpu::boomerang::{LayerSource, PatchPlan};
+    let g = gpu();
+    for name in ["llama-tied", "qwen3", "neox"] {
+        let t = fixture(name);
+        let s = fixture(&format!("{name}-distilled"));
+        let pair = Pair::load(g, t.to_str().unwrap(), s.to_str().unwrap(), None).unwrap();
+        let prune = &pair.plan;
+        for dir in [Direction::Last, Direction::First] {
+            for k in 0..=PatchPlan::max_k(prune, dir) {
+                let plan = PatchPlan::new(prune, k, dir).unwrap();
+                let kept = plan.naive_layers(prune);
+                assert_eq!(kept.len(), plan.num_layers(), "{name} {dir}-{k}");
+                assert!(
+                    kept.windows(2).all(|w| w[0] < w[1]),
+                    "{name} {dir}-{k}: {kept:?}"
+                );
+                let patched_back: Vec<usize> = plan
+                    .layers
+                    .iter()
+                    .filter_map(|l| match *l {
+                        LayerSource::Teacher(j) => Some(j),
+                        LayerSource::Student(_) => None,
+                    })
+                    .collect();
+                let removed: Vec<usize> = (0..prune.num_teacher_layers)
+                    .filter(|j| !kept.contains(j))
+                    .collect();
+                let lacking: Vec<usize> = prune
+                    .pruned
+                    .iter()
+                    .copied()
+                    .filter(|j| !patched_back.contains(j))
+                    .collect();
+                assert_eq!(removed, lacking, "{name} {dir}-{k}");
+                // The decoder is the teacher's layers, shared.
+                let dec = pair.naive(Some(k), dir).unwrap();
+                assert_eq!(dec.layers.len(), kept.len());
+                for (l, &j) in dec.layers.iter().zip(&kept) {
+                    assert!(std::sync::Arc::ptr_eq(l, &pair.teacher.decoder.layers[j]));
+                }
+            }
+        }
+    }
+}
+
+/// `eval --layers all --baseline --before`: naive pruning at the teacher's
+/// size is the teacher and at the student's size the pruned teacher
+/// (`init-student`, scored alone); the untrained student patched the same
+/// way holds the same weights as naive pruning, so its curve is the same.
+#[test]
+fn baseline_and_before_curves_through_the_cli() {
+    let dir = tmpdir("baseline");
+    let (t, s) = (fixture("qwen3"), fixture("qwen3-distilled"));
+    let pruned = dir.join("pruned");
+    ok(&boomgpu_run(&[
+        "init-student",
+        "--teacher",
+        t.to_str().unwrap(),
+        "--out",
+        pruned.to_str().unwrap(),
+    ]));
+    let text = fixture_path("text.txt");
+    let eval = |extra: &[&str]| {
+        let mut args = vec![
+            "eval",
+            "--seq-len",
+            "32",
+            "--json",
+            "--data",
+            text.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        ok(&boomgpu_run(&args))
+    };
+    let alone: serde_json::Value =
+        serde_json::from_str(&eval(&["--model", pruned.to_str().unwrap()])).unwrap();
+    let (csv, svg) = (dir.join("c.csv"), dir.join("c.svg"));
+    let out = eval(&[
+        "--teacher",
+        t.to_str().unwrap(),
+        "--student",
+        s.to_str().unwrap(),
+        "--layers",
+        "all",
+        "--baseline",
+        "--before",
+        pruned.to_str().unwrap(),
+        "--csv",
+        csv.to_str().unwrap(),
+        "--svg",
+        svg.to_str().unwrap(),
+    ]);
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    let f = |r: &serde_json::Value, k: &str| r[k].as_f64().unwrap();
+    let student = &rows[0];
+    assert_eq!(student["label"], "student");
+    assert_eq!(f(student, "naive_perplexity"), f(&alone, "perplexity"));
+    let teacher = rows.last().unwrap();
+    assert_eq!(teacher["label"], "teacher");
+    assert_eq!(f(teacher, "naive_perplexity"), f(teacher, "perplexity"));
+    for r in &rows {
+        assert_eq!(f(r, "before_perplexity"), f(r, "naive_perplexity"), "{r}");
+    }
+    let csv = std::fs::read_to_string(&csv).unwrap();
+    assert!(csv.starts_with("label,k,layers,params,weight_bytes,perplexity,nll,predicted,naive_perplexity,before_perplexity\n"), "{csv}");
+    let svg = std::fs::read_to_string(&svg).unwrap();
+    assert!(
+        svg.contains("naive pruning") && svg.contains("before distillation"),
+        "{svg}"
+    );
+    // Without a curve the extra columns are refused.
+    let out = boomgpu_run(&[
+        "eval",
+        "--model",
+        t.to_str().unwrap(),
+        "--data",
+        text.to_str().unwrap(),
+        "--baseline",
+    ]);
+    assert!(err(&out).contains("--baseline and --before add curves"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

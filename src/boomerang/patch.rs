@@ -115,6 +115,20 @@ pub struct PatchPlan {
 }
 
 impl PatchPlan {
+    /// Naive layer pruning at this size: the teacher layers this model
+    /// stands for, ascending (a student layer stands for the teacher layer
+    /// it was copied from). The teacher with every other layer removed,
+    /// untrained: the baseline boomerang distillation is measured against.
+    pub fn naive_layers(&self, prune: &PrunePlan) -> Vec<usize> {
+        self.layers
+            .iter()
+            .map(|l| match *l {
+                LayerSource::Teacher(j) => j,
+                LayerSource::Student(i) => prune.copied[i],
+            })
+            .collect()
+    }
+
     /// `P`, the number of patch points: valid `k` are `0..=P`, and `k = P`
     /// gives the teacher (the reference README's ranges are `1..=P`).
     pub fn max_k(plan: &PrunePlan, direction: Direction) -> usize {

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use crate::boomerang::{Direction, LayerSource, Part, PatchPlan, PruneParams, PrunePlan};
 use crate::error::{Error, Result};
 use crate::gpu::{format_bytes, Gpu, GpuOptions};
-use crate::model::decoder::{Decoder, Norm};
+use crate::model::decoder::Decoder;
 use crate::model::tokenizer::Tokenizer;
 use crate::model::weights::Checkpoint;
 use crate::model::{source, ModelConfig};
@@ -140,26 +140,64 @@ impl Pair {
         }
     }
 
-    /// The intermediate model with `k` student layers patched, sharing
-    /// every tensor with the teacher and student (nothing is copied).
+    /// The model with `k` student layers patched (`boomgpu patch`'s plan),
+    /// sharing every tensor with the teacher and the student.
     pub fn patched(&self, k: usize, direction: Direction) -> Result<(PatchPlan, Decoder)> {
+        self.patched_with(&self.student.decoder, k, direction)
+    }
+
+    /// Naive layer pruning at size `k`: the teacher's own layers that the
+    /// patched model stands for (`PatchPlan::naive_layers`), with the
+    /// teacher's embedding, final norm and head; untrained, and sharing
+    /// every tensor with the teacher.
+    /// `k = None`: the student's own size (the teacher's `copied` layers).
+    pub fn naive(&self, k: Option<usize>, direction: Direction) -> Result<Decoder> {
+        let keep = match k {
+            Some(k) => PatchPlan::new(&self.plan, k, direction)?.naive_layers(&self.plan),
+            None => self.plan.copied.clone(),
+        };
+        let t = &self.teacher.decoder;
+        let layers = keep.into_iter().map(|j| t.layers[j].clone()).collect();
+        Ok(Decoder::assemble(
+            t,
+            t.embed.clone(),
+            layers,
+            t.final_norm.clone(),
+            t.head.clone(),
+        ))
+    }
+
+    /// Size `k` patched from the teacher and `student`, a student of this
+    /// pair's plan (`eval --before`: the student before distillation).
+    pub fn patched_with(
+        &self,
+        student: &Decoder,
+        k: usize,
+        direction: Direction,
+    ) -> Result<(PatchPlan, Decoder)> {
+        if student.layers.len() != self.plan.copied.len() {
+            return Err(Error::Invalid(format!(
+                "a student of {} layers for a plan that keeps {} teacher layers",
+                student.layers.len(),
+                self.plan.copied.len()
+            )));
+        }
         let plan = PatchPlan::new(&self.plan, k, direction)?;
-        let (t, s) = (&self.teacher.decoder, &self.student.decoder);
-        let pick = |p: Part| if p == Part::Teacher { t } else { s };
+        let t = &self.teacher.decoder;
+        let pick = |p: Part| if p == Part::Teacher { t } else { student };
         let layers = plan
             .layers
             .iter()
             .map(|l| match *l {
                 LayerSource::Teacher(j) => t.layers[j].clone(),
-                LayerSource::Student(i) => s.layers[i].clone(),
+                LayerSource::Student(i) => student.layers[i].clone(),
             })
             .collect();
-        let norm: Norm = pick(plan.final_norm).final_norm.clone();
         let dec = Decoder::assemble(
             t,
             pick(plan.embed).embed.clone(),
             layers,
-            norm,
+            pick(plan.final_norm).final_norm.clone(),
             pick(plan.head).head.clone(),
         );
         Ok((plan, dec))

@@ -69,6 +69,11 @@ pub struct EvalArgs<'a> {
     /// (default: next to the data file's name in the current folder).
     pub csv: Option<PathBuf>,
     pub svg: Option<PathBuf>,
+    /// With a curve: naive layer pruning at every size too.
+    pub baseline: bool,
+    /// With a curve: another student of the pair's plan (the student before
+    /// distillation), patched the same way.
+    pub before: Option<&'a str>,
 }
 
 fn tokenize(tok: Option<&Tokenizer>, dir: &Path, data: &Path) -> Result<Vec<u32>> {
@@ -102,6 +107,20 @@ fn json_line(p: &Perplexity, layers: usize, params: u64) -> serde_json::Value {
 }
 
 pub fn run(opts: &GpuOptions, a: &EvalArgs) -> Result<String> {
+    let curve_asked = matches!(
+        a.target,
+        Target::Pair {
+            sizes: Sizes::All | Sizes::List(_),
+            ..
+        }
+    );
+    if (a.baseline || a.before.is_some()) && !curve_asked {
+        return Err(Error::Invalid(
+            "--baseline and --before add curves: use them with --teacher, --student and \
+             --layers all (or a list of sizes)"
+                .into(),
+        ));
+    }
     let gpu = open_gpu(opts)?;
     match &a.target {
         Target::Model(reference) => {
@@ -184,6 +203,10 @@ pub struct CurveRow {
     pub params: u64,
     pub bytes: u64,
     pub ppl: Perplexity,
+    /// Naive layer pruning at this size (`--baseline`).
+    pub naive: Option<Perplexity>,
+    /// The `--before` student patched the same way.
+    pub before: Option<Perplexity>,
 }
 
 fn curve(
@@ -198,8 +221,40 @@ fn curve(
     let mut rows = Vec::new();
     let total = ks.len() + 1;
     let mut bar = Progress::new("sizes", total, "models");
+    let before = match a.before {
+        Some(r) => {
+            let m = load_model(gpu, r, false)?;
+            crate::boomerang::patch::check_compatible(&pair.teacher.cfg, &m.cfg)?;
+            Some(m.decoder)
+        }
+        None => None,
+    };
+    // The extra curves at a size (`None`: the student's own).
+    let extra = |k: Option<usize>| -> Result<(Option<Perplexity>, Option<Perplexity>)> {
+        let naive = match a.baseline {
+            true => Some(score(
+                gpu,
+                &pair.naive(k, dir)?,
+                ids,
+                seq_len,
+                "naive",
+                true,
+            )?),
+            false => None,
+        };
+        let before = match (&before, k) {
+            (Some(b), Some(k)) => {
+                let dec = pair.patched_with(b, k, dir)?.1;
+                Some(score(gpu, &dec, ids, seq_len, "before", true)?)
+            }
+            (Some(b), None) => Some(score(gpu, b, ids, seq_len, "before", true)?),
+            (None, _) => None,
+        };
+        Ok((naive, before))
+    };
     let s = &pair.student.decoder;
     let p = score(gpu, s, ids, seq_len, "student", true)?;
+    let (naive, bef) = extra(None)?;
     rows.push(CurveRow {
         label: "student".into(),
         k: None,
@@ -207,11 +262,14 @@ fn curve(
         params: s.params(),
         bytes: s.weight_bytes(),
         ppl: p,
+        naive,
+        before: bef,
     });
     bar.update(1, "");
     for (i, &k) in ks.iter().enumerate() {
         let (plan, dec) = pair.patched(k, dir)?;
         let p = score(gpu, &dec, ids, seq_len, "patched", true)?;
+        let (naive, bef) = extra(Some(k))?;
         rows.push(CurveRow {
             label: if plan.is_teacher {
                 "teacher".into()
@@ -223,6 +281,8 @@ fn curve(
             params: dec.params(),
             bytes: dec.weight_bytes(),
             ppl: p,
+            naive,
+            before: bef,
         });
         bar.update(
             i + 2,
@@ -242,10 +302,18 @@ fn curve(
         .svg
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("{stem}.sizes.svg")));
-    let mut csv = String::from("label,k,layers,params,weight_bytes,perplexity,nll,predicted\n");
+    let opt = |p: &Option<Perplexity>| p.as_ref().map(|p| p.perplexity.to_string());
+    let mut csv = String::from("label,k,layers,params,weight_bytes,perplexity,nll,predicted");
+    if a.baseline {
+        csv.push_str(",naive_perplexity");
+    }
+    if before.is_some() {
+        csv.push_str(",before_perplexity");
+    }
+    csv.push('\n');
     for r in &rows {
         csv.push_str(&format!(
-            "{},{},{},{},{},{},{},{}\n",
+            "{},{},{},{},{},{},{},{}",
             r.label,
             r.k.map(|k| k.to_string()).unwrap_or_default(),
             r.layers,
@@ -255,24 +323,42 @@ fn curve(
             r.ppl.nll,
             r.ppl.predicted
         ));
+        for p in [opt(&r.naive), opt(&r.before)].into_iter().flatten() {
+            csv.push(',');
+            csv.push_str(&p);
+        }
+        csv.push('\n');
     }
     std::fs::write(&csv_path, &csv).map_err(|e| Error::io(&csv_path, e))?;
-    let boomerang = Series {
-        name: "boomerang".into(),
+    let series = |name: &str, y: &dyn Fn(&CurveRow) -> Option<f64>| Series {
+        name: name.into(),
         points: rows
             .iter()
-            .map(|r| Point {
-                x: r.params as f64 / 1e6,
-                y: r.ppl.perplexity,
-                label: r.label.clone(),
+            .filter_map(|r| {
+                Some(Point {
+                    x: r.params as f64 / 1e6,
+                    y: y(r)?,
+                    label: r.label.clone(),
+                })
             })
             .collect(),
     };
+    let mut curves = vec![series("boomerang", &|r| Some(r.ppl.perplexity))];
+    if a.baseline {
+        curves.push(series("naive pruning", &|r| {
+            r.naive.as_ref().map(|p| p.perplexity)
+        }));
+    }
+    if before.is_some() {
+        curves.push(series("before distillation", &|r| {
+            r.before.as_ref().map(|p| p.perplexity)
+        }));
+    }
     let svg = curve_svg(
         &format!("Perplexity of every size ({dir}-k patching)"),
         "parameters (millions)",
         "perplexity",
-        &[boomerang],
+        &curves,
     )?;
     std::fs::write(&svg_path, svg).map_err(|e| Error::io(&svg_path, e))?;
     if a.json {
@@ -282,13 +368,19 @@ fn curve(
                 let mut j = json_line(&r.ppl, r.layers, r.params);
                 j["label"] = json!(r.label);
                 j["k"] = json!(r.k);
+                if let Some(p) = &r.naive {
+                    j["naive_perplexity"] = json!(p.perplexity);
+                }
+                if let Some(p) = &r.before {
+                    j["before_perplexity"] = json!(p.perplexity);
+                }
                 j
             })
             .collect();
         return Ok(serde_json::Value::Array(v).to_string() + "\n");
     }
     let mut out = format!(
-        "{}: {} tokens, windows of up to {seq_len}, {dir}-k patching\n{:<10} {:>3} {:>7} {:>12} {:>11} {:>11}\n",
+        "{}: {} tokens, windows of up to {seq_len}, {dir}-k patching\n{:<10} {:>3} {:>7} {:>12} {:>11} {:>11}",
         a.data.display(),
         ids.len(),
         "size",
@@ -298,9 +390,16 @@ fn curve(
         "weights",
         "perplexity"
     );
+    if a.baseline {
+        out.push_str(&format!(" {:>11}", "naive"));
+    }
+    if before.is_some() {
+        out.push_str(&format!(" {:>11}", "before"));
+    }
+    out.push('\n');
     for r in &rows {
         out.push_str(&format!(
-            "{:<10} {:>3} {:>7} {:>11.2}M {:>11} {:>11.4}\n",
+            "{:<10} {:>3} {:>7} {:>11.2}M {:>11} {:>11.4}",
             r.label,
             r.k.map(|k| k.to_string()).unwrap_or_else(|| "-".into()),
             r.layers,
@@ -308,6 +407,10 @@ fn curve(
             format_bytes(r.bytes),
             r.ppl.perplexity
         ));
+        for p in [&r.naive, &r.before].into_iter().flatten() {
+            out.push_str(&format!(" {:>11.4}", p.perplexity));
+        }
+        out.push('\n');
     }
     out.push_str(&format!(
         "wrote {} and {}\n",
