@@ -873,3 +873,115 @@ fn distill_stops_on_a_non_finite_loss_before_any_checkpoint() {
     std::fs::remove_dir_all(&teacher).unwrap();
     let _ = std::fs::remove_dir_all(out.parent().unwrap());
 }
+
+// ---------------------------------------------------------------------------
+// Generation: a row of logits that is not finite ends `chat` with an error
+// ---------------------------------------------------------------------------
+
+/// A copy of the qwen3 fixture with the values of `tensor` replaced by
+/// `f(index, value)`.
+fn with_weights(to: &str, tensor: &str, f: impl Fn(usize, f32) -> f32) -> PathBuf {
+    let dir = copy_fixture("qwen3", to);
+    let ck = Checkpoint::open(&dir).unwrap();
+    let e = ck.tensors[tensor].clone();
+    drop(ck);
+    let path = dir.join("model.safetensors");
+    let mut b = std::fs::read(&path).unwrap();
+    for (i, c) in b[e.start..e.end].chunks_exact_mut(4).enumerate() {
+        let v = f32::from_le_bytes(c.try_into().unwrap());
+        c.copy_from_slice(&f(i, v).to_le_bytes());
+    }
+    std::fs::write(&path, b).unwrap();
+    dir
+}
+
+/// `boomgpu chat --prompt PROMPT --max-tokens N` with `extra` flags:
+/// (success, stdout, stderr).
+fn chat(dir: &Path, prompt: &str, max_tokens: usize, extra: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_boomgpu"))
+        .arg("chat")
+        .arg("--model")
+        .arg(dir)
+        .args(["--prompt", prompt, "--max-tokens", &max_tokens.to_string()])
+        .args(extra)
+        .env("BOOMGPU_MATMUL", "portable")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+const GREEDY: &[&str] = &["--temperature", "0"];
+const SAMPLED: &[&str] = &["--temperature", "0.8", "--top-k", "0", "--seed", "7"];
+
+/// Final norm weights of NaN, or so large that the logits overflow: the
+/// prompt pass already has non-finite logits, so `chat` fails at step 1
+/// and prints no token, greedy or sampled.
+#[test]
+fn chat_refuses_non_finite_logits_at_the_prompt_pass() {
+    let good = fixture("qwen3");
+    for flags in [GREEDY, SAMPLED] {
+        let (ok, _, err) = chat(&good, "x", 3, flags);
+        assert!(ok, "{flags:?}: the good model failed: {err}");
+    }
+    let nan = with_weights("chat-nan", "model.norm.weight", |_, _| f32::NAN);
+    let huge = with_weights("chat-huge", "model.norm.weight", |_, _| f32::MAX);
+    for dir in [&nan, &huge] {
+        for flags in [GREEDY, SAMPLED] {
+            let (ok, out, err) = chat(dir, "x", 3, flags);
+            let case = format!("{} {flags:?}", dir.display());
+            assert!(!ok, "{case}: accepted, printed {out:?}\n{err}");
+            assert!(out.is_empty(), "{case}: printed {out:?}");
+            assert!(
+                err.contains("generation step 1 (the prompt pass")
+                    && err.contains("not a finite number"),
+                "{case}: {err}"
+            );
+            assert!(!err.contains("panicked"), "{case}: {err}");
+        }
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
+
+/// Only the prompt's tokens have finite embeddings: the prompt pass is
+/// finite, and the first generated token that is not in the prompt makes
+/// the next step's logits NaN. `chat` stops there and names the step; the
+/// tokens before it were real.
+#[test]
+fn chat_refuses_non_finite_logits_at_a_later_step() {
+    let src = fixture("qwen3");
+    let cfg = ModelConfig::from_file(&src.join("config.json")).unwrap();
+    let tok = Tokenizer::from_dir(&src, &cfg.eos_token_ids, cfg.bos_token_id).unwrap();
+    let prompt = "The river";
+    let mut keep: Vec<u32> = tok.encode(prompt, true).unwrap();
+    keep.extend(tok.encode(prompt, false).unwrap());
+    let hidden = cfg.hidden_size;
+    let dir = with_weights("chat-later", "model.embed_tokens.weight", |i, v| {
+        if keep.contains(&((i / hidden) as u32)) {
+            v
+        } else {
+            f32::NAN
+        }
+    });
+    for flags in [GREEDY, SAMPLED] {
+        let (ok, out, err) = chat(&dir, prompt, 40, flags);
+        assert!(!ok, "{flags:?}: accepted, printed {out:?}\n{err}");
+        let step: usize = err
+            .split("generation step ")
+            .nth(1)
+            .and_then(|s| s.split(' ').next())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("{flags:?}: no step named: {err}"));
+        assert!(step >= 2, "{flags:?}: step {step}: {err}");
+        assert!(
+            err.contains(&format!("token {step} of the answer"))
+                && err.contains("not a finite number"),
+            "{flags:?}: {err}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
