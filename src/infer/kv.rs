@@ -48,12 +48,13 @@ impl KvCache {
         // whose cache could not be bound before anything is allocated.
         let row = kv_dim as u64 * 4;
         let limit = gpu.caps.max_tensor_bytes();
-        if max_ctx as u64 * row > limit {
+        let need = (max_ctx as u64).saturating_mul(row);
+        if need > limit {
             return Err(Error::Invalid(format!(
                 "a context of {max_ctx} positions needs {} per layer for each of K and V (kv.k0), \
                  over the {} one shader may bind on this adapter; KV caches are not split into \
                  blocks: use --max-context {} or less",
-                crate::gpu::format_bytes(max_ctx as u64 * row),
+                crate::gpu::format_bytes(need),
                 crate::gpu::format_bytes(limit),
                 limit / row
             )));
