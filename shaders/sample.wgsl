@@ -423,3 +423,22 @@ fn sample_pick(@builtin(local_invocation_index) lid: u32) {
     }
     _ = total;
 }
+
+// The finite-value guard of generation: when any logit of the row is NaN
+// or infinite, the chosen id becomes 0xffffffff (no token), whatever the
+// pick or the argmax wrote before. One invocation per logit; every writer
+// writes the same word. The test is on the bits (exponent all ones), as
+// float comparisons may assume finite values.
+@compute @workgroup_size(256)
+fn sample_guard(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let i = folded_index(gid, nwg, WG);
+    if i >= p.n {
+        return;
+    }
+    if (bitcast<u32>(x[i]) & 0x7f800000u) == 0x7f800000u {
+        out[0] = 0xffffffffu;
+    }
+}

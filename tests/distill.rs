@@ -104,7 +104,7 @@ mod training {
         let cfg = ModelConfig::from_file(&dir.join("config.json")).unwrap();
         let tok = Tokenizer::from_dir(&dir, &cfg.eos_token_ids, cfg.bos_token_id).unwrap();
         let text = fixture_path("text.txt");
-        let stream = token_stream(&[text], &tok, cfg.eos_token_ids[0]).unwrap();
+        let stream = token_stream(&[text], &tok, cfg.eos_token_ids[0], cfg.vocab_size).unwrap();
         Corpus::pack(&stream, seq, eval_tokens).unwrap()
     }
 

@@ -1,7 +1,8 @@
 //! Bad input never gives a wrong number or a crash: a deterministic, seeded
 //! mutation suite over the tiny fixture folders. Every mutated copy of
 //! config.json, the safetensors checkpoint (single and sharded), the
-//! tokenizer files, student_config.json and a GGUF file goes through the
+//! tokenizer files, student_config.json, a GGUF file, `distill --data`
+//! files, chat templates and the commands' numeric flags goes through the
 //! same parsers and loaders the commands use, in-process and without a GPU;
 //! each case must end as a clear `Err` or as success with sane values —
 //! never a panic, a hang or a NaN. A few cases (the ones the fuzz of
@@ -12,12 +13,19 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use boomgpu::boomerang::StudentConfig;
+use boomgpu::boomerang::{Direction, PatchPlan, PruneParams, PrunePlan, StudentConfig};
+use boomgpu::commands::chat::{ChatArgs, ChatTarget};
+use boomgpu::commands::distill::DistillArgs;
+use boomgpu::commands::eval::Sizes;
 use boomgpu::gpu::DType;
+use boomgpu::infer::chat::{encode_prompt, ChatTemplate, Message};
 use boomgpu::model::gguf::Gguf;
 use boomgpu::model::tokenizer::Tokenizer;
 use boomgpu::model::weights::{write_safetensors, Checkpoint};
 use boomgpu::model::ModelConfig;
+use boomgpu::ops::sample::SampleParams;
+use boomgpu::train::data::{token_stream, Corpus};
+use boomgpu::train::run::DistillOptions;
 use serde_json::{json, Value};
 
 fn fixture(name: &str) -> PathBuf {
@@ -77,6 +85,10 @@ impl Tally {
     /// starting with `BAD` (accepted a wrong value: a failure).
     fn case(&mut self, kind: &'static str, label: &str, f: impl FnOnce() -> Result<(), String>) {
         self.cases += 1;
+        if std::env::var_os("FUZZ_TRACE").is_some() {
+            // Which case hangs, if one does.
+            eprintln!("case {}: {kind} {label}", self.cases);
+        }
         let t0 = Instant::now();
         let r = catch_unwind(AssertUnwindSafe(f));
         if t0.elapsed() > Duration::from_secs(10) {
@@ -645,6 +657,9 @@ fn run_suite(seed: u64) -> Tally {
     );
     std::fs::remove_dir_all(&dir).unwrap();
     fuzz_gguf(&mut t, &mut rng);
+    fuzz_data(&mut t, &mut rng);
+    fuzz_chat_template(&mut t, &mut rng);
+    fuzz_cli(&mut t);
     t
 }
 
@@ -872,4 +887,908 @@ fn distill_stops_on_a_non_finite_loss_before_any_checkpoint() {
     assert!(!out.join("model.safetensors").exists());
     std::fs::remove_dir_all(&teacher).unwrap();
     let _ = std::fs::remove_dir_all(out.parent().unwrap());
+}
+
+// ---------------------------------------------------------------------------
+// Generation: a row of logits that is not finite ends `chat` with an error
+// ---------------------------------------------------------------------------
+
+/// A copy of the qwen3 fixture with the values of `tensor` replaced by
+/// `f(index, value)`.
+fn with_weights(to: &str, tensor: &str, f: impl Fn(usize, f32) -> f32) -> PathBuf {
+    let dir = copy_fixture("qwen3", to);
+    let ck = Checkpoint::open(&dir).unwrap();
+    let e = ck.tensors[tensor].clone();
+    drop(ck);
+    let path = dir.join("model.safetensors");
+    let mut b = std::fs::read(&path).unwrap();
+    for (i, c) in b[e.start..e.end].chunks_exact_mut(4).enumerate() {
+        let v = f32::from_le_bytes(c.try_into().unwrap());
+        c.copy_from_slice(&f(i, v).to_le_bytes());
+    }
+    std::fs::write(&path, b).unwrap();
+    dir
+}
+
+/// `boomgpu chat --prompt PROMPT --max-tokens N` with `extra` flags:
+/// (success, stdout, stderr).
+fn chat(dir: &Path, prompt: &str, max_tokens: usize, extra: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_boomgpu"))
+        .arg("chat")
+        .arg("--model")
+        .arg(dir)
+        .args(["--prompt", prompt, "--max-tokens", &max_tokens.to_string()])
+        .args(extra)
+        .env("BOOMGPU_MATMUL", "portable")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+const GREEDY: &[&str] = &["--temperature", "0"];
+const SAMPLED: &[&str] = &["--temperature", "0.8", "--top-k", "0", "--seed", "7"];
+
+/// Final norm weights of NaN, or so large that the logits overflow: the
+/// prompt pass already has non-finite logits, so `chat` fails at step 1
+/// and prints no token, greedy or sampled.
+#[test]
+fn chat_refuses_non_finite_logits_at_the_prompt_pass() {
+    let good = fixture("qwen3");
+    for flags in [GREEDY, SAMPLED] {
+        let (ok, _, err) = chat(&good, "x", 3, flags);
+        assert!(ok, "{flags:?}: the good model failed: {err}");
+    }
+    let nan = with_weights("chat-nan", "model.norm.weight", |_, _| f32::NAN);
+    let huge = with_weights("chat-huge", "model.norm.weight", |_, _| f32::MAX);
+    for dir in [&nan, &huge] {
+        for flags in [GREEDY, SAMPLED] {
+            let (ok, out, err) = chat(dir, "x", 3, flags);
+            let case = format!("{} {flags:?}", dir.display());
+            assert!(!ok, "{case}: accepted, printed {out:?}\n{err}");
+            assert!(out.is_empty(), "{case}: printed {out:?}");
+            assert!(
+                err.contains("generation step 1 (the prompt pass")
+                    && err.contains("not a finite number"),
+                "{case}: {err}"
+            );
+            assert!(!err.contains("panicked"), "{case}: {err}");
+        }
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
+
+/// Only the prompt's tokens have finite embeddings: the prompt pass is
+/// finite, and the first generated token that is not in the prompt makes
+/// the next step's logits NaN. `chat` stops there and names the step; the
+/// tokens before it were real.
+#[test]
+fn chat_refuses_non_finite_logits_at_a_later_step() {
+    let src = fixture("qwen3");
+    let cfg = ModelConfig::from_file(&src.join("config.json")).unwrap();
+    let tok = Tokenizer::from_dir(&src, &cfg.eos_token_ids, cfg.bos_token_id).unwrap();
+    let prompt = "The river";
+    let mut keep: Vec<u32> = tok.encode(prompt, true).unwrap();
+    keep.extend(tok.encode(prompt, false).unwrap());
+    let hidden = cfg.hidden_size;
+    let dir = with_weights("chat-later", "model.embed_tokens.weight", |i, v| {
+        if keep.contains(&((i / hidden) as u32)) {
+            v
+        } else {
+            f32::NAN
+        }
+    });
+    for flags in [GREEDY, SAMPLED] {
+        let (ok, out, err) = chat(&dir, prompt, 40, flags);
+        assert!(!ok, "{flags:?}: accepted, printed {out:?}\n{err}");
+        let step: usize = err
+            .split("generation step ")
+            .nth(1)
+            .and_then(|s| s.split(' ').next())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("{flags:?}: no step named: {err}"));
+        assert!(step >= 2, "{flags:?}: step {step}: {err}");
+        assert!(
+            err.contains(&format!("token {step} of the answer"))
+                && err.contains("not a finite number"),
+            "{flags:?}: {err}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+// ---------------------------------------------------------------------------
+// Training data (`distill --data`), chat templates and CLI values
+// ---------------------------------------------------------------------------
+
+/// The qwen3 fixture's tokenizer and sizes, for the data reader.
+fn qwen3_tokenizer() -> (Tokenizer, u32, usize) {
+    let dir = fixture("qwen3");
+    let cfg = ModelConfig::from_file(&dir.join("config.json")).unwrap();
+    let tok = Tokenizer::from_dir(&dir, &cfg.eos_token_ids, cfg.bos_token_id).unwrap();
+    (tok, cfg.eos_token_ids[0], cfg.vocab_size)
+}
+
+/// What distill does with `--data`: read the token stream and pack it into
+/// sequences of 8. Accepted ids must be within the vocabulary.
+fn read_data(path: &Path, tok: &Tokenizer, eos: u32, vocab: usize) -> Result<(), String> {
+    let s = |e: boomgpu::Error| e.to_string();
+    let stream = token_stream(&[path.to_path_buf()], tok, eos, vocab).map_err(s)?;
+    if let Some(bad) = stream.iter().find(|&&i| i as usize >= vocab) {
+        return Err(format!("{BAD}id {bad} beyond the vocabulary of {vocab}"));
+    }
+    let c = Corpus::pack(&stream, 8, 0).map_err(s)?;
+    if c.train.is_empty() || c.train.iter().any(|q| q.len() != 8) {
+        return Err(format!("{BAD}{} training sequences", c.train.len()));
+    }
+    Ok(())
+}
+
+fn fuzz_data(t: &mut Tally, rng: &mut Rng) {
+    let (tok, eos, vocab) = qwen3_tokenizer();
+    let dir = scratch("data");
+    let jsonl = dir.join("d.jsonl");
+    let txt = dir.join("d.txt");
+    let text = "The river below the old mill runs slowly in the summer. ".repeat(4);
+    let ids: Vec<u32> = (0..40).map(|i| (i * 7 % vocab) as u32).collect();
+    let records = [
+        json!({ "text": text }),
+        json!({ "input_ids": ids }),
+        json!({ "text": "Second document, with a comma.", "meta": {"source": "x"} }),
+    ];
+    let lines: Vec<String> = records.iter().map(Value::to_string).collect();
+    let good = lines.join("\n") + "\n";
+    let check = |p: &Path| read_data(p, &tok, eos, vocab);
+    let run = |t: &mut Tally, label: String, path: &Path, bytes: &[u8]| {
+        std::fs::write(path, bytes).unwrap();
+        t.case("data", &label, || check(path));
+    };
+    for (p, body) in [(&jsonl, good.as_bytes()), (&txt, text.as_bytes())] {
+        std::fs::write(p, body).unwrap();
+        t.case("baseline", &p.display().to_string(), || {
+            check(p).map_err(|e| format!("{BAD}{e}"))
+        });
+    }
+    // Every key of every record replaced (or removed).
+    for (i, r) in records.iter().enumerate() {
+        for path in key_paths(r) {
+            for (label, with) in replacements() {
+                let mut ls = lines.clone();
+                ls[i] = replaced(r, &path, &with).to_string();
+                let label = format!("record {i} {} = {label}", path.join("."));
+                run(t, label, &jsonl, ls.join("\n").as_bytes());
+            }
+        }
+    }
+    // One input id replaced.
+    let odd_ids: Vec<(&str, Value)> = vec![
+        ("-1", json!(-1)),
+        ("vocab", json!(vocab)),
+        ("vocab-1", json!(vocab - 1)),
+        ("2^32-1", json!(u32::MAX)),
+        ("2^32", json!(1u64 << 32)),
+        ("2^64-1", json!(u64::MAX)),
+        ("1.5", json!(1.5)),
+        ("1.0", json!(1.0)),
+        ("1e308", json!(1e308)),
+        ("string", json!("7")),
+        ("null", Value::Null),
+        ("list", json!([1])),
+        ("bool", json!(true)),
+    ];
+    for (label, v) in &odd_ids {
+        for at in [0, 17, 39] {
+            let mut r = records[1].clone();
+            r["input_ids"][at] = v.clone();
+            let mut ls = lines.clone();
+            ls[1] = r.to_string();
+            run(
+                t,
+                format!("input_ids[{at}] = {label}"),
+                &jsonl,
+                ls.join("\n").as_bytes(),
+            );
+        }
+    }
+    // Whole lines and files.
+    let odd_files: Vec<(&str, Vec<u8>)> = vec![
+        ("empty", vec![]),
+        ("blank lines", b"\n\n  \n\t\n".to_vec()),
+        ("a list", b"[1, 2, 3]\n".to_vec()),
+        ("null", b"null\n".to_vec()),
+        ("a number", b"5\n".to_vec()),
+        ("a string", b"\"text\"\n".to_vec()),
+        ("empty object", b"{}\n".to_vec()),
+        ("empty ids", b"{\"input_ids\": []}\n".to_vec()),
+        (
+            "two objects on a line",
+            b"{\"text\": \"a\"} {\"text\": \"b\"}\n".to_vec(),
+        ),
+        (
+            "byte order mark",
+            [b"\xef\xbb\xbf".as_slice(), good.as_bytes()].concat(),
+        ),
+        ("CRLF", good.replace('\n', "\r\n").into_bytes()),
+        ("NUL bytes", good.replace("river", "ri\0ver").into_bytes()),
+        ("invalid UTF-8 0xff", [good.as_bytes(), b"\xff\n"].concat()),
+        (
+            "lone continuation",
+            [b"{\"text\": \"\x80\"}\n".as_slice(), good.as_bytes()].concat(),
+        ),
+        (
+            "overlong NUL",
+            [good.as_bytes(), b"{\"text\": \"\xc0\x80\"}"].concat(),
+        ),
+        (
+            "surrogate",
+            [good.as_bytes(), b"{\"text\": \"\xed\xa0\x80\"}"].concat(),
+        ),
+        (
+            "escaped lone surrogate",
+            [good.as_bytes(), b"{\"text\": \"\\ud800\"}\n"].concat(),
+        ),
+        (
+            "100k ids on a line",
+            format!("{{\"input_ids\": [{}]}}\n", vec!["3"; 100_000].join(",")).into_bytes(),
+        ),
+        (
+            "deeply nested",
+            format!("{}{}\n", "[".repeat(5000), "]".repeat(5000)).into_bytes(),
+        ),
+    ];
+    for (label, body) in &odd_files {
+        run(t, format!("jsonl {label}"), &jsonl, body);
+        run(t, format!("txt {label}"), &txt, body);
+    }
+    // Cuts, flipped bytes and invalid UTF-8 anywhere.
+    let g = good.as_bytes();
+    for _ in 0..40 {
+        let cut = rng.below(g.len());
+        run(t, format!("jsonl cut at {cut}"), &jsonl, &g[..cut]);
+    }
+    for _ in 0..80 {
+        let mut b = g.to_vec();
+        let pos = rng.below(b.len());
+        b[pos] = match rng.below(3) {
+            0 => {
+                let syntax = b"{}[]\",:0-e";
+                syntax[rng.below(syntax.len())]
+            }
+            1 => 0x80 | rng.below(128) as u8,
+            _ => rng.next() as u8,
+        };
+        run(t, format!("jsonl byte {pos} changed"), &jsonl, &b);
+        let mut b = text.clone().into_bytes();
+        let pos = rng.below(b.len());
+        b[pos] = rng.next() as u8;
+        run(t, format!("txt byte {pos} changed"), &txt, &b);
+    }
+    // A folder holding both files, one of them broken.
+    std::fs::write(&jsonl, &g[..g.len() / 2]).unwrap();
+    std::fs::write(&txt, &text).unwrap();
+    t.case("data", "folder with a cut .jsonl", || check(&dir));
+    std::fs::remove_dir_all(&dir).unwrap();
+    t.case("data", "no such path", || check(&dir));
+}
+
+/// A ChatML template and one in the style of Llama 3's (system message,
+/// namespace, loop controls, raise_exception, strftime_now).
+const TEMPLATES: [&str; 2] = [
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'].strip() + '<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}",
+    "{{ bos_token }}{% set ns = namespace(sys='') %}{% if messages[0]['role'] == 'system' %}{% set ns.sys = messages[0]['content'] | trim %}{% set messages = messages[1:] %}{% endif %}{{ '<|start|>system<|end|>' + ns.sys + ' today: ' + strftime_now('%d %b %Y') }}{% for m in messages %}{% if loop.index0 % 2 == 0 and m['role'] != 'user' %}{{ raise_exception('roles must alternate') }}{% endif %}{{ '<|start|>' + m['role'] + '<|end|>' + m['content'] | trim + eos_token }}{% endfor %}{% if add_generation_prompt %}{{ '<|start|>assistant<|end|>' }}{% endif %}",
+];
+
+/// Fragments of Jinja spliced into the templates, and hostile templates.
+const JINJA_BITS: [&str; 16] = [
+    "{%",
+    "%}",
+    "{{",
+    "}}",
+    "{#",
+    "#}",
+    "{% endfor %}",
+    "{% endif %}",
+    "{% if %}",
+    "{{ messages[",
+    "|",
+    "{% for m in messages %}",
+    "{{ raise_exception('no') }}",
+    "{{ 1/0 }}",
+    "{{ undefined_thing.x.y }}",
+    "{% set x = messages[99] %}",
+];
+
+const HOSTILE: [&str; 15] = [
+    "{% for i in range(1000000000) %}x{% endfor %}",
+    "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+    "{{ 'x' * 1000000000 }}",
+    "{{ ('x' * 100000) * 100000 }}",
+    "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}",
+    "{% set l = [1] %}{% for i in range(30) %}{% set l = l + l %}{% endfor %}{{ l | length }}",
+    "{{ messages[0]['content'][10000000000] }}",
+    "{{ 9223372036854775807 + 1 }}",
+    "{{ -9223372036854775808 // -1 }}",
+    "{{ '%s' % messages }}",
+    "{{ messages | tojson(indent=1000000000) }}",
+    "{% include 'chat' %}",
+    "{{ messages | tojson(indent=64) }}",
+    "{{ messages | tojson(2000000000) }}",
+    "{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s | length }}",
+];
+
+/// Compile and render one template as chat does (a user turn, then a
+/// conversation with a system message).
+fn render_template(src: &str) -> Result<(), String> {
+    let s = |e: boomgpu::Error| e.to_string();
+    let t = ChatTemplate::new(src, "<|bos|>", "<|eos|>").map_err(s)?;
+    t.render(&[Message::user("Where does the river run?")], true)
+        .map_err(s)?;
+    let conv = [
+        Message::new("system", "Be brief."),
+        Message::user("Hi"),
+        Message::assistant("Hello."),
+        Message::user("Where?"),
+    ];
+    t.render(&conv, true).map_err(s)?;
+    Ok(())
+}
+
+fn fuzz_chat_template(t: &mut Tally, rng: &mut Rng) {
+    for (i, src) in TEMPLATES.iter().enumerate() {
+        t.case("baseline", &format!("template {i}"), || {
+            render_template(src).map_err(|e| format!("{BAD}{e}"))
+        });
+        let chars: Vec<(usize, char)> = src.char_indices().collect();
+        for _ in 0..40 {
+            let (cut, _) = chars[rng.below(chars.len())];
+            t.case(
+                "chat_template",
+                &format!("template {i} cut at {cut}"),
+                || render_template(&src[..cut]),
+            );
+        }
+        for _ in 0..60 {
+            let (at, _) = chars[rng.below(chars.len())];
+            let bit = JINJA_BITS[rng.below(JINJA_BITS.len())];
+            let m = format!("{}{bit}{}", &src[..at], &src[at..]);
+            t.case(
+                "chat_template",
+                &format!("template {i} + {bit:?} at {at}"),
+                || render_template(&m),
+            );
+        }
+        for _ in 0..40 {
+            let (at, c) = chars[rng.below(chars.len())];
+            let with = (b' ' + rng.below(95) as u8) as char;
+            let m = format!("{}{with}{}", &src[..at], &src[at + c.len_utf8()..]);
+            t.case(
+                "chat_template",
+                &format!("template {i} char {at} = {with:?}"),
+                || render_template(&m),
+            );
+        }
+    }
+    for h in HOSTILE {
+        t.case("chat_template", h, || render_template(h));
+    }
+    // Through tokenizer_config.json, as chat loads it: the template as a
+    // string, as HF's list of named templates, and as other JSON values.
+    let dir = copy_fixture("qwen3", "template");
+    let path = dir.join("tokenizer_config.json");
+    let cfg: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let values = vec![
+        ("string", json!(TEMPLATES[0])),
+        ("broken string", json!("{% for m in messages %}{{ m")),
+        ("hostile", json!(HOSTILE[0])),
+        (
+            "named list",
+            json!([{ "name": "default", "template": TEMPLATES[1] }]),
+        ),
+        (
+            "named list, broken",
+            json!([{ "name": "default", "template": "{{ }}" }]),
+        ),
+        ("list of junk", json!([1, null, {"name": 5}])),
+        ("number", json!(5)),
+        ("object", json!({"a": 1})),
+        ("null", Value::Null),
+    ];
+    for (label, v) in values {
+        let mut c = cfg.clone();
+        c["chat_template"] = v;
+        std::fs::write(&path, c.to_string()).unwrap();
+        let check = || -> Result<(), String> {
+            let s = |e: boomgpu::Error| e.to_string();
+            let mc = ModelConfig::from_file(&dir.join("config.json")).map_err(s)?;
+            let tok = Tokenizer::from_dir(&dir, &mc.eos_token_ids, mc.bos_token_id).map_err(s)?;
+            if let Some(tpl) = ChatTemplate::from_tokenizer(&tok).map_err(s)? {
+                let ids = encode_prompt(&tok, Some(&tpl), &[Message::user("Hi")]).map_err(s)?;
+                if ids.iter().any(|&i| i as usize >= mc.vocab_size) {
+                    return Err(format!("{BAD}prompt id beyond the vocabulary"));
+                }
+            }
+            Ok(())
+        };
+        t.case("chat_template", &format!("tokenizer_config {label}"), check);
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The values every numeric flag gets: each either refused by the
+/// command's validation (before anything loads) or within the range the
+/// command can run with.
+const FLOATS: [f32; 12] = [
+    0.0,
+    -0.0,
+    -1.0,
+    0.5,
+    1.0,
+    2.0,
+    1e-45,
+    3.4e38,
+    f32::INFINITY,
+    f32::NEG_INFINITY,
+    f32::NAN,
+    -f32::NAN,
+];
+const SIZES: [usize; 7] = [0, 1, 2, 16, 4096, 1 << 40, usize::MAX];
+
+fn distill_args() -> DistillArgs {
+    DistillArgs {
+        teacher: "t".into(),
+        student: None,
+        data: vec![],
+        out: "o".into(),
+        seq_len: 16,
+        opts: DistillOptions {
+            steps: 2,
+            ..Default::default()
+        },
+        prune: None,
+        random_init: false,
+        save_every: 0,
+        eval_every: 0,
+        eval_tokens: 0,
+        resume: None,
+        log: None,
+        save_dtype: None,
+        quiet: true,
+    }
+}
+
+fn chat_args() -> ChatArgs {
+    ChatArgs {
+        target: ChatTarget::Model("m".into()),
+        layers: None,
+        first: false,
+        last: false,
+        prune: None,
+        prompt: Some("x".into()),
+        max_tokens: None,
+        temperature: None,
+        top_k: None,
+        top_p: None,
+        min_p: None,
+        repetition_penalty: None,
+        seed: None,
+        max_context: None,
+        stop: vec![],
+    }
+}
+
+/// Accepted distill flags must be ones training can run with.
+fn distill_sane(a: &DistillArgs) -> bool {
+    let o = &a.opts;
+    let w = &o.weights;
+    let fin = |v: f32| v.is_finite() && v >= 0.0;
+    o.steps >= 1
+        && a.seq_len >= 2
+        && o.batch >= 1
+        && o.grad_accum >= 1
+        && (o.batch as u128 * o.grad_accum as u128 * a.seq_len as u128) <= 1 << 40
+        && [o.lr, w.kl, w.cos, o.weight_decay, o.max_grad_norm]
+            .into_iter()
+            .all(fin)
+        && o.warmup.is_finite()
+        && o.warmup >= 0.0
+        && w.temperature > 0.0
+        && (1.0 / w.temperature).is_finite()
+}
+
+fn chat_sane(a: &ChatArgs) -> bool {
+    let t = a.temperature.unwrap_or(0.0);
+    let unit = |v: Option<f32>| v.is_none_or(|v| (0.0..=1.0).contains(&v));
+    t.is_finite()
+        && t >= 0.0
+        && (t == 0.0 || (1.0 / t).is_finite())
+        && unit(a.top_p)
+        && unit(a.min_p)
+        && a.repetition_penalty
+            .is_none_or(|v| v.is_finite() && v > 0.0)
+        && a.max_context != Some(0)
+}
+
+fn fuzz_cli(t: &mut Tally) {
+    type DistillEdit = (&'static str, fn(&mut DistillArgs, f32));
+    let floats: [DistillEdit; 7] = [
+        ("lr", |a, v| a.opts.lr = v),
+        ("warmup", |a, v| a.opts.warmup = v as f64),
+        ("kl-weight", |a, v| a.opts.weights.kl = v),
+        ("cos-weight", |a, v| a.opts.weights.cos = v),
+        ("temperature", |a, v| a.opts.weights.temperature = v),
+        ("weight-decay", |a, v| a.opts.weight_decay = v),
+        ("max-grad-norm", |a, v| a.opts.max_grad_norm = v),
+    ];
+    let check_distill = |a: DistillArgs| -> Result<(), String> {
+        a.validate().map_err(|e| e.to_string())?;
+        if distill_sane(&a) {
+            Ok(())
+        } else {
+            Err(format!("{BAD}{:?} seq_len {}", a.opts, a.seq_len))
+        }
+    };
+    for (flag, set) in floats {
+        for v in FLOATS {
+            let mut a = distill_args();
+            set(&mut a, v);
+            t.case("cli", &format!("distill --{flag} {v}"), || check_distill(a));
+        }
+    }
+    type DistillSize = (&'static str, fn(&mut DistillArgs, usize));
+    let sizes: [DistillSize; 7] = [
+        ("steps", |a, v| a.opts.steps = v),
+        ("seq-len", |a, v| a.seq_len = v),
+        ("batch", |a, v| a.opts.batch = v),
+        ("grad-accum", |a, v| a.opts.grad_accum = v),
+        ("eval-tokens", |a, v| a.eval_tokens = v),
+        ("save-every", |a, v| a.save_every = v),
+        ("eval-every", |a, v| a.eval_every = v),
+    ];
+    for (flag, set) in sizes {
+        for v in SIZES {
+            let mut a = distill_args();
+            set(&mut a, v);
+            t.case("cli", &format!("distill --{flag} {v}"), || check_distill(a));
+        }
+    }
+    type ChatEdit = (&'static str, fn(&mut ChatArgs, f32));
+    let chat_floats: [ChatEdit; 4] = [
+        ("temperature", |a, v| a.temperature = Some(v)),
+        ("top-p", |a, v| a.top_p = Some(v)),
+        ("min-p", |a, v| a.min_p = Some(v)),
+        ("repetition-penalty", |a, v| a.repetition_penalty = Some(v)),
+    ];
+    let check_chat = |a: ChatArgs| -> Result<(), String> {
+        a.validate().map_err(|e| e.to_string())?;
+        let p = SampleParams {
+            temperature: a.temperature.unwrap_or(0.0),
+            top_p: a.top_p.unwrap_or(1.0),
+            min_p: a.min_p.unwrap_or(0.0),
+            repetition_penalty: a.repetition_penalty.unwrap_or(1.0),
+            top_k: a.top_k.unwrap_or(0),
+        };
+        // What chat accepts, the sampler must accept too.
+        p.validate().map_err(|e| format!("{BAD}{e}"))?;
+        if chat_sane(&a) {
+            Ok(())
+        } else {
+            Err(format!("{BAD}{p:?}"))
+        }
+    };
+    for (flag, set) in chat_floats {
+        for v in FLOATS {
+            let mut a = chat_args();
+            set(&mut a, v);
+            t.case("cli", &format!("chat --{flag} {v}"), || check_chat(a));
+        }
+    }
+    type ChatSize = (&'static str, fn(&mut ChatArgs, usize));
+    let chat_sizes: [ChatSize; 4] = [
+        ("max-context", |a, v| a.max_context = Some(v)),
+        ("max-tokens", |a, v| a.max_tokens = Some(v)),
+        ("top-k", |a, v| a.top_k = Some(v)),
+        ("layers", |a, v| a.layers = Some(v)),
+    ];
+    for (flag, set) in chat_sizes {
+        for v in SIZES {
+            let mut a = chat_args();
+            set(&mut a, v);
+            t.case("cli", &format!("chat --{flag} {v}"), || check_chat(a));
+        }
+    }
+    // eval/chat --layers K | K1,K2 | all, then the sizes a 6-layer teacher
+    // and its 4-layer student allow.
+    let specs = [
+        "0",
+        "1",
+        "2",
+        "3",
+        "99",
+        "-1",
+        "all",
+        "ALL",
+        "",
+        ",",
+        "1,",
+        "1,2",
+        "1,99",
+        "2,1,2",
+        "1.5",
+        "0x2",
+        " 1",
+        "18446744073709551615",
+        "18446744073709551616",
+        "1;2",
+    ];
+    let plan = PrunePlan::from_params(6, Default::default()).unwrap();
+    for spec in specs {
+        t.case("cli", &format!("eval --layers {spec:?}"), || {
+            let sizes: Sizes = spec.parse()?;
+            let ks = match &sizes {
+                Sizes::One(k) => vec![*k],
+                Sizes::List(ks) => ks.clone(),
+                Sizes::All => vec![],
+            };
+            for k in ks {
+                let max = PatchPlan::max_k(&plan, Direction::Last);
+                PatchPlan::new(&plan, k, Direction::Last).map_err(|e| e.to_string())?;
+                if k > max {
+                    return Err(format!("{BAD}--layers {k} accepted"));
+                }
+            }
+            Ok(())
+        });
+    }
+    // --every / --keep-first / --keep-last against a 6-layer teacher.
+    for every in SIZES {
+        for keep_first in [0, 1, 6, usize::MAX] {
+            for keep_last in [0, 2, 7, usize::MAX] {
+                let p = PruneParams {
+                    every,
+                    keep_first,
+                    keep_last,
+                };
+                t.case("cli", &format!("prune {p}"), || {
+                    let plan = PrunePlan::from_params(6, p).map_err(|e| e.to_string())?;
+                    let mut all: Vec<usize> =
+                        plan.copied.iter().chain(&plan.pruned).copied().collect();
+                    all.sort();
+                    if all != (0..6).collect::<Vec<_>>() || plan.pruned.is_empty() {
+                        return Err(format!("{BAD}{plan:?}"));
+                    }
+                    Ok(())
+                });
+            }
+        }
+    }
+}
+
+/// Found by the mutation suite: a template that loops 10^10 times hung
+/// chat, and `tojson(indent=10^9)` spent 16 s and gigabytes on one
+/// render. Both are refused now (render fuel, an indent bound), quickly.
+#[test]
+fn hostile_chat_templates_end_in_errors_quickly() {
+    for (src, want) in [
+        (HOSTILE[1], "fuel"),
+        (HOSTILE[10], "indent 1000000000 is too large"),
+        (HOSTILE[13], "indent 2000000000 is too large"),
+    ] {
+        let t0 = Instant::now();
+        let e = render_template(src).expect_err(src);
+        assert!(e.contains(want), "{src}: {e}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "{src}: {:?}",
+            t0.elapsed()
+        );
+    }
+    // A real use of tojson still works.
+    let t = ChatTemplate::new("{{ messages | tojson(indent=2) }}", "", "").unwrap();
+    let out = t.render(&[Message::user("Hi")], true).unwrap();
+    assert!(out.contains("\n  {") && out.contains("\"Hi\""), "{out}");
+}
+
+/// The flags through the binary: each bad value ends in `error: --FLAG
+/// VALUE: expected ...` and exit status 1, before any model is loaded (so
+/// quickly), never a panic; the panics this found (--batch 2^62, --every
+/// 2^64-1, --max-context 2^64-1) are among the cases.
+#[test]
+fn bad_flags_end_in_clear_errors_through_the_cli() {
+    let q = fixture("qwen3");
+    let s = fixture("qwen3-student");
+    let text = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/text.txt");
+    let out = scratch("cli-flags").join("out");
+    let (q, s, text, out) = (
+        q.to_str().unwrap(),
+        s.to_str().unwrap(),
+        text.to_str().unwrap(),
+        out.to_str().unwrap(),
+    );
+    let distill = [
+        "distill",
+        "--quiet",
+        "--teacher",
+        q,
+        "--student",
+        s,
+        "--data",
+        text,
+        "--out",
+        out,
+    ];
+    let pruned = [
+        "distill",
+        "--quiet",
+        "--teacher",
+        q,
+        "--data",
+        text,
+        "--out",
+        out,
+        "--seq-len",
+        "16",
+    ];
+    let chat = ["chat", "--model", q, "--prompt", "x", "--max-tokens", "2"];
+    let pair = ["chat", "--teacher", q, "--student", s, "--prompt", "x"];
+    let cases: Vec<(Vec<&str>, &str, &str)> = vec![
+        (distill.to_vec(), "--steps=0", "--steps 0: expected"),
+        (distill.to_vec(), "--seq-len=0", "--seq-len 0: expected"),
+        (distill.to_vec(), "--seq-len=1", "--seq-len 1: expected"),
+        (distill.to_vec(), "--lr=NaN", "--lr NaN: expected"),
+        (distill.to_vec(), "--lr=-1", "--lr -1: expected"),
+        (distill.to_vec(), "--lr=inf", "--lr inf: expected"),
+        (distill.to_vec(), "--warmup=NaN", "--warmup NaN: expected"),
+        (
+            distill.to_vec(),
+            "--max-grad-norm=NaN",
+            "--max-grad-norm NaN",
+        ),
+        (distill.to_vec(), "--weight-decay=inf", "--weight-decay inf"),
+        (
+            distill.to_vec(),
+            "--temperature=0",
+            "--temperature 0: expected",
+        ),
+        (
+            distill.to_vec(),
+            "--batch=4611686018427387904",
+            "tokens per optimiser step",
+        ),
+        (
+            distill.to_vec(),
+            "--grad-accum=0",
+            "--grad-accum 0: expected",
+        ),
+        (
+            pruned.to_vec(),
+            "--every=18446744073709551615",
+            "prunes nothing",
+        ),
+        (
+            pruned.to_vec(),
+            "--keep-first=18446744073709551615",
+            "is more than the teacher",
+        ),
+        (
+            chat.to_vec(),
+            "--temperature=-1",
+            "--temperature -1: expected",
+        ),
+        (
+            chat.to_vec(),
+            "--temperature=NaN",
+            "--temperature NaN: expected",
+        ),
+        (
+            chat.to_vec(),
+            "--temperature=1e-45",
+            "--temperature 0.000000000000000000000000000000000000000000001: expected",
+        ),
+        (chat.to_vec(), "--top-p=2", "--top-p 2: expected"),
+        (chat.to_vec(), "--min-p=-0.5", "--min-p -0.5: expected"),
+        (
+            chat.to_vec(),
+            "--repetition-penalty=0",
+            "--repetition-penalty 0",
+        ),
+        (
+            chat.to_vec(),
+            "--max-context=0",
+            "--max-context 0: expected",
+        ),
+        (pair.to_vec(), "--layers=99", "--layers 99 is out of range"),
+        (
+            pair.to_vec(),
+            "--keep-last=18446744073709551615",
+            "is more than the teacher",
+        ),
+    ];
+    // A context of 2^64 - 1 positions is a sane success: the KV cache
+    // grows in blocks as tokens arrive, and the note says it is beyond the
+    // model's positions.
+    let r = std::process::Command::new(env!("CARGO_BIN_EXE_boomgpu"))
+        .args(&chat)
+        .arg("--max-context=18446744073709551615")
+        .env("BOOMGPU_MATMUL", "portable")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        r.status.success() && err.contains("beyond the model's max_position_embeddings"),
+        "{err}"
+    );
+    for (base, flag, want) in &cases {
+        let t0 = Instant::now();
+        let r = std::process::Command::new(env!("CARGO_BIN_EXE_boomgpu"))
+            .args(base)
+            .arg(flag)
+            .env("BOOMGPU_MATMUL", "portable")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert_eq!(r.status.code(), Some(1), "{} {flag}: {err}", base[0]);
+        assert!(
+            err.contains("error: ") && err.contains(want) && !err.contains("panicked"),
+            "{} {flag}: {err}",
+            base[0]
+        );
+        assert!(r.stdout.is_empty(), "{} {flag}", base[0]);
+        assert!(t0.elapsed() < Duration::from_secs(60), "{} {flag}", base[0]);
+    }
+    assert!(!Path::new(out).join("model.safetensors").exists());
+    let _ = std::fs::remove_dir_all(Path::new(out).parent().unwrap());
+}
+
+/// Out-of-vocabulary ids in pre-tokenised data used to reach the GPU's
+/// embedding lookup; now distill names the line and the id.
+#[test]
+fn distill_refuses_out_of_vocabulary_ids() {
+    let dir = scratch("oov");
+    let data = dir.join("ids.jsonl");
+    let ids: Vec<u32> = (0..200).map(|i| i % 300).collect();
+    let mut bad = ids.clone();
+    bad[5] = 320;
+    std::fs::write(
+        &data,
+        format!(
+            "{}\n{}\n",
+            json!({ "input_ids": ids }),
+            json!({ "input_ids": bad })
+        ),
+    )
+    .unwrap();
+    let r = std::process::Command::new(env!("CARGO_BIN_EXE_boomgpu"))
+        .args([
+            "distill",
+            "--quiet",
+            "--steps",
+            "1",
+            "--seq-len",
+            "16",
+            "--teacher",
+        ])
+        .arg(fixture("qwen3"))
+        .arg("--student")
+        .arg(fixture("qwen3-student"))
+        .arg("--data")
+        .arg(&data)
+        .arg("--out")
+        .arg(dir.join("out"))
+        .env("BOOMGPU_MATMUL", "portable")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success(), "{err}");
+    assert!(
+        err.contains("ids.jsonl:2: input_ids[5] = 320: expected an integer from 0 to 319"),
+        "{err}"
+    );
+    assert!(!dir.join("out/model.safetensors").exists());
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -366,6 +366,46 @@ fn gpu_sampler_matches_cpu_reference() {
     }
 }
 
+/// The finite-value guard of generation: a NaN or ±inf anywhere in the
+/// row (first, middle of a chunk, last element of a ragged tail) turns the
+/// chosen id into `NOT_FINITE`, greedy or sampled; a finite row keeps it.
+#[test]
+fn sampler_guard_flags_non_finite_rows() {
+    let g = gpu();
+    let mut rng = Rng::new(9);
+    for n in [1usize, 300, 4099, 70_001] {
+        let base = rng.vec(n, 4.0);
+        let mut cases: Vec<(Vec<f32>, bool)> = vec![(base.clone(), true)];
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -f32::NAN] {
+            for at in [0, n / 2, n - 1] {
+                let mut l = base.clone();
+                l[at] = bad;
+                cases.push((l, false));
+            }
+        }
+        // The largest finite values are finite.
+        let mut l = base.clone();
+        l[n - 1] = f32::MAX;
+        l[0] = f32::MIN;
+        cases.push((l, true));
+        for (l, finite) in cases {
+            let t = g.upload_f32("logits", &[n], &l).unwrap();
+            for p in [SampleParams::greedy(), SampleParams::default()] {
+                let mut rec = g.recorder();
+                let tok = sample::sample(&mut rec, &t, &p, None, 12345).unwrap();
+                sample::guard_finite(&mut rec, &t, &tok).unwrap();
+                rec.run().unwrap();
+                let got = g.read_u32(&tok).unwrap()[0];
+                if finite {
+                    assert_eq!(got, sample::cpu::sample(&l, &p, &[], 12345), "n {n} {p:?}");
+                } else {
+                    assert_eq!(got, sample::NOT_FINITE, "n {n} {p:?}");
+                }
+            }
+        }
+    }
+}
+
 /// Transformers' warpers, written with sorting and f64 softmax.
 fn hf_kept(z: &[f32], p: &SampleParams) -> Vec<bool> {
     let n = z.len();

@@ -102,10 +102,20 @@ pub struct PrunePlan {
 /// then every `every`, while `t <= L - keep_last`).
 fn aligned_teacher_layers(num_layers: usize, p: PruneParams) -> Vec<usize> {
     let mut out = Vec::new();
-    let mut t = p.keep_first + p.every - 1;
-    while p.keep_last <= num_layers && t <= num_layers - p.keep_last {
+    // Checked: the flags may hold any usize.
+    let first = p
+        .keep_first
+        .checked_add(p.every)
+        .and_then(|t| t.checked_sub(1));
+    let (Some(mut t), Some(end)) = (first, num_layers.checked_sub(p.keep_last)) else {
+        return out;
+    };
+    while t <= end {
         out.push(t);
-        t += p.every;
+        match t.checked_add(p.every) {
+            Some(n) => t = n,
+            None => break,
+        }
     }
     out
 }
@@ -142,12 +152,12 @@ impl PrunePlan {
                 p.every
             )));
         }
-        if p.keep_first + p.keep_last > l {
+        if p.keep_first.checked_add(p.keep_last).is_none_or(|s| s > l) {
             return Err(Error::Invalid(format!(
                 "--keep-first {} + --keep-last {} = {} is more than the teacher's {l} layers",
                 p.keep_first,
                 p.keep_last,
-                p.keep_first + p.keep_last
+                p.keep_first as u128 + p.keep_last as u128
             )));
         }
         let aligned = aligned_teacher_layers(l, p);

@@ -46,6 +46,41 @@ pub struct ChatArgs {
     pub stop: Vec<String>,
 }
 
+impl ChatArgs {
+    /// The numeric flags, checked before anything is loaded: each error
+    /// names the flag, the value and what is expected.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |flag: &str, v: f32, want: &str| {
+            Err(Error::Invalid(format!("--{flag} {v}: expected {want}")))
+        };
+        if let Some(t) = self.temperature {
+            if !(t.is_finite() && t >= 0.0) || (t > 0.0 && !(1.0 / t).is_finite()) {
+                return bad(
+                    "temperature",
+                    t,
+                    "a finite number >= 0 (0 is greedy) that can be divided by",
+                );
+            }
+        }
+        for (flag, v) in [("top-p", self.top_p), ("min-p", self.min_p)] {
+            if let Some(v) = v.filter(|v| !(0.0..=1.0).contains(v)) {
+                return bad(flag, v, "a number in [0, 1]");
+            }
+        }
+        if let Some(v) = self.repetition_penalty {
+            if !(v.is_finite() && v > 0.0) {
+                return bad("repetition-penalty", v, "a finite number > 0 (1 is off)");
+            }
+        }
+        if self.max_context == Some(0) {
+            return Err(Error::Invalid(
+                "--max-context 0: expected at least 1 token of context".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Sampling defaults from generation_config.json (as transformers reads
 /// them: greedy unless `do_sample`; top_k 50 when sampling and unset),
 /// overridden by the flags; also the EOS ids it names.
@@ -105,6 +140,7 @@ fn describe(p: &SampleParams) -> String {
 }
 
 pub fn run(opts: &GpuOptions, a: &ChatArgs) -> Result<()> {
+    a.validate()?;
     let gpu = open_gpu(opts)?;
     let (m, resizer) = match &a.target {
         ChatTarget::Model(r) => {
@@ -157,7 +193,10 @@ pub fn run(opts: &GpuOptions, a: &ChatArgs) -> Result<()> {
         .and_then(|t| serde_json::from_str(&t).ok())
         .unwrap_or(Value::Null);
     let (params, gen_eos) = sampling(&gen_cfg, a);
-    params.validate()?;
+    // The flags were checked: what is wrong now came from the file.
+    params
+        .validate()
+        .map_err(|e| Error::Invalid(format!("{}: {e}", gen_path.display())))?;
     let max_pos = m.cfg.max_position_embeddings;
     let max_ctx = a.max_context.unwrap_or(max_pos.min(4096));
     if max_ctx == 0 {

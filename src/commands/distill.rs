@@ -35,6 +35,65 @@ pub struct DistillArgs {
     pub quiet: bool,
 }
 
+/// Most tokens one optimiser step may cover (--batch × --grad-accum ×
+/// --seq-len): far beyond any GPU, small enough that sizes derived from it
+/// cannot overflow.
+pub const MAX_TOKENS_PER_STEP: u64 = 1 << 40;
+
+impl DistillArgs {
+    /// The numeric flags, checked before anything is loaded: each error
+    /// names the flag, the value and what is expected.
+    pub fn validate(&self) -> Result<()> {
+        let o = &self.opts;
+        let bad = |flag: &str, v: String, want: &str| {
+            Err(Error::Invalid(format!("--{flag} {v}: expected {want}")))
+        };
+        if o.steps == 0 {
+            return bad("steps", "0".into(), "at least 1 optimiser step");
+        }
+        if self.seq_len < 2 {
+            return bad(
+                "seq-len",
+                self.seq_len.to_string(),
+                "at least 2 tokens per sequence",
+            );
+        }
+        for (flag, v) in [("batch", o.batch), ("grad-accum", o.grad_accum)] {
+            if v == 0 {
+                return bad(flag, "0".into(), "at least 1");
+            }
+        }
+        let tokens = (o.batch as u64)
+            .checked_mul(o.grad_accum as u64)
+            .and_then(|x| x.checked_mul(self.seq_len as u64));
+        if tokens.is_none_or(|t| t > MAX_TOKENS_PER_STEP) {
+            return Err(Error::Invalid(format!(
+                "--batch {} × --grad-accum {} × --seq-len {} tokens per optimiser step: expected \
+                 at most 2^40",
+                o.batch, o.grad_accum, self.seq_len
+            )));
+        }
+        let non_negative = [
+            ("lr", o.lr as f64),
+            ("warmup", o.warmup),
+            ("kl-weight", o.weights.kl as f64),
+            ("cos-weight", o.weights.cos as f64),
+            ("weight-decay", o.weight_decay as f64),
+            ("max-grad-norm", o.max_grad_norm as f64),
+        ];
+        for (flag, v) in non_negative {
+            if !(v.is_finite() && v >= 0.0) {
+                return bad(flag, v.to_string(), "a finite number >= 0");
+            }
+        }
+        let t = o.weights.temperature;
+        if !(t.is_finite() && t > 0.0 && (1.0 / t).is_finite()) {
+            return bad("temperature", t.to_string(), "a finite number > 0");
+        }
+        Ok(())
+    }
+}
+
 /// The dtype the teacher's weights are stored in (that of its embedding,
 /// or of the first floating-point tensor), for saving the student alike.
 pub fn stored_dtype(dir: &std::path::Path) -> Result<DType> {
@@ -113,6 +172,7 @@ fn truncate_log(path: &Path, step: usize) -> Result<()> {
 }
 
 pub fn run(gpu_opts: &GpuOptions, a: &DistillArgs) -> Result<String> {
+    a.validate()?;
     let save_dtype = a.save_dtype.as_deref().map(parse_save_dtype).transpose()?;
     let gpu = open_gpu(gpu_opts)?;
     std::fs::create_dir_all(&a.out).map_err(|e| Error::io(&a.out, e))?;
@@ -183,7 +243,7 @@ pub fn run(gpu_opts: &GpuOptions, a: &DistillArgs) -> Result<String> {
         .ok_or_else(|| {
             Error::Invalid("the teacher has no eos_token_id to join documents with".into())
         })?;
-    let stream = token_stream(&a.data, tok, eos)?;
+    let stream = token_stream(&a.data, tok, eos, teacher.cfg.vocab_size)?;
     let corpus = Corpus::pack(&stream, a.seq_len, a.eval_tokens)?;
     let tokens_per_step = a.opts.batch * a.opts.grad_accum * a.seq_len;
     eprintln!(

@@ -36,6 +36,12 @@ impl Message {
     }
 }
 
+/// minijinja instructions one render of a chat template may execute.
+pub const TEMPLATE_FUEL: u64 = 20_000_000;
+
+/// The largest `tojson(indent=N)` a chat template may ask for.
+const MAX_JSON_INDENT: i64 = 64;
+
 /// A compiled chat template and the special-token strings it may use.
 pub struct ChatTemplate {
     env: Environment<'static>,
@@ -131,6 +137,33 @@ impl ChatTemplate {
             },
         );
         env.add_function("strftime_now", strftime_now);
+        // A template is code from a download: bound the work of one render
+        // (a real template spends a few hundred instructions per message)
+        // so that a hostile one ends in an error, not a hang.
+        env.set_fuel(Some(TEMPLATE_FUEL));
+        // tojson's indent is spaces per level: bound it (a billion spaces
+        // per line is many gigabytes of prompt).
+        env.add_filter(
+            "tojson",
+            |value: &Value,
+             indent: Option<Value>,
+             args: minijinja::value::Kwargs|
+             -> std::result::Result<Value, minijinja::Error> {
+                let given = match &indent {
+                    Some(v) => Some(v.clone()),
+                    None => args.peek::<Option<Value>>("indent")?,
+                };
+                if let Some(n) = given.as_ref().and_then(Value::as_i64) {
+                    if n > MAX_JSON_INDENT {
+                        return Err(minijinja::Error::new(
+                            ErrorKind::InvalidOperation,
+                            format!("tojson indent {n} is too large (at most {MAX_JSON_INDENT})"),
+                        ));
+                    }
+                }
+                minijinja::filters::tojson(value, indent, args)
+            },
+        );
         env.add_template_owned("chat", source.to_string())
             .map_err(|e| Error::Invalid(format!("the chat template does not parse: {e}")))?;
         Ok(ChatTemplate {

@@ -211,7 +211,9 @@ fn common_prefix(a: &[u32], b: &[u32]) -> usize {
 }
 
 /// One step: run `ids` through the model against the cache and choose the
-/// next token on the GPU; returns its id (the only readback).
+/// next token on the GPU; returns its id (the only readback), or
+/// [`sample::NOT_FINITE`] when the row of logits holds a NaN or an infinity
+/// (checked on the GPU, see [`sample::guard_finite`]).
 pub fn step(
     gpu: &Gpu,
     model: &Decoder,
@@ -236,9 +238,25 @@ pub fn step(
         seen_t.as_ref(),
         u,
     )?;
+    sample::guard_finite(&mut rec, &logits.reshape(&[vocab])?, &tok)?;
     drop(logits);
     rec.submit()?;
     Ok(gpu.read_u32(&tok)?[0])
+}
+
+/// The error for a step whose logits are not finite: generation stops
+/// there and emits nothing for it. Step 1 is the prompt pass.
+fn not_finite(step: usize, prompt_tokens: usize) -> Error {
+    let what = if step == 1 {
+        format!("the prompt pass over {prompt_tokens} token(s)")
+    } else {
+        format!("token {step} of the answer")
+    };
+    Error::Invalid(format!(
+        "generation step {step} ({what}): the logits hold NaN or infinity, not a finite \
+         number; the model's weights or config.json produce overflowing values, so \
+         generation stopped without emitting a token for this step"
+    ))
 }
 
 /// Generate a continuation of `prompt` (token ids). Rows of the cache that
@@ -303,6 +321,9 @@ pub fn generate(
         &seen,
         rng.next_u32(),
     )?;
+    if next == sample::NOT_FINITE {
+        return Err(not_finite(1, prompt.len() - reuse));
+    }
     stats.prefill_secs = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
     loop {
@@ -345,6 +366,9 @@ pub fn generate(
             &seen,
             rng.next_u32(),
         )?;
+        if next == sample::NOT_FINITE {
+            return Err(not_finite(ids.len() + 1, prompt.len() - reuse));
+        }
     }
     stats.decode_secs = t1.elapsed().as_secs_f64();
     stats.new_tokens = ids.len();

@@ -84,6 +84,12 @@ impl SampleParams {
                 self.temperature
             );
         }
+        if self.temperature > 0.0 && !self.inv_temperature().is_finite() {
+            shape_bail!(
+                "temperature {} is too small to divide by (use 0 for greedy decoding)",
+                self.temperature
+            );
+        }
         if !(0.0..=1.0).contains(&self.top_p) {
             shape_bail!("top-p must be in [0, 1], got {}", self.top_p);
         }
@@ -262,6 +268,28 @@ pub fn sample(
     pass("sample_kept", &base, grid)?;
     pass("sample_pick", &base, [1, 1, 1])?;
     Ok(out)
+}
+
+/// The id [`guard_finite`] leaves in place of a token when the row of
+/// logits is not finite.
+pub const NOT_FINITE: u32 = u32::MAX;
+
+/// The finite-value guard of generation: overwrite the chosen id `tok`
+/// (u32 `[1]`, from [`sample`] over the same `logits`) with [`NOT_FINITE`]
+/// when any logit is NaN or ±infinity. One pass over the row and no extra
+/// readback: the caller reads the id as before and treats the sentinel as
+/// an error. ([`sample`] itself accepts -inf logits, as masked entries.)
+pub fn guard_finite(rec: &mut Recorder, logits: &Tensor, tok: &Tensor) -> Result<()> {
+    let n = check_logits(logits)?;
+    if tok.dtype() != DType::U32 || tok.numel() != 1 {
+        shape_bail!("sample: the chosen id must be one u32, got {tok:?}");
+    }
+    let p = Params {
+        n: n as u32,
+        ..Zeroable::zeroed()
+    };
+    let args = [("x", logits), ("out", tok)];
+    launch::per_item(rec, SHADER, "sample_guard", &args, &p, n)
 }
 
 /// Plain CPU reference with the same semantics (sorts instead of radix

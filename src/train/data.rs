@@ -61,8 +61,15 @@ fn collect_files(path: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     }
 }
 
-/// The token stream of every file, in sorted path order.
-pub fn token_stream(paths: &[PathBuf], tok: &Tokenizer, eos: u32) -> Result<Vec<u32>> {
+/// The token stream of every file, in sorted path order. Every id must be
+/// below `vocab` (pre-tokenised ids are checked here; the tokenizer's were
+/// checked against config.json when it was loaded).
+pub fn token_stream(
+    paths: &[PathBuf],
+    tok: &Tokenizer,
+    eos: u32,
+    vocab: usize,
+) -> Result<Vec<u32>> {
     let mut files = Vec::new();
     for p in paths {
         collect_files(p, &mut files)?;
@@ -72,39 +79,71 @@ pub fn token_stream(paths: &[PathBuf], tok: &Tokenizer, eos: u32) -> Result<Vec<
             "--data: no .txt or .jsonl files found".into(),
         ));
     }
+    if eos as usize >= vocab {
+        return Err(Error::Invalid(format!(
+            "the end-of-text id {eos} that joins documents is not below the vocabulary size {vocab}"
+        )));
+    }
     let mut stream = Vec::new();
     for f in &files {
-        let text = std::fs::read_to_string(f).map_err(|e| Error::io(f, e))?;
+        let bytes = std::fs::read(f).map_err(|e| Error::io(f, e))?;
+        let text = String::from_utf8(bytes).map_err(|e| {
+            Error::Invalid(format!(
+                "{}: not UTF-8 text (invalid byte at offset {})",
+                f.display(),
+                e.utf8_error().valid_up_to()
+            ))
+        })?;
         if f.extension().and_then(|x| x.to_str()) == Some("jsonl") {
             for (n, line) in text.lines().enumerate() {
                 if line.trim().is_empty() {
                     continue;
                 }
-                let v: serde_json::Value = serde_json::from_str(line).map_err(|e| {
-                    Error::Invalid(format!("{}:{}: not a JSON object: {e}", f.display(), n + 1))
-                })?;
-                if let Some(ids) = v.get("input_ids").and_then(|x| x.as_array()) {
-                    for id in ids {
-                        let id = id
-                            .as_u64()
-                            .filter(|&i| i < u32::MAX as u64)
-                            .ok_or_else(|| {
-                                Error::Invalid(format!(
-                                    "{}:{}: input_ids must be non-negative integers",
-                                    f.display(),
-                                    n + 1
-                                ))
-                            })?;
-                        stream.push(id as u32);
+                let at = || format!("{}:{}", f.display(), n + 1);
+                let v: serde_json::Value = serde_json::from_str(line)
+                    .map_err(|e| Error::Invalid(format!("{}: not a JSON object: {e}", at())))?;
+                let Some(obj) = v.as_object() else {
+                    return Err(Error::Invalid(format!(
+                        "{}: a record must be a JSON object, got {}",
+                        at(),
+                        short(&v)
+                    )));
+                };
+                if let Some(ids) = obj.get("input_ids") {
+                    let Some(ids) = ids.as_array() else {
+                        return Err(Error::Invalid(format!(
+                            "{}: \"input_ids\" must be a list of token ids, got {}",
+                            at(),
+                            short(ids)
+                        )));
+                    };
+                    for (i, id) in ids.iter().enumerate() {
+                        let ok = id.as_u64().filter(|&x| x < vocab as u64);
+                        let Some(ok) = ok else {
+                            return Err(Error::Invalid(format!(
+                                "{}: input_ids[{i}] = {}: expected an integer from 0 to {} \
+                                 (the vocabulary has {vocab} tokens)",
+                                at(),
+                                short(id),
+                                vocab - 1
+                            )));
+                        };
+                        stream.push(ok as u32);
                     }
-                } else if let Some(t) = v.get("text").and_then(|x| x.as_str()) {
+                } else if let Some(t) = obj.get("text") {
+                    let Some(t) = t.as_str() else {
+                        return Err(Error::Invalid(format!(
+                            "{}: \"text\" must be a string, got {}",
+                            at(),
+                            short(t)
+                        )));
+                    };
                     stream.extend(tok.encode(t, false)?);
                     stream.push(eos);
                 } else {
                     return Err(Error::Invalid(format!(
-                        "{}:{}: a record needs a \"text\" string or an \"input_ids\" list",
-                        f.display(),
-                        n + 1
+                        "{}: a record needs a \"text\" string or an \"input_ids\" list",
+                        at()
                     )));
                 }
             }
@@ -113,7 +152,21 @@ pub fn token_stream(paths: &[PathBuf], tok: &Tokenizer, eos: u32) -> Result<Vec<
             stream.push(eos);
         }
     }
+    if let Some(bad) = stream.iter().find(|&&i| i as usize >= vocab) {
+        return Err(Error::Invalid(format!(
+            "the tokenizer gave id {bad}, not below the vocabulary size {vocab}"
+        )));
+    }
     Ok(stream)
+}
+
+/// A JSON value for a message: at most 40 characters of it.
+fn short(v: &serde_json::Value) -> String {
+    let s = v.to_string();
+    match s.char_indices().nth(40) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s,
+    }
 }
 
 /// Packed sequences split into training and held-out parts.
