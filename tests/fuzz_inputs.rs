@@ -1711,7 +1711,7 @@ fn bad_flags_end_in_clear_errors_through_the_cli() {
     // grows in blocks as tokens arrive, and the note says it is beyond the
     // model's positions.
     let r = std::process::Command::new(env!("CARGO_BIN_EXE_boomgpu"))
-        .args(&chat)
+        .args(chat)
         .arg("--max-context=18446744073709551615")
         .env("BOOMGPU_MATMUL", "portable")
         .stdin(std::process::Stdio::null())
