@@ -383,7 +383,29 @@ struct PairArgs {
     prune: PruneArgs,
 }
 
+/// Mesa's Vulkan drivers print "error: XDG_RUNTIME_DIR is invalid or not
+/// set" (twice) when that variable names no folder, though boomgpu opens no
+/// window. Point it at a private folder first (before any thread starts).
+fn quiet_vulkan_runtime_dir() {
+    let set = std::env::var_os("XDG_RUNTIME_DIR").is_some_and(|d| PathBuf::from(d).is_dir());
+    if set {
+        return;
+    }
+    let user = std::env::var("USER").unwrap_or_else(|_| "user".into());
+    let dir = std::env::temp_dir().join(format!("boomgpu-runtime-{user}"));
+    if std::fs::create_dir_all(&dir).is_err() {
+        return;
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
+    }
+    std::env::set_var("XDG_RUNTIME_DIR", dir);
+}
+
 fn main() -> ExitCode {
+    quiet_vulkan_runtime_dir();
     let cli = Cli::parse();
     let opts = GpuOptions {
         adapter: cli.gpu.adapter.filter(|s| !s.is_empty()),

@@ -65,3 +65,17 @@ fn unknown_adapter_and_backend_are_errors() {
         .unwrap();
     assert!(out.status.success());
 }
+
+/// Without XDG_RUNTIME_DIR the Vulkan drivers' complaint about it does not
+/// reach the user: boomgpu points it at a private folder itself.
+#[test]
+fn no_runtime_dir_complaint_without_xdg_runtime_dir() {
+    let out = boomgpu()
+        .arg("devices")
+        .env_remove("XDG_RUNTIME_DIR")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("XDG_RUNTIME_DIR"), "{stderr}");
+}
