@@ -28,6 +28,9 @@ cargo test --locked -- --test-threads="${BOOMGPU_TEST_THREADS:-2}"
 BOOMGPU_MAX_BINDING=16KiB cargo test --locked --test distill --test models --test patched \
     -- --test-threads="${BOOMGPU_TEST_THREADS:-2}"
 BOOMGPU_MAX_BINDING=1MiB cargo test --locked --test vocab -- a_151936
+# The real SmolLM2-135M at 2 MiB (embedding and head in 55 blocks, every MLP
+# matrix in blocks): perplexity and greedy answers still match transformers.
+BOOMGPU_MAX_BINDING=2MiB cargo test --locked --test real_model
 # Decoding at 16 KiB (KV caches in blocks, prompts prefilled in passes of
 # 32 tokens); the sampler's own 270,000-entry row is over such a limit.
 BOOMGPU_MAX_BINDING=16KiB cargo test --locked --test infer -- --skip gpu_sampler_matches_cpu_reference

@@ -338,13 +338,21 @@ fn choose_splits(cfg: &AttnConfig) -> usize {
     256usize.div_ceil(blocks).min(cfg.kv_len / 64).max(1)
 }
 
+/// The most split partials of `cfg`'s output that one binding holds (at
+/// least 1): key splits are a speed choice and give way to the limit.
+fn max_partials(rec: &Recorder, cfg: &AttnConfig) -> usize {
+    let [rows, cols] = cfg.out_shape();
+    let one = (rows * cols * 4).max(1) as u64;
+    (rec.gpu().caps.max_tensor_bytes() / one).max(1) as usize
+}
+
 /// Forward: `(out [B*Tq, Hq*D], lse [B, Hq, Tq])`.
 pub fn attention(rec: &mut Recorder, cfg: &AttnConfig, x: &AttnInputs) -> Result<(Tensor, Tensor)> {
     let mask_stride = check_inputs(cfg, x)?;
     let gpu = rec.gpu();
     let out = Tensor::empty(gpu, "attention.out", &cfg.out_shape(), DType::F32)?;
     let lse = Tensor::empty(gpu, "attention.lse", &cfg.lse_shape(), DType::F32)?;
-    let splits = choose_splits(cfg);
+    let splits = choose_splits(cfg).min(max_partials(rec, cfg));
     let split_len = cfg.kv_len.div_ceil(splits).div_ceil(BK) * BK;
     let splits = cfg.kv_len.div_ceil(split_len);
     let p = params(cfg, mask_stride, x.mask.is_some(), splits, split_len);
@@ -434,6 +442,14 @@ pub fn attention_blocks(
     // hold keys below kv_len, in order and contiguous from 0.
     let mut plan = Vec::new();
     let mut next = 0;
+    // Key splits inside a block share what one binding of partials holds
+    // (each block has at least one).
+    let used = blocks
+        .iter()
+        .filter(|b| b.start < cfg.kv_len)
+        .count()
+        .max(1);
+    let per_block = (max_partials(rec, cfg) / used).max(1);
     for blk in blocks.iter().filter(|b| b.start < cfg.kv_len) {
         if blk.start != next || blk.rows == 0 {
             shape_bail!(
@@ -449,7 +465,7 @@ pub fn attention_blocks(
         };
         need("k block", blk.k, DType::F32, bcfg.kv_elems())?;
         need("v block", blk.v, DType::F32, bcfg.kv_elems())?;
-        let splits = choose_splits(&bcfg);
+        let splits = choose_splits(&bcfg).min(per_block);
         let split_len = bcfg.kv_len.div_ceil(splits).div_ceil(BK) * BK;
         plan.push((blk, end, bcfg.kv_len.div_ceil(split_len), split_len));
         next = blk.start + blk.rows;
