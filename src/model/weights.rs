@@ -273,8 +273,12 @@ impl Checkpoint {
             .unwrap_or(0)
     }
 
-    /// Upload one tensor in its stored dtype, or widened to f32.
-    pub fn upload(&self, gpu: &Gpu, name: &str, as_f32: bool) -> Result<Tensor> {
+    /// A tensor's shape, dtype and bytes, widened to f32 with `as_f32`.
+    fn upload_parts(
+        &self,
+        name: &str,
+        as_f32: bool,
+    ) -> Result<(&[usize], DType, std::borrow::Cow<'_, [u8]>)> {
         let e = self
             .tensors
             .get(name)
@@ -288,30 +292,23 @@ impl Checkpoint {
         })?;
         if as_f32 && dtype != DType::F32 {
             let v = to_f32(bytes, dtype);
-            return gpu.upload_f32(name, &e.shape, &v);
+            let wide = bytemuck::cast_slice(&v).to_vec();
+            return Ok((&e.shape, DType::F32, std::borrow::Cow::Owned(wide)));
         }
-        gpu.upload_bytes(name, &e.shape, dtype, bytes)
+        Ok((&e.shape, dtype, std::borrow::Cow::Borrowed(bytes)))
+    }
+
+    /// Upload one tensor in its stored dtype, or widened to f32.
+    pub fn upload(&self, gpu: &Gpu, name: &str, as_f32: bool) -> Result<Tensor> {
+        let (shape, dtype, bytes) = self.upload_parts(name, as_f32)?;
+        gpu.upload_bytes(name, shape, dtype, &bytes)
     }
 
     /// A 2-D tensor split into blocks of rows that each fit one binding
-    /// (one block when it fits): embeddings and LM heads.
+    /// (one block when it fits): embeddings, LM heads and layer matrices.
     pub fn upload_rows(&self, gpu: &Gpu, name: &str, as_f32: bool) -> Result<RowBlocks> {
-        let e = self
-            .tensors
-            .get(name)
-            .ok_or_else(|| Error::Invalid(format!("missing tensor '{name}'")))?;
-        let bytes = self.bytes(name).expect("entry exists");
-        let dtype = dtype_of(e.dtype).ok_or_else(|| {
-            Error::Invalid(format!(
-                "tensor '{name}' has unsupported dtype {:?}",
-                e.dtype
-            ))
-        })?;
-        if as_f32 && dtype != DType::F32 {
-            let v = to_f32(bytes, dtype);
-            return RowBlocks::upload(gpu, name, &e.shape, DType::F32, bytemuck::cast_slice(&v));
-        }
-        RowBlocks::upload(gpu, name, &e.shape, dtype, bytes)
+        let (shape, dtype, bytes) = self.upload_parts(name, as_f32)?;
+        RowBlocks::upload(gpu, name, shape, dtype, &bytes)
     }
 
     /// A tensor as f32 on the host.
