@@ -122,6 +122,10 @@ fn covered_bytes(data: &[u8], n: usize) -> Option<u64> {
         .or(Some(0))
 }
 
+/// What an upload needs: shape, dtype and bytes (borrowed from the mapped
+/// file, or widened).
+type UploadParts<'a> = (&'a [usize], DType, std::borrow::Cow<'a, [u8]>);
+
 impl Checkpoint {
     /// Open `model.safetensors` or the shards named by
     /// `model.safetensors.index.json` in `dir`.
@@ -274,11 +278,7 @@ impl Checkpoint {
     }
 
     /// A tensor's shape, dtype and bytes, widened to f32 with `as_f32`.
-    fn upload_parts(
-        &self,
-        name: &str,
-        as_f32: bool,
-    ) -> Result<(&[usize], DType, std::borrow::Cow<'_, [u8]>)> {
+    fn upload_parts(&self, name: &str, as_f32: bool) -> Result<UploadParts<'_>> {
         let e = self
             .tensors
             .get(name)
