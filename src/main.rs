@@ -188,10 +188,12 @@ enum Command {
         #[command(flatten)]
         models: ModelArgs,
         /// Student layers to patch with teacher blocks: K, a list K1,K2,... (a curve), or `all`.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "fit")]
         layers: Option<String>,
         #[command(flatten)]
         order: OrderArgs,
+        #[command(flatten)]
+        fit: FitArgs,
         /// UTF-8 text file to score.
         #[arg(long)]
         data: PathBuf,
@@ -268,10 +270,17 @@ enum Command {
         #[command(flatten)]
         pair: PairArgs,
         /// Number of student layers to replace by teacher blocks (0..=P; P gives the teacher).
-        #[arg(long, value_name = "K")]
-        layers: usize,
+        #[arg(
+            long,
+            value_name = "K",
+            required_unless_present = "fit",
+            conflicts_with = "fit"
+        )]
+        layers: Option<usize>,
         #[command(flatten)]
         order: OrderArgs,
+        #[command(flatten)]
+        fit: FitArgs,
         /// Folder to write the model to.
         #[arg(long)]
         out: PathBuf,
@@ -338,9 +347,43 @@ struct ChatCmd {
     /// Stop the answer at this string (repeatable; not printed).
     #[arg(long)]
     stop: Vec<String>,
+    /// Start at the largest size whose weights and KV cache (at --max-context) fit in SIZE
+    /// (e.g. 300MiB), and say why.
+    #[arg(long, value_name = "SIZE", conflicts_with_all = ["layers", "model"])]
+    fit: Option<String>,
 }
 
 impl ChatCmd {
+    /// `--fit`: the starting `--layers`, chosen from the pair's headers.
+    fn choose_size(mut self) -> boomgpu::Result<ChatCmd> {
+        let Some(size) = self.fit.take() else {
+            return Ok(self);
+        };
+        let (t, s) = match (&self.models.teacher, &self.models.student) {
+            (Some(t), Some(s)) => (t.clone(), s.clone()),
+            _ => (
+                boomgpu::commands::chat::DEFAULT_TEACHER.to_string(),
+                boomgpu::commands::chat::DEFAULT_STUDENT.to_string(),
+            ),
+        };
+        let params = self.models.prune.params();
+        let f = boomgpu::commands::fit::for_pair(
+            &t,
+            &s,
+            params,
+            self.order.direction(),
+            &size,
+            self.max_context,
+        )?;
+        eprintln!(
+            "{}\n(chat also keeps the rest of the teacher and student on the GPU so that /layers can \
+             resize; `boomgpu patch --fit` exports the size alone)",
+            f.report
+        );
+        self.layers = Some(f.k);
+        Ok(self)
+    }
+
     fn into_args(self) -> boomgpu::commands::chat::ChatArgs {
         use boomgpu::commands::chat::{ChatArgs, ChatTarget, DEFAULT_STUDENT, DEFAULT_TEACHER};
         let target = match (self.models.model, self.models.teacher, self.models.student) {
@@ -485,6 +528,7 @@ fn main() -> ExitCode {
             models,
             layers,
             order,
+            fit,
             data,
             seq_len,
             json,
@@ -494,17 +538,28 @@ fn main() -> ExitCode {
             before,
         } => {
             let compare = Compare { baseline, before };
-            eval(
-                models,
-                layers,
-                order,
-                data,
-                seq_len,
-                json,
-                (csv, svg),
-                compare,
-                &opts,
-            )
+            let layers = match (&models.teacher, &models.student, &fit.fit) {
+                (Some(t), Some(s), Some(_)) => fit
+                    .layers(t, s, models.prune.params(), order.direction(), None)
+                    .map(|k| k.map(|k| k.to_string())),
+                (_, _, Some(_)) => Err(boomgpu::Error::Invalid(
+                    "--fit chooses a size of a pair: give --teacher and --student".into(),
+                )),
+                _ => Ok(layers),
+            };
+            layers.and_then(|layers| {
+                eval(
+                    models,
+                    layers,
+                    order,
+                    data,
+                    seq_len,
+                    json,
+                    (csv, svg),
+                    compare,
+                    &opts,
+                )
+            })
         }
         Command::InitStudent {
             teacher,
@@ -531,18 +586,29 @@ fn main() -> ExitCode {
             pair,
             layers,
             order,
+            fit,
             out,
             force,
-        } => boomgpu::commands::patch::run(&PatchOptions {
-            params: pair.prune.params(),
-            teacher: pair.teacher,
-            student: pair.student,
-            k: layers,
-            direction: order.direction(),
-            out,
-            force,
-        })
-        .map(|s| print!("{s}")),
+        } => fit
+            .layers(
+                &pair.teacher,
+                &pair.student,
+                pair.prune.params(),
+                order.direction(),
+                layers,
+            )
+            .and_then(|k| {
+                boomgpu::commands::patch::run(&PatchOptions {
+                    params: pair.prune.params(),
+                    teacher: pair.teacher,
+                    student: pair.student,
+                    k: k.expect("--layers or --fit"),
+                    direction: order.direction(),
+                    out,
+                    force,
+                })
+            })
+            .map(|s| print!("{s}")),
         Command::Plan { pair, json } => boomgpu::commands::plan::run(&PlanOptions {
             params: pair.prune.params(),
             teacher: pair.teacher,
@@ -556,7 +622,9 @@ fn main() -> ExitCode {
             dtype,
             force,
         } => boomgpu::commands::import_gguf::run(&file, &out, &dtype, force).map(|s| print!("{s}")),
-        Command::Chat(c) => boomgpu::commands::chat::run(&opts, &c.into_args()),
+        Command::Chat(c) => c
+            .choose_size()
+            .and_then(|c| boomgpu::commands::chat::run(&opts, &c.into_args())),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -564,6 +632,38 @@ fn main() -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `--fit SIZE [--ctx N]`: choose `--layers` by memory.
+#[derive(Args, Clone, Default)]
+struct FitArgs {
+    /// Choose the largest size whose weights and KV cache (at --ctx) fit in SIZE (e.g. 300MiB,
+    /// 8GiB), and say why.
+    #[arg(long, value_name = "SIZE")]
+    fit: Option<String>,
+    /// With --fit: the context the KV cache is counted for [default: min(4096, max_position_embeddings)].
+    #[arg(long, value_name = "N", requires = "fit")]
+    ctx: Option<usize>,
+}
+
+impl FitArgs {
+    /// `--layers` as given, or as `--fit` chooses (printed to stderr).
+    fn layers(
+        &self,
+        teacher: &str,
+        student: &str,
+        params: Option<boomgpu::boomerang::PruneParams>,
+        direction: Option<boomgpu::boomerang::Direction>,
+        given: Option<usize>,
+    ) -> boomgpu::Result<Option<usize>> {
+        let Some(size) = &self.fit else {
+            return Ok(given);
+        };
+        let f =
+            boomgpu::commands::fit::for_pair(teacher, student, params, direction, size, self.ctx)?;
+        eprintln!("{}", f.report);
+        Ok(Some(f.k))
     }
 }
 

@@ -269,3 +269,127 @@ fn baseline_and_before_curves_through_the_cli() {
     assert!(err(&out).contains("--baseline and --before add curves"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `--fit SIZE`: for budgets between every pair of sizes, the largest `K`
+/// whose weights (from `plan --json`) and f32 KV cache (layers × 2 × ctx ×
+/// kv heads × head dim × 4) fit is chosen by `patch`, `eval` and `chat`,
+/// with the arithmetic; a budget below the smallest is refused with it.
+#[test]
+fn fit_chooses_the_largest_size_that_fits() {
+    let (t, s) = (fixture("qwen3"), fixture("qwen3-distilled"));
+    let (t, s) = (t.to_str().unwrap(), s.to_str().unwrap());
+    let plan: serde_json::Value = serde_json::from_str(&ok(&boomgpu_run(&[
+        "plan",
+        "--teacher",
+        t,
+        "--student",
+        s,
+        "--json",
+    ])))
+    .unwrap();
+    let cfg = read_json(&fixture("qwen3").join("config.json"));
+    let kv_row =
+        2 * cfg["num_key_value_heads"].as_u64().unwrap() * cfg["head_dim"].as_u64().unwrap() * 4;
+    let ctx = 64;
+    let need: Vec<u64> = plan["last"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["bytes"].as_u64().unwrap() + r["layers"].as_u64().unwrap() * kv_row * ctx)
+        .collect();
+    assert!(need.windows(2).all(|w| w[0] < w[1]), "{need:?}");
+    let dir = tmpdir("fit");
+    let out = dir.join("m");
+    for (k, &bytes) in need.iter().enumerate() {
+        // Exactly the size's need, and just below the next one's.
+        let below_next = need.get(k + 1).map_or(bytes + 4096, |n| n - 4);
+        for budget in [bytes, below_next] {
+            let r = boomgpu_cmd()
+                .args([
+                    "patch",
+                    "--teacher",
+                    t,
+                    "--student",
+                    s,
+                    "--force",
+                    "--ctx",
+                    "64",
+                ])
+                .args(["--fit", &budget.to_string(), "--out", out.to_str().unwrap()])
+                .output()
+                .unwrap();
+            let stdout = ok(&r);
+            assert!(
+                stdout.contains(&format!("k = {k} of 0..=2")),
+                "{budget}: {stdout}"
+            );
+            let e = String::from_utf8_lossy(&r.stderr);
+            assert!(
+                e.contains(&format!("--layers {k} is ")) && e.contains("at 64 positions"),
+                "{e}"
+            );
+        }
+    }
+    // eval and chat choose by the same rule (chat's context: --max-context).
+    let text = fixture_path("text.txt");
+    let budget = need[1].to_string();
+    let e = boomgpu_cmd()
+        .args([
+            "eval",
+            "--teacher",
+            t,
+            "--student",
+            s,
+            "--fit",
+            &budget,
+            "--ctx",
+            "64",
+        ])
+        .args([
+            "--seq-len",
+            "32",
+            "--json",
+            "--data",
+            text.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&ok(&e)).unwrap();
+    assert_eq!(v["layers"], plan["last"][1]["layers"], "{v}");
+    let c = boomgpu_cmd()
+        .args([
+            "chat",
+            "--teacher",
+            t,
+            "--student",
+            s,
+            "--fit",
+            &budget,
+            "--max-context",
+            "64",
+        ])
+        .args(["--prompt", "hi", "--max-tokens", "2"])
+        .output()
+        .unwrap();
+    ok(&c);
+    assert!(String::from_utf8_lossy(&c.stderr).contains("--layers 1 is last-1"));
+    // Below the smallest size: refused with the numbers.
+    let r = boomgpu_run(&[
+        "patch",
+        "--teacher",
+        t,
+        "--student",
+        s,
+        "--fit",
+        "2KiB",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let e = err(&r);
+    assert!(
+        e.contains("even the smallest size does not fit: last-0 (4 layers"),
+        "{e}"
+    );
+    assert!(e.contains("weights 274 KiB + KV cache"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

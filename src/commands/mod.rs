@@ -5,6 +5,7 @@ pub mod common;
 pub mod devices;
 pub mod distill;
 pub mod eval;
+pub mod fit;
 pub mod import_gguf;
 pub mod init_student;
 pub mod outdir;

@@ -1,0 +1,126 @@
+//! `--fit SIZE` (eval, patch, chat): the largest size of a pair whose
+//! weights (in their stored dtypes, from the checkpoint headers) and f32
+//! KV cache at the chosen context fit in SIZE, with the arithmetic. Needs
+//! no GPU: it reads only the headers, as `boomgpu plan` does.
+
+use super::patch::Pair;
+use super::plan::{rows, Row};
+use crate::boomerang::Direction;
+use crate::error::{Error, Result};
+use crate::gpu::format_bytes;
+
+/// `SIZE` of `--fit`: `300MiB`, `1.5GiB`, `1048576`.
+pub fn parse_size(s: &str) -> Result<u64> {
+    crate::gpu::device::parse_bytes(s).ok_or_else(|| {
+        Error::Invalid(format!(
+            "--fit {s}: expected bytes, or a number with KiB, MiB or GiB (e.g. 300MiB), of at least 1KiB"
+        ))
+    })
+}
+
+/// The size chosen by `--fit` and why.
+#[derive(Clone, Debug)]
+pub struct Fit {
+    /// The `--layers` value.
+    pub k: usize,
+    /// What was chosen and the arithmetic, for the user.
+    pub report: String,
+}
+
+/// KV cache bytes of `layers` layers at `ctx` positions (f32 K and V).
+pub fn kv_bytes(pair: &Pair, layers: usize, ctx: usize) -> u64 {
+    let c = &pair.teacher_cfg;
+    (layers * 2 * ctx * c.num_kv_heads * c.head_dim * 4) as u64
+}
+
+fn label(r: &Row, direction: Direction) -> String {
+    match r.plan.is_teacher {
+        true => "the teacher".into(),
+        false => format!("{direction}-{}", r.plan.k),
+    }
+}
+
+fn need(pair: &Pair, r: &Row, ctx: usize) -> (u64, u64) {
+    (r.size.bytes, kv_bytes(pair, r.plan.num_layers(), ctx))
+}
+
+/// The largest `--layers K` of `direction` whose weights and KV cache at
+/// `ctx` positions fit in `budget` bytes; refused, with the smallest
+/// size's numbers, when none does.
+pub fn choose(pair: &Pair, direction: Direction, budget: u64, ctx: usize) -> Result<Fit> {
+    let all = rows(pair, direction)?;
+    let line = |r: &Row| {
+        let (w, kv) = need(pair, r, ctx);
+        format!(
+            "{} ({} layers, {:.1}M parameters): weights {} + KV cache {} at {ctx} positions = {}",
+            label(r, direction),
+            r.plan.num_layers(),
+            r.size.params as f64 / 1e6,
+            format_bytes(w),
+            format_bytes(kv),
+            format_bytes(w + kv)
+        )
+    };
+    let fits = |r: &&Row| {
+        let (w, kv) = need(pair, r, ctx);
+        w + kv <= budget
+    };
+    // Sizes grow with K; take the largest that fits.
+    let Some(best) = all.iter().rev().find(fits) else {
+        let smallest = all
+            .first()
+            .ok_or_else(|| Error::Invalid("the pair has no sizes".into()))?;
+        return Err(Error::Invalid(format!(
+            "--fit {}: even the smallest size does not fit: {}; raise the budget or lower the context",
+            format_bytes(budget),
+            line(smallest)
+        )));
+    };
+    let mut report = format!(
+        "--fit {}: --layers {} is {}",
+        format_bytes(budget),
+        best.plan.k,
+        line(best)
+    );
+    if let Some(next) = all.iter().find(|r| r.plan.k == best.plan.k + 1) {
+        let (w, kv) = need(pair, next, ctx);
+        report.push_str(&format!(
+            "; the next size, {}, needs {}",
+            label(next, direction),
+            format_bytes(w + kv)
+        ));
+    }
+    Ok(Fit {
+        k: best.plan.k,
+        report,
+    })
+}
+
+/// The chat's default context for a model of `max_positions` (as `chat`
+/// picks it): at most 4,096 positions.
+pub fn default_ctx(max_positions: usize) -> usize {
+    max_positions.min(4096)
+}
+
+/// `--fit SIZE` for a pair given by reference: opens the headers, takes
+/// the family's default order unless one is given and the chat's default
+/// context unless `ctx` is, and chooses.
+pub fn for_pair(
+    teacher: &str,
+    student: &str,
+    params: Option<crate::boomerang::PruneParams>,
+    direction: Option<Direction>,
+    size: &str,
+    ctx: Option<usize>,
+) -> Result<Fit> {
+    let budget = parse_size(size)?;
+    let pair = Pair::open(teacher, student, params)?;
+    let direction = direction.unwrap_or_else(|| pair.default_direction());
+    let ctx = ctx.unwrap_or_else(|| default_ctx(pair.teacher_cfg.max_position_embeddings));
+    if ctx == 0 {
+        return Err(Error::Invalid(
+            "--fit needs a context of at least 1 position".into(),
+        ));
+    }
+    choose(&pair, direction, budget, ctx)
+}
