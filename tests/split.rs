@@ -26,6 +26,19 @@ fn close(what: &str, split: f64, whole: f64, rel: f64) {
     );
 }
 
+/// Three logged distillation steps, split and whole: every loss part and
+/// the gradient norm within `rel`.
+fn same_steps(what: &str, whole: &[Value], split: &[Value], rel: f64) {
+    assert_eq!(whole.len(), 3, "{what}: {whole:?}");
+    assert_eq!(whole.len(), split.len(), "{what}");
+    for (w, s) in whole.iter().zip(split) {
+        for key in ["loss", "ce", "kl", "cos", "grad_norm"] {
+            let at = format!("{what} step {} {key}", w["step"]);
+            close(&at, s[key].as_f64().unwrap(), w[key].as_f64().unwrap(), rel);
+        }
+    }
+}
+
 fn log_lines(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path)
         .unwrap()
@@ -137,19 +150,7 @@ fn every_command_matches_the_unsplit_run_for_every_family() {
             log_lines(&log)
         };
         let (whole, split) = (distill("whole"), distill("split"));
-        assert_eq!(whole.len(), 3, "{fam}: {whole:?}");
-        assert_eq!(whole.len(), split.len());
-        for (w, s) in whole.iter().zip(&split) {
-            for key in ["loss", "ce", "kl", "cos", "grad_norm"] {
-                let what = format!("{fam} step {} {key}", w["step"]);
-                close(
-                    &what,
-                    s[key].as_f64().unwrap(),
-                    w[key].as_f64().unwrap(),
-                    1e-6,
-                );
-            }
-        }
+        same_steps(fam, &whole, &split, 1e-6);
 
         // Greedy chat: the same tokens.
         let chat = [
@@ -377,18 +378,12 @@ fn layer_weights_in_blocks_match_whole() {
                 (log_lines(&log), out)
             };
             let ((whole, w_out), (split, s_out)) = (distill("whole"), distill("split"));
-            assert_eq!(whole.len(), 3, "{name}: {whole:?}");
-            for (w, s) in whole.iter().zip(&split) {
-                for key in ["loss", "ce", "kl", "cos", "grad_norm"] {
-                    let what = format!("{name} recompute {recompute} step {} {key}", w["step"]);
-                    close(
-                        &what,
-                        s[key].as_f64().unwrap(),
-                        w[key].as_f64().unwrap(),
-                        1e-5,
-                    );
-                }
-            }
+            same_steps(
+                &format!("{name} recompute {recompute}"),
+                &whole,
+                &split,
+                1e-5,
+            );
             // The students written: every tensor, blocks joined in order.
             let (a, b) = (
                 boomgpu::model::weights::Checkpoint::open(&w_out).unwrap(),
