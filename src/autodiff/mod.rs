@@ -181,18 +181,9 @@ impl Tape {
         let mut shape = xv.shape().to_vec();
         *shape.last_mut().expect("x has a feature dimension") = rows;
         let y = Tensor::empty(rec.gpu(), "linear.rows", &shape, crate::gpu::DType::F32)?;
-        let whole = Region::whole(&y);
-        for &(w, first) in blocks {
-            let w = self.value(w);
-            let cols = whole.cols(first, w.dim(0));
-            matmul::matmul_region(
-                rec,
-                (&xv, Region::whole(&xv)),
-                w,
-                (&y, cols),
-                Gemm::new(false, true),
-            )?;
-        }
+        let ws = blocks.iter().map(|&(w, first)| (first, self.value(w)));
+        let (xr, yr) = (Region::whole(&xv), Region::whole(&y));
+        matmul::matmul_row_blocks(rec, (&xv, xr), ws, (&y, yr))?;
         let mut inputs = vec![x];
         inputs.extend(blocks.iter().map(|&(w, _)| w));
         let y = self.out(y, &inputs);
@@ -523,57 +514,45 @@ impl Tape {
                 let x2 = xv.reshape(&[n, xv.dim(-1)])?;
                 let dy2 = dy.reshape(&[n, dy.dim(-1)])?;
                 let dys = Region::whole(&dy2);
-                let dx = if self.needs(x) {
-                    Some(Tensor::empty(
-                        rec.gpu(),
-                        "linear.dx",
-                        xv.shape(),
-                        crate::gpu::DType::F32,
-                    )?)
-                } else {
-                    None
-                };
-                for (i, &(w, first)) in blocks.iter().enumerate() {
-                    let wv = self.value(w).clone();
-                    let cols = dys.cols(first, wv.dim(0));
-                    // dx (+)= dy[:, block]·W_block
-                    if let Some(dx) = &dx {
-                        let g = Gemm {
-                            beta: if i == 0 { 0.0 } else { 1.0 },
-                            ..Gemm::new(false, false)
-                        };
-                        matmul::matmul_region(rec, (&dy2, cols), &wv, (dx, Region::whole(dx)), g)?;
+                if self.needs(x) {
+                    // dx = Σ dy[:, block]·W_block
+                    let dx =
+                        Tensor::empty(rec.gpu(), "linear.dx", xv.shape(), crate::gpu::DType::F32)?;
+                    let ws = blocks.iter().map(|&(w, first)| (first, self.value(w)));
+                    matmul::matmul_row_blocks_dx(rec, (&dy2, dys), ws, (&dx, Region::whole(&dx)))?;
+                    accumulate(rec, grads, x, dx)?;
+                }
+                for &(w, first) in &blocks {
+                    if !self.needs(w) {
+                        continue;
                     }
                     // dW_block = dy[:, block]ᵀ·x, into the parameter's buffer.
-                    if self.needs(w) {
-                        let g = Gemm::new(true, false);
-                        match self.param_grads.get(&w) {
-                            Some(buf) => {
-                                let r = Region::whole(buf);
-                                matmul::matmul_region(
-                                    rec,
-                                    (&dy2, cols),
-                                    &x2,
-                                    (buf, r),
-                                    g.accumulate(),
-                                )?;
-                            }
-                            None => {
-                                let dw = Tensor::empty(
-                                    rec.gpu(),
-                                    "linear.dw",
-                                    wv.shape(),
-                                    crate::gpu::DType::F32,
-                                )?;
-                                let r = Region::whole(&dw);
-                                matmul::matmul_region(rec, (&dy2, cols), &x2, (&dw, r), g)?;
-                                accumulate(rec, grads, w, dw)?;
-                            }
+                    let wv = self.value(w).clone();
+                    let cols = dys.cols(first, wv.dim(0));
+                    let g = Gemm::new(true, false);
+                    match self.param_grads.get(&w) {
+                        Some(buf) => {
+                            let r = Region::whole(buf);
+                            matmul::matmul_region(
+                                rec,
+                                (&dy2, cols),
+                                &x2,
+                                (buf, r),
+                                g.accumulate(),
+                            )?;
+                        }
+                        None => {
+                            let dw = Tensor::empty(
+                                rec.gpu(),
+                                "linear.dw",
+                                wv.shape(),
+                                crate::gpu::DType::F32,
+                            )?;
+                            let r = Region::whole(&dw);
+                            matmul::matmul_region(rec, (&dy2, cols), &x2, (&dw, r), g)?;
+                            accumulate(rec, grads, w, dw)?;
                         }
                     }
-                }
-                if let Some(dx) = dx {
-                    accumulate(rec, grads, x, dx)?;
                 }
             }
             Node::Embedding { ids, blocks, .. } => {

@@ -19,7 +19,7 @@ use crate::autodiff::{Tape, Var};
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Recorder, RowBlocks, Tensor};
 use crate::ops::attention::{self, AttnConfig};
-use crate::ops::matmul::{Gemm, Region};
+use crate::ops::matmul::Region;
 use crate::ops::rope::RopeTables;
 use crate::ops::{
     bias_add, elementwise, embedding, gelu, gemv, layernorm, matmul, rmsnorm, rope, swiglu,
@@ -129,7 +129,8 @@ impl Exec for Eager<'_, '_> {
         let mut shape = x.shape().to_vec();
         *shape.last_mut().expect("x has a feature dimension") = w.rows();
         let out = Tensor::empty(self.rec.gpu(), "linear.rows", &shape, DType::F32)?;
-        logits_blocks_into(self.rec, (x, Region::whole(x)), w, &out)?;
+        let (xr, or) = (Region::whole(x), Region::whole(&out));
+        matmul::matmul_row_blocks(self.rec, (x, xr), w.iter(), (&out, or))?;
         if let Some(b) = b {
             bias_add::bias_add_inplace(self.rec, &out, b)?;
         }
@@ -357,21 +358,4 @@ impl Exec for Taped<'_, '_, '_, '_> {
     fn flush(&mut self) -> Result<()> {
         self.rec.flush()
     }
-}
-
-/// Logits of the rows of region `x` (f32, `[rows, hidden]`) into `out`
-/// (`[rows, vocab]`, contiguous): one matmul per block of the head, each
-/// writing its block of vocabulary columns.
-pub fn logits_blocks_into(
-    rec: &mut Recorder,
-    x: (&Tensor, Region),
-    head: &RowBlocks,
-    out: &Tensor,
-) -> Result<()> {
-    let whole = Region::whole(out);
-    for (start, w) in head.iter() {
-        let cols = whole.cols(start, w.dim(0));
-        matmul::matmul_region(rec, x, w, (out, cols), Gemm::new(false, true))?;
-    }
-    Ok(())
 }

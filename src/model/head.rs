@@ -7,11 +7,10 @@
 //! adapter as long as one token's logits fit one binding.
 
 use super::decoder::Decoder;
-use super::exec::logits_blocks_into;
 use crate::error::{Error, Result};
 use crate::gpu::{format_bytes, DType, Gpu, Recorder, Tensor};
 use crate::ops::distill_loss;
-use crate::ops::matmul::Region;
+use crate::ops::matmul::{matmul_row_blocks, Region};
 
 /// The most bytes of f32 logits one chunk holds (each of the student's and
 /// the teacher's in distillation).
@@ -76,7 +75,8 @@ pub fn chunk_logits(rec: &mut Recorder, model: &Decoder, x: &Tensor) -> Result<T
         &[n, model.head.rows()],
         DType::F32,
     )?;
-    logits_blocks_into(rec, (x, Region::whole(x)), &model.head, &out)?;
+    let (xr, or) = (Region::whole(x), Region::whole(&out));
+    matmul_row_blocks(rec, (x, xr), model.head.iter(), (&out, or))?;
     Ok(out)
 }
 

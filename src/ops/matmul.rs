@@ -438,6 +438,43 @@ pub fn matmul_region(
     )
 }
 
+/// out[:, block columns] = x·blockᵀ for a weight `[out, in]` held as
+/// blocks of consecutive rows, each given with its first row: one product
+/// per block, each writing its columns of `out` (the LM head over a
+/// vocabulary in blocks, a layer matrix over the binding limit).
+pub fn matmul_row_blocks<'t>(
+    rec: &mut Recorder,
+    x: (&Tensor, Region),
+    blocks: impl IntoIterator<Item = (usize, &'t Tensor)>,
+    out: (&Tensor, Region),
+) -> Result<()> {
+    for (first, w) in blocks {
+        let cols = out.1.cols(first, w.dim(0));
+        matmul_region(rec, x, w, (out.0, cols), Gemm::new(false, true))?;
+    }
+    Ok(())
+}
+
+/// The input gradient of [`matmul_row_blocks`]: dx = Σ dy[:, block
+/// columns]·block, written over the `dx` region (the first block
+/// overwrites, the rest add).
+pub fn matmul_row_blocks_dx<'t>(
+    rec: &mut Recorder,
+    dy: (&Tensor, Region),
+    blocks: impl IntoIterator<Item = (usize, &'t Tensor)>,
+    dx: (&Tensor, Region),
+) -> Result<()> {
+    for (i, (first, w)) in blocks.into_iter().enumerate() {
+        let cols = dy.1.cols(first, w.dim(0));
+        let g = Gemm {
+            beta: if i == 0 { 0.0 } else { 1.0 },
+            ..Gemm::new(false, false)
+        };
+        matmul_region(rec, (dy.0, cols), w, dx, g)?;
+    }
+    Ok(())
+}
+
 fn launch(
     rec: &mut Recorder,
     (a, b, c): (&Tensor, &Tensor, &Tensor),

@@ -13,7 +13,7 @@ use crate::model::decoder::Decoder;
 use crate::model::exec::ParamGrads;
 use crate::model::head::{chunk_logits, chunk_rows, rows_of};
 use crate::ops::distill_loss::{self, DistillLoss, LossRows};
-use crate::ops::matmul::{matmul_region, Gemm, Region};
+use crate::ops::matmul::{matmul_region, matmul_row_blocks_dx, Gemm, Region};
 
 /// The student and teacher sides of a step, from their final normed states.
 pub struct HeadInputs<'a> {
@@ -84,17 +84,13 @@ pub fn distill_head(
         rec.copy(&rows.kl, 0, &kl, r0 as u64 * 4, m as u64 * 4)?;
         if let (Some(params), Some(dn)) = (params, &d_normed) {
             let ds = Region::whole(&s);
-            for (b, (start, w)) in student.head.iter().enumerate() {
-                let cols = ds.cols(start, w.dim(0));
-                // d_normed[rows] (+)= ds[:, block] · W_block
-                let g = Gemm {
-                    beta: if b == 0 { 0.0 } else { 1.0 },
-                    ..Gemm::new(false, false)
-                };
-                let out = Region::whole(dn).rows(r0, m);
-                matmul_region(rec, (&s, cols), w, (dn, out), g)?;
+            // d_normed[rows] = Σ ds[:, block] · W_block
+            let out = Region::whole(dn).rows(r0, m);
+            matmul_row_blocks_dx(rec, (&s, ds), student.head.iter(), (dn, out))?;
+            for (start, w) in student.head.iter() {
                 // dW_block += ds[:, block]ᵀ · normed[rows]
                 if let Some(gw) = params.grad_of(w) {
+                    let cols = ds.cols(start, w.dim(0));
                     let g = Gemm::new(true, false).accumulate();
                     matmul_region(rec, (&s, cols), &xs, (gw, Region::whole(gw)), g)?;
                 }
