@@ -198,7 +198,7 @@ pub fn run(opts: &GpuOptions, a: &ChatArgs) -> Result<()> {
         .validate()
         .map_err(|e| Error::Invalid(format!("{}: {e}", gen_path.display())))?;
     let max_pos = m.cfg.max_position_embeddings;
-    let max_ctx = a.max_context.unwrap_or(max_pos.min(4096));
+    let max_ctx = a.max_context.unwrap_or(super::fit::default_ctx(max_pos));
     if max_ctx == 0 {
         return Err(Error::Invalid("--max-context must be at least 1".into()));
     }

@@ -96,8 +96,8 @@ pub fn choose(pair: &Pair, direction: Direction, budget: u64, ctx: usize) -> Res
     })
 }
 
-/// The chat's default context for a model of `max_positions` (as `chat`
-/// picks it): at most 4,096 positions.
+/// The default context of `chat` (and of `--fit`'s KV cache) for a model
+/// of `max_positions`: at most 4,096 positions.
 pub fn default_ctx(max_positions: usize) -> usize {
     max_positions.min(4096)
 }

@@ -13,7 +13,7 @@
 //! conversation.
 
 use crate::error::{Error, Result};
-use crate::gpu::{DType, Gpu, Recorder, Tensor};
+use crate::gpu::{DType, Gpu, Recorder, RowBlocks, Tensor};
 use crate::model::decoder::{Decoder, KvStore};
 
 /// Rows added per growth step.
@@ -47,19 +47,8 @@ impl KvCache {
         max_ctx: usize,
         chunk: usize,
     ) -> Result<KvCache> {
-        let row = kv_dim as u64 * 4;
-        let limit = gpu.caps.max_tensor_bytes();
-        if row > limit {
-            return Err(Error::OverLimit {
-                tensor: "kv.k0 (one position)".into(),
-                requested: row,
-                limit,
-                what: "largest buffer one shader may bind on this adapter",
-                hint: "One position's keys must fit one binding: use an adapter with a larger \
-                       binding limit (or unset BOOMGPU_MAX_BINDING).",
-            });
-        }
-        let block_rows = (limit / row.max(1)) as usize;
+        // A position's keys are one row: refused when one is over the limit.
+        let block_rows = RowBlocks::rows_per_block(gpu, "kv.k0", kv_dim as u64 * 4)?;
         KvCache::in_blocks(gpu, layers, kv_dim, max_ctx, chunk, block_rows)
     }
 

@@ -60,19 +60,15 @@ impl StudentParams {
         };
         let mut named: Vec<(String, Tensor)> = blocked("embed", &student.embed);
         for (i, l) in student.layers.iter().enumerate() {
-            // By name, the blocks of a split weight in row order.
-            let mut entries: Vec<(&String, Option<usize>, &Tensor)> =
-                l.tensors.iter().map(|(n, t)| (n, None, t)).collect();
-            for (n, rows) in &l.split {
-                entries.extend(rows.iter().map(|(start, t)| (n, Some(start), t)));
-            }
-            entries.sort_by_key(|&(n, start, _)| (n, start));
-            for (n, start, t) in entries {
-                let name = match start {
-                    Some(s) => format!("layers.{i}.{n}@{s}"),
-                    None => format!("layers.{i}.{n}"),
-                };
-                named.push((name, t.clone()));
+            // By name; a weight in blocks of rows as its blocks, in row order.
+            let mut names: Vec<&String> = l.tensors.keys().chain(l.split.keys()).collect();
+            names.sort();
+            for n in names {
+                let name = format!("layers.{i}.{n}");
+                match l.split.get(n) {
+                    Some(rows) => named.extend(blocked(&name, rows)),
+                    None => named.push((name, l.tensors[n].clone())),
+                }
             }
         }
         named.push((
