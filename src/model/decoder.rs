@@ -194,12 +194,7 @@ impl Decoder {
                         };
                         let tname = format!("attention.{part}.{kind}");
                         let full = format!("{prefix}{tname}");
-                        let (dtype, data) = if as_f32 && dtype != DType::F32 {
-                            let v = super::weights::to_f32(&data, dtype);
-                            (DType::F32, bytemuck::cast_slice(&v).to_vec())
-                        } else {
-                            (dtype, data)
-                        };
+                        let (dtype, data) = super::weights::widened(&data, dtype, as_f32);
                         if is_bias {
                             let t = gpu.upload_bytes(&full, &shape, dtype, &data)?;
                             layer.tensors.insert(tname, t);

@@ -122,6 +122,19 @@ fn covered_bytes(data: &[u8], n: usize) -> Option<u64> {
         .or(Some(0))
 }
 
+/// Tensor bytes as stored, or widened to f32 with `as_f32` (16-bit
+/// weights for a student that trains in f32).
+pub fn widened(bytes: &[u8], dtype: DType, as_f32: bool) -> (DType, std::borrow::Cow<'_, [u8]>) {
+    if as_f32 && dtype != DType::F32 {
+        let v = to_f32(bytes, dtype);
+        return (
+            DType::F32,
+            std::borrow::Cow::Owned(bytemuck::cast_slice(&v).to_vec()),
+        );
+    }
+    (dtype, std::borrow::Cow::Borrowed(bytes))
+}
+
 /// What an upload needs: shape, dtype and bytes (borrowed from the mapped
 /// file, or widened).
 type UploadParts<'a> = (&'a [usize], DType, std::borrow::Cow<'a, [u8]>);
@@ -290,12 +303,8 @@ impl Checkpoint {
                 e.dtype
             ))
         })?;
-        if as_f32 && dtype != DType::F32 {
-            let v = to_f32(bytes, dtype);
-            let wide = bytemuck::cast_slice(&v).to_vec();
-            return Ok((&e.shape, DType::F32, std::borrow::Cow::Owned(wide)));
-        }
-        Ok((&e.shape, dtype, std::borrow::Cow::Borrowed(bytes)))
+        let (dtype, bytes) = widened(bytes, dtype, as_f32);
+        Ok((&e.shape, dtype, bytes))
     }
 
     /// Upload one tensor in its stored dtype, or widened to f32.
