@@ -19,13 +19,6 @@ const LIMIT: &str = "32KiB";
 
 use common::run_limited as run;
 
-fn close(what: &str, split: f64, whole: f64, rel: f64) {
-    assert!(
-        (split - whole).abs() <= rel * whole.abs().max(1e-12),
-        "{what}: split {split} vs unsplit {whole} (relative tolerance {rel})"
-    );
-}
-
 /// Three logged distillation steps, split and whole: every loss part and
 /// the gradient norm within `rel`.
 fn same_steps(what: &str, whole: &[Value], split: &[Value], rel: f64) {
@@ -75,12 +68,12 @@ fn every_command_matches_the_unsplit_run_for_every_family() {
             log.contains("in 2 blocks of rows"),
             "{fam}: not split: {log}"
         );
-        let ppl = |s: &str| {
-            serde_json::from_str::<Value>(s).unwrap()["perplexity"]
-                .as_f64()
-                .unwrap()
-        };
-        close(&format!("{fam} perplexity"), ppl(&split), ppl(&whole), 1e-6);
+        close(
+            &format!("{fam} perplexity"),
+            perplexity_of(&split),
+            perplexity_of(&whole),
+            1e-6,
+        );
 
         // Every patched size.
         let curve = |tag: &str| {
@@ -333,15 +326,10 @@ fn layer_weights_in_blocks_match_whole() {
         let n = if name == "qwen3" { 12 } else { 8 };
         let needle = format!("; {n} layer weights in blocks of rows");
         assert!(log.contains(&needle), "{name}: {log}");
-        let ppl = |s: &str| {
-            serde_json::from_str::<Value>(s).unwrap()["perplexity"]
-                .as_f64()
-                .unwrap()
-        };
         close(
             &format!("{name} perplexity"),
-            ppl(&split),
-            ppl(&whole),
+            perplexity_of(&split),
+            perplexity_of(&whole),
             1e-6,
         );
 

@@ -20,15 +20,6 @@ use serde_json::{json, Value};
 
 use common::run_limited as run;
 
-fn rel(a: f64, b: f64) -> f64 {
-    (a - b).abs() / b.abs().max(1e-12)
-}
-
-fn perplexity(json_line: &str) -> f64 {
-    let v: Value = serde_json::from_str(json_line).unwrap();
-    v["perplexity"].as_f64().unwrap()
-}
-
 /// The seeded 151,936-token Qwen3 of the fixture and its pruned student.
 fn vocab_models(root: &Path) -> (Value, std::path::PathBuf, std::path::PathBuf) {
     let r = read_json(&fixture_path("vocab/ref.json"));
@@ -68,16 +59,19 @@ fn a_151936_token_qwen3_matches_transformers_split_and_whole() {
     let (whole, _) = run(None, &eval);
     let (split, log) = run(Some("1MiB"), &eval);
     assert!(log.contains("in 19 blocks of rows"), "not split: {log}");
-    let (whole, split) = (perplexity(&whole), perplexity(&split));
+    let (whole, split) = (perplexity_of(&whole), perplexity_of(&split));
     assert!(
-        rel(whole, want) < 1e-3,
+        rel_diff(whole, want) < 1e-3,
         "perplexity {whole} vs transformers {want}"
     );
     assert!(
-        rel(split, want) < 1e-3,
+        rel_diff(split, want) < 1e-3,
         "split perplexity {split} vs transformers {want}"
     );
-    assert!(rel(split, whole) < 1e-6, "split {split} vs whole {whole}");
+    assert!(
+        rel_diff(split, whole) < 1e-6,
+        "split {split} vs whole {whole}"
+    );
 
     // Step-1 distillation loss parts on ids from both ends of the tables,
     // in this process (scripts/test.sh runs it again with a forced limit).
@@ -154,9 +148,12 @@ fn qwen3_0_6b_shapes_run_eval_chat_and_distill() {
     ];
     let (a, log) = run(None, &eval);
     let (b, _) = run(Some("48MiB"), &eval);
-    let (a, b) = (perplexity(&a), perplexity(&b));
+    let (a, b) = (perplexity_of(&a), perplexity_of(&b));
     assert!(a.is_finite() && a > 1.0, "{a}: {log}");
-    assert!(rel(b, a) < 1e-5, "48 MiB blocks {b} vs adapter limit {a}");
+    assert!(
+        rel_diff(b, a) < 1e-5,
+        "48 MiB blocks {b} vs adapter limit {a}"
+    );
 
     // chat: greedy, the same tokens whatever the blocks.
     let chat = [
@@ -225,7 +222,7 @@ fn qwen3_0_6b_shapes_run_eval_chat_and_distill() {
             "--json",
         ],
     );
-    assert!(perplexity(&e).is_finite());
+    assert!(perplexity_of(&e).is_finite());
     std::fs::remove_dir_all(&root).unwrap();
 }
 
@@ -274,7 +271,7 @@ fn qwen3_8b_head_runs_eval_in_bf16_and_f32() {
         // 151,936 rows of 16 KiB (f32) or 8 KiB (bf16) in 128 MiB blocks.
         let needle = format!("embedding and head in {blocks} blocks of rows");
         assert!(log.contains(&needle), "{name}: {log}");
-        let p = perplexity(&out);
+        let p = perplexity_of(&out);
         println!(
             "{name} ({layers} layers, {dtype:?}): perplexity {p:.1} in {:.1} s",
             t0.elapsed().as_secs_f64()

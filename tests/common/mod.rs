@@ -358,3 +358,23 @@ pub fn check_loss_parts(
         );
     }
 }
+
+/// |a - b| relative to |b|.
+pub fn rel_diff(a: f64, b: f64) -> f64 {
+    (a - b).abs() / b.abs().max(1e-12)
+}
+
+/// `got` within relative tolerance `rel` of `want`.
+#[track_caller]
+pub fn close(what: &str, got: f64, want: f64, rel: f64) {
+    assert!(
+        rel_diff(got, want) <= rel,
+        "{what}: {got} vs {want} (relative tolerance {rel})"
+    );
+}
+
+/// The perplexity of one `eval --json` line.
+pub fn perplexity_of(json_line: &str) -> f64 {
+    let v: serde_json::Value = serde_json::from_str(json_line).unwrap();
+    v["perplexity"].as_f64().unwrap()
+}
