@@ -224,12 +224,7 @@ fn what_cannot_fit_is_refused_before_any_work() {
     // 1 KiB: the fixture's 8 KiB rope table cannot be bound (only tables,
     // logits, KV caches and layer matrices are split); named, with the
     // limit.
-    let out = boomgpu_cmd()
-        .args(args)
-        .env("BOOMGPU_MAX_BINDING", "1KiB")
-        .output()
-        .unwrap();
-    let e = err(&out);
+    let e = fail_limited("1KiB", &args);
     assert!(
         e.contains("tensor '")
             && e.contains("needs 8.00 KiB")
@@ -247,18 +242,14 @@ fn what_cannot_fit_is_refused_before_any_work() {
         "rms_norm_eps": 1e-6, "rope_theta": 1000000.0
     });
     write_seeded_model(&dir, &config, boomgpu::gpu::DType::F32, 1);
-    let out = boomgpu_cmd()
-        .args([
-            "eval",
-            "--model",
-            dir.to_str().unwrap(),
-            "--data",
-            text.to_str().unwrap(),
-        ])
-        .env("BOOMGPU_MAX_BINDING", "1KiB")
-        .output()
-        .unwrap();
-    let e = err(&out);
+    let eval = [
+        "eval",
+        "--model",
+        dir.to_str().unwrap(),
+        "--data",
+        text.to_str().unwrap(),
+    ];
+    let e = fail_limited("1KiB", &eval);
     assert!(
         e.contains("tensor 'model.embed_tokens.weight (one row)' needs 2.00 KiB")
             && e.contains("cannot be split further"),
@@ -266,12 +257,7 @@ fn what_cannot_fit_is_refused_before_any_work() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
     // An unreadable switch is an error, not ignored.
-    let out = boomgpu_cmd()
-        .args(args)
-        .env("BOOMGPU_MAX_BINDING", "lots")
-        .output()
-        .unwrap();
-    let e = err(&out);
+    let e = fail_limited("lots", &args);
     assert!(
         e.contains("BOOMGPU_MAX_BINDING='lots' is not a size"),
         "{e}"

@@ -298,17 +298,28 @@ pub fn write_seeded_model(
 }
 
 /// `boomgpu args` with the binding limit forced to `limit` (or the
-/// adapter's own with `None`): its stdout (it must succeed) and stderr.
-pub fn run_limited(limit: Option<&str>, args: &[&str]) -> (String, String) {
+/// adapter's own with `None`).
+fn output_limited(limit: Option<&str>, args: &[&str]) -> Output {
     let mut cmd = boomgpu_cmd();
     cmd.args(args);
     match limit {
         Some(l) => cmd.env("BOOMGPU_MAX_BINDING", l),
         None => cmd.env_remove("BOOMGPU_MAX_BINDING"),
     };
-    let out = cmd.output().unwrap();
+    cmd.output().unwrap()
+}
+
+/// `boomgpu args` at binding limit `limit`: its stdout (it must succeed)
+/// and stderr.
+pub fn run_limited(limit: Option<&str>, args: &[&str]) -> (String, String) {
+    let out = output_limited(limit, args);
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     (ok(&out), stderr)
+}
+
+/// `boomgpu args` at binding limit `limit`, which must fail: its error.
+pub fn fail_limited(limit: &str, args: &[&str]) -> String {
+    err(&output_limited(Some(limit), args))
 }
 
 /// A reference's `pairs` ((student, teacher) hidden-state indices, negative
