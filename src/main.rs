@@ -3,8 +3,9 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use boomgpu::boomerang::{Direction, PruneParams};
+use boomgpu::boomerang::PruneParams;
 use boomgpu::commands::init_student::InitStudentOptions;
+use boomgpu::commands::order::OrderChoice;
 use boomgpu::commands::patch::{prune_params, PatchOptions};
 use boomgpu::commands::plan::PlanOptions;
 use boomgpu::gpu::GpuOptions;
@@ -66,27 +67,38 @@ struct ModelArgs {
     prune: PruneArgs,
 }
 
-/// Which student layers get their teacher blocks back.
-#[derive(Args, Clone, Copy)]
+/// Which student layers get their teacher blocks back, in which order.
+#[derive(Args, Clone)]
 struct OrderArgs {
-    /// Patch the first student layers (the default for Llama).
-    #[arg(long, conflicts_with = "last")]
+    /// Patch the first student layers (the reference's order for Llama); same as --order first.
+    #[arg(long, conflicts_with_all = ["last", "order"])]
     first: bool,
-    /// Patch the last student layers (the default for Qwen3 and Pythia).
-    #[arg(long)]
+    /// Patch the last student layers (the reference's order for Qwen3 and Pythia); same as --order last.
+    #[arg(long, conflicts_with = "order")]
     last: bool,
+    /// Patch order: first, last, or auto (chosen greedily by the perplexity of --calibration
+    /// text, or the order the student stores) [default: the student's stored order, else the
+    /// reference's for the family].
+    #[arg(long, value_name = "ORDER")]
+    order: Option<String>,
+    /// With --order auto: the text whose perplexity chooses the order.
+    #[arg(long, value_name = "TEXT")]
+    calibration: Option<PathBuf>,
+    /// With --calibration: how many of its first tokens are scored [default: 2048].
+    #[arg(long, value_name = "N")]
+    calibration_tokens: Option<usize>,
 }
 
 impl OrderArgs {
-    /// The order asked for, or None for the family's default.
-    fn direction(self) -> Option<Direction> {
-        if self.first {
-            Some(Direction::First)
-        } else if self.last {
-            Some(Direction::Last)
-        } else {
-            None
-        }
+    /// The order asked for.
+    fn choice(&self) -> boomgpu::Result<OrderChoice> {
+        OrderChoice::from_flags(
+            self.order.as_deref(),
+            self.first,
+            self.last,
+            self.calibration.clone(),
+            self.calibration_tokens,
+        )
     }
 }
 
@@ -264,18 +276,16 @@ enum Command {
     },
     /// Export an intermediate model (boomerang step 3): the student with K of
     /// its layers replaced by the teacher blocks they stand for, as a
-    /// Hugging Face folder. Needs no GPU: tensors are copied byte for byte.
+    /// Hugging Face folder. Needs no GPU (tensors are copied byte for byte)
+    /// unless --order auto searches an order on --calibration text.
     /// `boomgpu plan` lists every K.
     Patch {
         #[command(flatten)]
         pair: PairArgs,
         /// Number of student layers to replace by teacher blocks (0..=P; P gives the teacher).
-        #[arg(
-            long,
-            value_name = "K",
-            required_unless_present = "fit",
-            conflicts_with = "fit"
-        )]
+        /// Without it and without --fit, --order auto exports the student itself with the
+        /// chosen order in its student_config.json.
+        #[arg(long, value_name = "K", conflicts_with = "fit")]
         layers: Option<usize>,
         #[command(flatten)]
         order: OrderArgs,
@@ -371,7 +381,7 @@ impl ChatCmd {
             &t,
             &s,
             params,
-            self.order.direction(),
+            &self.order.choice()?,
             &size,
             self.max_context,
         )?;
@@ -384,7 +394,7 @@ impl ChatCmd {
         Ok(self)
     }
 
-    fn into_args(self) -> boomgpu::commands::chat::ChatArgs {
+    fn into_args(self) -> boomgpu::Result<boomgpu::commands::chat::ChatArgs> {
         use boomgpu::commands::chat::{ChatArgs, ChatTarget, DEFAULT_STUDENT, DEFAULT_TEACHER};
         let target = match (self.models.model, self.models.teacher, self.models.student) {
             (Some(m), _, _) => ChatTarget::Model(m),
@@ -394,11 +404,10 @@ impl ChatCmd {
                 student: DEFAULT_STUDENT.into(),
             },
         };
-        ChatArgs {
+        Ok(ChatArgs {
             target,
             layers: self.layers,
-            first: self.order.first,
-            last: self.order.last,
+            order: self.order.choice()?,
             prune: self.models.prune.params(),
             prompt: self.prompt,
             max_tokens: self.max_tokens,
@@ -410,7 +419,7 @@ impl ChatCmd {
             seed: self.seed,
             max_context: self.max_context,
             stop: self.stop,
-        }
+        })
     }
 }
 
@@ -539,8 +548,9 @@ fn main() -> ExitCode {
         } => {
             let compare = Compare { baseline, before };
             let layers = match (&models.teacher, &models.student, &fit.fit) {
-                (Some(t), Some(s), Some(_)) => fit
-                    .layers(t, s, models.prune.params(), order.direction(), None)
+                (Some(t), Some(s), Some(_)) => order
+                    .choice()
+                    .and_then(|c| fit.layers(t, s, models.prune.params(), &c, None))
                     .map(|k| k.map(|k| k.to_string())),
                 (_, _, Some(_)) => Err(boomgpu::Error::Invalid(
                     "--fit chooses a size of a pair: give --teacher and --student".into(),
@@ -589,23 +599,19 @@ fn main() -> ExitCode {
             fit,
             out,
             force,
-        } => fit
-            .layers(
-                &pair.teacher,
-                &pair.student,
-                pair.prune.params(),
-                order.direction(),
-                layers,
-            )
-            .and_then(|k| {
+        } => order
+            .choice()
+            .and_then(|order| {
                 boomgpu::commands::patch::run(&PatchOptions {
                     params: pair.prune.params(),
                     teacher: pair.teacher,
                     student: pair.student,
-                    k: k.expect("--layers or --fit"),
-                    direction: order.direction(),
+                    k: layers,
+                    fit: fit.fit.map(|f| (f, fit.ctx)),
+                    order,
                     out,
                     force,
+                    gpu: opts.clone(),
                 })
             })
             .map(|s| print!("{s}")),
@@ -624,7 +630,8 @@ fn main() -> ExitCode {
         } => boomgpu::commands::import_gguf::run(&file, &out, &dtype, force).map(|s| print!("{s}")),
         Command::Chat(c) => c
             .choose_size()
-            .and_then(|c| boomgpu::commands::chat::run(&opts, &c.into_args())),
+            .and_then(|c| c.into_args())
+            .and_then(|a| boomgpu::commands::chat::run(&opts, &a)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -654,14 +661,13 @@ impl FitArgs {
         teacher: &str,
         student: &str,
         params: Option<boomgpu::boomerang::PruneParams>,
-        direction: Option<boomgpu::boomerang::Direction>,
+        order: &OrderChoice,
         given: Option<usize>,
     ) -> boomgpu::Result<Option<usize>> {
         let Some(size) = &self.fit else {
             return Ok(given);
         };
-        let f =
-            boomgpu::commands::fit::for_pair(teacher, student, params, direction, size, self.ctx)?;
+        let f = boomgpu::commands::fit::for_pair(teacher, student, params, order, size, self.ctx)?;
         eprintln!("{}", f.report);
         Ok(Some(f.k))
     }
@@ -686,7 +692,6 @@ fn eval(
     opts: &GpuOptions,
 ) -> boomgpu::Result<()> {
     use boomgpu::commands::eval::{run, EvalArgs, Sizes, Target};
-    let (first, last) = (order.first, order.last);
     let target = match (&models.model, &models.teacher, &models.student) {
         (Some(m), None, None) => Target::Model(m),
         (None, Some(t), Some(s)) => {
@@ -700,8 +705,7 @@ fn eval(
                 teacher: t,
                 student: s,
                 sizes,
-                first,
-                last,
+                order: order.choice()?,
                 params: models.prune.params(),
             }
         }

@@ -1364,8 +1364,7 @@ fn chat_args() -> ChatArgs {
     ChatArgs {
         target: ChatTarget::Model("m".into()),
         layers: None,
-        first: false,
-        last: false,
+        order: Default::default(),
         prune: None,
         prompt: Some("x".into()),
         max_tokens: None,

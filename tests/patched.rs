@@ -29,7 +29,7 @@ fn every_size_in_both_directions_matches_transformers() {
         for (dir, key) in [(Direction::Last, "last"), (Direction::First, "first")] {
             for row in r[key].as_array().unwrap() {
                 let k = row["k"].as_u64().unwrap() as usize;
-                let (plan, dec) = pair.patched(k, dir).unwrap();
+                let (plan, dec) = pair.patched(k, &dir.into()).unwrap();
                 assert_eq!(
                     plan.num_layers() as u64,
                     row["layers"].as_u64().unwrap(),
@@ -51,14 +51,14 @@ fn every_size_in_both_directions_matches_transformers() {
         let window = &ids[..seq];
         for dir in [Direction::Last, Direction::First] {
             for k in 0..=boomgpu::boomerang::PatchPlan::max_k(&pair.plan, dir) {
-                let (_, dec) = pair.patched(k, dir).unwrap();
+                let (_, dec) = pair.patched(k, &dir.into()).unwrap();
                 score::window_nll(g, &dec, window).unwrap();
             }
         }
         let before = g.memory().buffers_created;
         for dir in [Direction::Last, Direction::First] {
             for k in 0..=boomgpu::boomerang::PatchPlan::max_k(&pair.plan, dir) {
-                let (_, dec) = pair.patched(k, dir).unwrap();
+                let (_, dec) = pair.patched(k, &dir.into()).unwrap();
                 score::window_nll(g, &dec, window).unwrap();
             }
         }
@@ -101,7 +101,11 @@ fn out_of_range_layers_lists_the_valid_range() {
         None,
     )
     .unwrap();
-    let e = pair.patched(9, Direction::Last).err().unwrap().to_string();
+    let e = pair
+        .patched(9, &Direction::Last.into())
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("valid --layers for this pair: 0..=2"), "{e}");
 }
 
@@ -182,7 +186,7 @@ fn naive_pruning_removes_what_the_patched_model_lacks() {
                     .collect();
                 assert_eq!(removed, lacking, "{name} {dir}-{k}");
                 // The decoder is the teacher's layers, shared.
-                let dec = pair.naive(Some(k), dir).unwrap();
+                let dec = pair.naive(Some(k), &dir.into()).unwrap();
                 assert_eq!(dec.layers.len(), kept.len());
                 for (l, &j) in dec.layers.iter().zip(&kept) {
                     assert!(std::sync::Arc::ptr_eq(l, &pair.teacher.decoder.layers[j]));

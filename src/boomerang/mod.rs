@@ -5,10 +5,12 @@
 //! random-init ablation (`init`). See REFERENCE §2–§4.
 
 pub mod init;
+pub mod order;
 pub mod patch;
 pub mod plan;
 pub mod student_config;
 
+pub use order::PatchOrder;
 pub use patch::{patch_points, Direction, LayerSource, Part, PatchPlan, PatchPoint};
 pub use plan::{reference_alignment, AlignPair, Hidden, PruneParams, PrunePlan};
 pub use student_config::{PlanSource, StudentConfig};

@@ -2,8 +2,11 @@
 //! model takes from the student and which from the teacher (REFERENCE §4,
 //! the reference's `get_layer_cutoffs` and `patch_{first,last}_k_layers`).
 
+use std::ops::Range;
+
 use serde_json::Value;
 
+use super::order::{segments, PatchOrder};
 use super::plan::PrunePlan;
 use crate::error::{Error, Result};
 use crate::model::{Family, ModelConfig};
@@ -102,9 +105,12 @@ pub fn patch_points(copied: &[usize], direction: Direction) -> Vec<PatchPoint> {
 /// student's) embedding matrix used as LM head; see [`PatchPlan::tied`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PatchPlan {
+    /// The order's base direction.
     pub direction: Direction,
-    /// Number of student layers replaced by teacher blocks.
+    /// Number of units restored (student layers replaced by teacher blocks).
     pub k: usize,
+    /// The order is a chosen one (`--order auto`), not the reference's.
+    pub auto: bool,
     /// The decoder layers, in order.
     pub layers: Vec<LayerSource>,
     pub embed: Part,
@@ -135,11 +141,23 @@ impl PatchPlan {
         patch_points(&plan.copied, direction).len()
     }
 
+    /// Size `k` of the reference order of `direction` (REFERENCE §4).
     pub fn new(plan: &PrunePlan, k: usize, direction: Direction) -> Result<PatchPlan> {
+        PatchPlan::ordered(plan, k, &PatchOrder::reference(direction))
+    }
+
+    /// Size `k` of `order`: the base model of its direction with the
+    /// order's first `k` units replaced by their teacher layers; `k = P`
+    /// is the teacher. Below the top, embedding, final norm and head come
+    /// from where the direction takes them: last-k keeps the student's
+    /// embedding and the teacher's norm and head, first-k the teacher's
+    /// embedding and the student's norm and head.
+    pub fn ordered(plan: &PrunePlan, k: usize, order: &PatchOrder) -> Result<PatchPlan> {
+        let direction = order.direction;
         let l = plan.num_teacher_layers;
         let n = plan.num_student_layers();
-        let points = patch_points(&plan.copied, direction);
-        let p = points.len();
+        let seg = segments(plan, direction);
+        let p = seg.units.len();
         if k > p {
             return Err(Error::Invalid(format!(
                 "--layers {k} is out of range for {direction}-k patching of this pair \
@@ -147,63 +165,61 @@ impl PatchPlan {
                  ({p} gives the teacher itself)"
             )));
         }
-        let teacher = PatchPlan {
+        let auto = !order.is_reference();
+        if k == p {
+            return Ok(PatchPlan {
+                direction,
+                k,
+                auto,
+                layers: (0..l).map(LayerSource::Teacher).collect(),
+                embed: Part::Teacher,
+                final_norm: Part::Teacher,
+                head: Part::Teacher,
+                is_teacher: true,
+            });
+        }
+        let restored = order.restored(k);
+        let mut parts: Vec<(Range<usize>, Range<usize>, bool)> = seg
+            .units
+            .iter()
+            .enumerate()
+            .map(|(u, x)| (x.student.clone(), x.teacher.clone(), restored.contains(&u)))
+            .collect();
+        parts.extend(seg.base_teacher.map(|(s, t)| (s, t, true)));
+        parts.sort_by_key(|(s, t, _)| (s.start, t.start));
+        let layers = parts
+            .into_iter()
+            .flat_map(|(s, t, teacher)| -> Vec<LayerSource> {
+                if teacher {
+                    t.map(LayerSource::Teacher).collect()
+                } else {
+                    s.map(LayerSource::Student).collect()
+                }
+            })
+            .collect();
+        let (embed, below) = match direction {
+            Direction::Last => (Part::Student, Part::Teacher),
+            Direction::First => (Part::Teacher, Part::Student),
+        };
+        Ok(PatchPlan {
             direction,
             k,
-            layers: (0..l).map(LayerSource::Teacher).collect(),
-            embed: Part::Teacher,
-            final_norm: Part::Teacher,
-            head: Part::Teacher,
-            is_teacher: true,
-        };
-        Ok(match direction {
-            Direction::Last => {
-                if k + 1 > p {
-                    teacher
-                } else {
-                    let PatchPoint {
-                        student: s,
-                        teacher: t,
-                    } = points[p - 1 - k];
-                    let layers = (0..s)
-                        .map(LayerSource::Student)
-                        .chain((t..l).map(LayerSource::Teacher))
-                        .collect();
-                    PatchPlan {
-                        direction,
-                        k,
-                        layers,
-                        embed: Part::Student,
-                        final_norm: Part::Teacher,
-                        head: Part::Teacher,
-                        is_teacher: false,
-                    }
-                }
-            }
-            Direction::First => {
-                if k >= p {
-                    teacher
-                } else {
-                    let PatchPoint {
-                        student: s,
-                        teacher: t,
-                    } = points[k];
-                    let layers = (0..t)
-                        .map(LayerSource::Teacher)
-                        .chain((s..n).map(LayerSource::Student))
-                        .collect();
-                    PatchPlan {
-                        direction,
-                        k,
-                        layers,
-                        embed: Part::Teacher,
-                        final_norm: Part::Student,
-                        head: Part::Student,
-                        is_teacher: false,
-                    }
-                }
-            }
+            auto,
+            layers,
+            embed,
+            final_norm: below,
+            head: below,
+            is_teacher: false,
         })
+    }
+
+    /// `teacher`, or the order and size: `last-3`, `first-0`, `auto-2`.
+    pub fn label(&self) -> String {
+        match (self.is_teacher, self.auto) {
+            (true, _) => "teacher".into(),
+            (false, true) => format!("auto-{}", self.k),
+            (false, false) => format!("{}-{}", self.direction, self.k),
+        }
     }
 
     pub fn num_layers(&self) -> usize {
@@ -651,6 +667,40 @@ mod tests {
         // Mismatched architectures are refused.
         let e = p.layout(&t, &cfg("llama", 4, false), &prune).unwrap_err();
         assert!(e.to_string().contains("model_type qwen3 vs llama"), "{e}");
+    }
+
+    #[test]
+    fn chosen_orders_mix_blocks_and_the_identity_is_the_reference() {
+        let plan = PrunePlan::new(12, 2, 1, 2).unwrap();
+        for dir in [Direction::Last, Direction::First] {
+            let p = PatchPlan::max_k(&plan, dir);
+            let id = PatchOrder::chosen(&plan, dir, (0..p).collect(), None).unwrap();
+            for k in 0..=p {
+                let a = PatchPlan::new(&plan, k, dir).unwrap();
+                let b = PatchPlan::ordered(&plan, k, &id).unwrap();
+                assert_eq!((a.layers, a.embed, a.head), (b.layers, b.embed, b.head));
+                assert!(b.auto && !a.auto);
+            }
+        }
+        // Copied 0,2,4,6,8,10,11 (students 0..7). Last-based units, by
+        // reference step: 0 = S4 (T8-9), 1 = S3, 2 = S2, 3 = S1, 4 = S0 (T0-1).
+        let o = PatchOrder::chosen(&plan, Direction::Last, vec![2, 4, 0, 1, 3], None).unwrap();
+        let p1 = PatchPlan::ordered(&plan, 1, &o).unwrap();
+        assert_eq!(compact_sources(&p1.layers), "S0-1 T4-5 S3-4 T10-11");
+        assert_eq!(p1.label(), "auto-1");
+        assert_eq!((p1.embed, p1.head), (Part::Student, Part::Teacher));
+        let p2 = PatchPlan::ordered(&plan, 2, &o).unwrap();
+        assert_eq!(compact_sources(&p2.layers), "T0-1 S1 T4-5 S3-4 T10-11");
+        assert_eq!(p2.num_layers(), 9);
+        assert!(PatchPlan::ordered(&plan, 5, &o).unwrap().is_teacher);
+        assert!(PatchPlan::ordered(&plan, 6, &o).is_err());
+        // The naive baseline stands for the same teacher layers.
+        assert_eq!(p2.naive_layers(&plan), vec![0, 1, 2, 4, 5, 6, 8, 10, 11]);
+        // First-based: base T0 S? ...; unit 2 = S2 (T4-5) alone.
+        let o = PatchOrder::chosen(&plan, Direction::First, vec![2, 0, 1, 3, 4], None).unwrap();
+        let p1 = PatchPlan::ordered(&plan, 1, &o).unwrap();
+        assert_eq!(compact_sources(&p1.layers), "S0-1 T4-5 S3-6");
+        assert_eq!((p1.embed, p1.head), (Part::Teacher, Part::Student));
     }
 
     #[test]

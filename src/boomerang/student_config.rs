@@ -1,11 +1,14 @@
 //! `student_config.json`: the teacher layers a student was made from,
 //! `{"pruned_teacher_layers": [...], "copied_teacher_layers": [...]}`
-//! (exactly the reference's key names; published students carry it).
+//! (exactly the reference's key names; published students carry it), and
+//! optionally the `patch_order` that `boomgpu patch --order auto` chose
+//! (see [`PatchOrder::to_json`]), which chat, eval and patch then follow.
 
 use std::path::Path;
 
 use serde_json::{json, Value};
 
+use super::order::PatchOrder;
 use super::plan::{PruneParams, PrunePlan};
 use crate::error::{Error, Result};
 
@@ -15,6 +18,8 @@ pub const FILE_NAME: &str = "student_config.json";
 pub struct StudentConfig {
     pub pruned_teacher_layers: Vec<usize>,
     pub copied_teacher_layers: Vec<usize>,
+    /// A chosen patch order, as written (checked by [`StudentConfig::order`]).
+    pub patch_order: Option<Value>,
 }
 
 /// Where a [`PrunePlan`] came from.
@@ -46,20 +51,42 @@ impl StudentConfig {
         StudentConfig {
             pruned_teacher_layers: plan.pruned.clone(),
             copied_teacher_layers: plan.copied.clone(),
+            patch_order: None,
         }
     }
 
+    /// With a chosen patch order for this plan.
+    pub fn with_order(mut self, plan: &PrunePlan, order: &PatchOrder) -> StudentConfig {
+        self.patch_order = (!order.is_reference()).then(|| order.to_json(plan));
+        self
+    }
+
     pub fn to_json(&self) -> Value {
-        json!({
+        let mut v = json!({
             "pruned_teacher_layers": self.pruned_teacher_layers,
             "copied_teacher_layers": self.copied_teacher_layers,
-        })
+        });
+        if let Some(o) = &self.patch_order {
+            v["patch_order"] = o.clone();
+        }
+        v
+    }
+
+    /// The stored patch order, checked against `plan` (the plan of this
+    /// file's own lists); `None` when there is none.
+    pub fn order(&self, plan: &PrunePlan) -> Result<Option<PatchOrder>> {
+        self.patch_order
+            .as_ref()
+            .map(|v| PatchOrder::from_json(v, plan))
+            .transpose()
+            .map_err(|e| Error::Invalid(format!("{FILE_NAME}: {e}")))
     }
 
     pub fn from_json(v: &Value) -> Result<StudentConfig> {
         Ok(StudentConfig {
             pruned_teacher_layers: layer_list(v, "pruned_teacher_layers")?,
             copied_teacher_layers: layer_list(v, "copied_teacher_layers")?,
+            patch_order: v.get("patch_order").filter(|o| !o.is_null()).cloned(),
         })
     }
 
@@ -86,6 +113,19 @@ impl StudentConfig {
             self.pruned_teacher_layers.clone(),
             self.copied_teacher_layers.clone(),
         )
+    }
+
+    /// The patch order stored in the `student_config.json` of
+    /// `student_dir`, checked against `plan` (the student's plan); `None`
+    /// when the folder has no such file or the file no order.
+    pub fn load_order(student_dir: &Path, plan: &PrunePlan) -> Result<Option<PatchOrder>> {
+        let path = student_dir.join(FILE_NAME);
+        if !path.exists() {
+            return Ok(None);
+        }
+        StudentConfig::read(&path)?
+            .order(plan)
+            .map_err(|e| Error::Invalid(format!("{}: {e}", student_dir.display())))
     }
 
     /// The plan of the student in `student_dir` for a teacher with
@@ -174,6 +214,43 @@ mod tests {
             r#"{"pruned_teacher_layers": [-1], "copied_teacher_layers": [0]}"#
         )
         .is_err());
+    }
+
+    #[test]
+    fn a_stored_order_survives_the_file_and_is_checked() {
+        let d = tmpdir("order");
+        let plan = PrunePlan::new(12, 2, 1, 2).unwrap();
+        assert_eq!(StudentConfig::load_order(&d, &plan).unwrap(), None);
+        let sc = StudentConfig::from_plan(&plan);
+        sc.write(&d.join(FILE_NAME)).unwrap();
+        assert_eq!(StudentConfig::load_order(&d, &plan).unwrap(), None);
+        let o = PatchOrder::chosen(
+            &plan,
+            crate::boomerang::Direction::Last,
+            vec![1, 0, 4, 2, 3],
+            None,
+        )
+        .unwrap();
+        let sc = sc.with_order(&plan, &o);
+        sc.write(&d.join(FILE_NAME)).unwrap();
+        assert_eq!(StudentConfig::load_order(&d, &plan).unwrap(), Some(o));
+        // The reference's keys are unchanged beside it.
+        let v: Value =
+            serde_json::from_str(&std::fs::read_to_string(d.join(FILE_NAME)).unwrap()).unwrap();
+        assert_eq!(v["copied_teacher_layers"], json!(plan.copied));
+        assert_eq!(v["patch_order"]["student_layers"], json!([3, 4, 0, 2, 1]));
+        // A broken order is refused with the folder and the fix.
+        std::fs::write(
+            d.join(FILE_NAME),
+            r#"{"pruned_teacher_layers": [1,3,5,7,9], "copied_teacher_layers": [0,2,4,6,8,10,11],
+                "patch_order": {"base": "last", "student_layers": [3, 4, 0, 2, 2]}}"#,
+        )
+        .unwrap();
+        let e = StudentConfig::load_order(&d, &plan)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("patch_order") && e.contains("once"), "{e}");
+        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]

@@ -31,8 +31,8 @@ pub struct ChatArgs {
     pub target: ChatTarget,
     /// Student layers to patch (pairs only); None = the student itself.
     pub layers: Option<usize>,
-    pub first: bool,
-    pub last: bool,
+    /// The patch order `/layers` follows.
+    pub order: super::order::OrderChoice,
     pub prune: Option<crate::boomerang::PruneParams>,
     pub prompt: Option<String>,
     pub max_tokens: Option<usize>,
@@ -153,20 +153,22 @@ pub fn run(opts: &GpuOptions, a: &ChatArgs) -> Result<()> {
         }
         ChatTarget::Pair { teacher, student } => {
             let pair = std::sync::Arc::new(Pair::load(&gpu, teacher, student, a.prune)?);
-            let dir = pair.direction(a.first, a.last);
+            let cal_seq = pair.teacher.cfg.max_position_embeddings.min(2048);
+            let order = super::order::for_pair(&gpu, &pair, &a.order, cal_seq)?;
             let dec = match a.layers {
-                Some(k) => pair.patched(k, dir)?.1,
+                Some(k) => pair.patched(k, &order)?.1,
                 None => pair.student.decoder.clone(),
             };
-            let max_k = crate::boomerang::PatchPlan::max_k(&pair.plan, dir);
+            let max_k = crate::boomerang::PatchPlan::max_k(&pair.plan, order.direction);
             eprintln!(
-                "{} layers, {:.1}M parameters; /layers 0..={max_k} switches size ({dir}-k patching, {max_k} = the teacher)",
+                "{} layers, {:.1}M parameters; /layers 0..={max_k} switches size ({}-k patching, {max_k} = the teacher)",
                 dec.layers.len(),
-                dec.params() as f64 / 1e6
+                dec.params() as f64 / 1e6,
+                order.name()
             );
             let p2 = pair.clone();
             let resizer: crate::infer::session::Resizer =
-                Box::new(move |k| p2.patched(k, dir).map(|(_, d)| d));
+                Box::new(move |k| p2.patched(k, &order).map(|(_, d)| d));
             let t = &pair.teacher;
             let loaded = super::common::Loaded {
                 dir: t.dir.clone(),

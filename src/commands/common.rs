@@ -2,7 +2,9 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::boomerang::{Direction, LayerSource, Part, PatchPlan, PruneParams, PrunePlan};
+use crate::boomerang::{
+    Direction, LayerSource, Part, PatchOrder, PatchPlan, PruneParams, PrunePlan,
+};
 use crate::error::{Error, Result};
 use crate::gpu::{format_bytes, Gpu, GpuOptions};
 use crate::model::decoder::Decoder;
@@ -95,6 +97,8 @@ pub struct Pair {
     pub teacher: Loaded,
     pub student: Loaded,
     pub plan: PrunePlan,
+    /// The patch order the student's `student_config.json` stores, if any.
+    pub stored_order: Option<PatchOrder>,
 }
 
 impl Pair {
@@ -127,6 +131,7 @@ impl Pair {
             teacher: t,
             student: s,
             plan: files.prune,
+            stored_order: files.stored_order,
         })
     }
 
@@ -140,10 +145,10 @@ impl Pair {
         }
     }
 
-    /// The model with `k` student layers patched (`boomgpu patch`'s plan),
-    /// sharing every tensor with the teacher and the student.
-    pub fn patched(&self, k: usize, direction: Direction) -> Result<(PatchPlan, Decoder)> {
-        self.patched_with(&self.student.decoder, k, direction)
+    /// The model with `k` units of `order` patched (`boomgpu patch`'s
+    /// plan), sharing every tensor with the teacher and the student.
+    pub fn patched(&self, k: usize, order: &PatchOrder) -> Result<(PatchPlan, Decoder)> {
+        self.patched_with(&self.student.decoder, k, order)
     }
 
     /// Naive layer pruning at size `k`: the teacher's own layers that the
@@ -151,9 +156,9 @@ impl Pair {
     /// teacher's embedding, final norm and head; untrained, and sharing
     /// every tensor with the teacher.
     /// `k = None`: the student's own size (the teacher's `copied` layers).
-    pub fn naive(&self, k: Option<usize>, direction: Direction) -> Result<Decoder> {
+    pub fn naive(&self, k: Option<usize>, order: &PatchOrder) -> Result<Decoder> {
         let keep = match k {
-            Some(k) => PatchPlan::new(&self.plan, k, direction)?.naive_layers(&self.plan),
+            Some(k) => PatchPlan::ordered(&self.plan, k, order)?.naive_layers(&self.plan),
             None => self.plan.copied.clone(),
         };
         let t = &self.teacher.decoder;
@@ -173,7 +178,7 @@ impl Pair {
         &self,
         student: &Decoder,
         k: usize,
-        direction: Direction,
+        order: &PatchOrder,
     ) -> Result<(PatchPlan, Decoder)> {
         if student.layers.len() != self.plan.copied.len() {
             return Err(Error::Invalid(format!(
@@ -182,7 +187,7 @@ impl Pair {
                 self.plan.copied.len()
             )));
         }
-        let plan = PatchPlan::new(&self.plan, k, direction)?;
+        let plan = PatchPlan::ordered(&self.plan, k, order)?;
         let t = &self.teacher.decoder;
         let pick = |p: Part| if p == Part::Teacher { t } else { student };
         let layers = plan

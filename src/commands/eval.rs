@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use serde_json::json;
 
 use super::common::{load_model, open_gpu, read_text, Pair};
-use crate::boomerang::{Direction, PatchPlan, PruneParams};
+use super::order::{self, OrderChoice};
+use crate::boomerang::{PatchOrder, PatchPlan, PruneParams};
 use crate::error::{Error, Result};
 use crate::gpu::{format_bytes, Gpu, GpuOptions};
 use crate::model::decoder::Decoder;
@@ -54,8 +55,7 @@ pub enum Target<'a> {
         teacher: &'a str,
         student: &'a str,
         sizes: Sizes,
-        first: bool,
-        last: bool,
+        order: OrderChoice,
         params: Option<PruneParams>,
     },
 }
@@ -146,15 +146,22 @@ pub fn run(opts: &GpuOptions, a: &EvalArgs) -> Result<String> {
             teacher,
             student,
             sizes,
-            first,
-            last,
+            order: choice,
             params,
         } => {
             let pair = Pair::load(&gpu, teacher, student, *params)?;
-            let dir = pair.direction(*first, *last);
             let seq_len = a
                 .seq_len
                 .unwrap_or(pair.teacher.cfg.max_position_embeddings.min(2048));
+            if let Some(c) = choice.calibration() {
+                if same_file(&c.text, a.data) {
+                    eprintln!(
+                        "warning: --calibration is the --data text: the order is chosen on the \
+                         text it is scored on, so its perplexities are optimistic"
+                    );
+                }
+            }
+            let order = order::for_pair(&gpu, &pair, choice, seq_len)?;
             let ids = tokenize(pair.teacher.tokenizer.as_ref(), &pair.teacher.dir, a.data)?;
             eprintln!(
                 "teacher + student on the GPU: {} (every size shares these tensors)",
@@ -162,9 +169,10 @@ pub fn run(opts: &GpuOptions, a: &EvalArgs) -> Result<String> {
             );
             match sizes {
                 Sizes::One(k) => {
-                    let (plan, dec) = pair.patched(*k, dir)?;
+                    let (plan, dec) = pair.patched(*k, &order)?;
                     eprintln!(
-                        "{dir}-{k}: {} layers ({} from the teacher), {:.1}M parameters, {} of weights",
+                        "{}: {} layers ({} from the teacher), {:.1}M parameters, {} of weights",
+                        plan.label(),
                         plan.num_layers(),
                         plan.teacher_layers(),
                         dec.params() as f64 / 1e6,
@@ -177,22 +185,40 @@ pub fn run(opts: &GpuOptions, a: &EvalArgs) -> Result<String> {
                         );
                     }
                     Ok(format!(
-                        "{}: {} tokens\n{dir}-k = {k}: {} layers, {:.1}M parameters: perplexity {:.4}\n",
+                        "{}: {} tokens\n{}-k = {k}: {} layers, {:.1}M parameters: perplexity {:.4}\n",
                         a.data.display(),
                         p.tokens,
+                        order.name(),
                         plan.num_layers(),
                         dec.params() as f64 / 1e6,
                         p.perplexity
                     ))
                 }
                 Sizes::All => {
-                    let all: Vec<usize> = (0..=PatchPlan::max_k(&pair.plan, dir)).collect();
-                    curve(&gpu, &pair, dir, &all, &ids, seq_len, a)
+                    let all: Vec<usize> =
+                        (0..=PatchPlan::max_k(&pair.plan, order.direction)).collect();
+                    curve(&gpu, &pair, &order, &all, &ids, seq_len, a)
                 }
-                Sizes::List(ks) => curve(&gpu, &pair, dir, ks, &ids, seq_len, a),
+                Sizes::List(ks) => curve(&gpu, &pair, &order, ks, &ids, seq_len, a),
             }
         }
     }
+}
+
+/// Whether two paths name the same file.
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
+    }
+}
+
+/// A size of a chosen (`--order auto`) order, beside the reference's.
+pub struct AutoRow {
+    pub label: String,
+    pub layers: usize,
+    pub params: u64,
+    pub ppl: Perplexity,
 }
 
 /// One row of the interpolation curve.
@@ -207,17 +233,26 @@ pub struct CurveRow {
     pub naive: Option<Perplexity>,
     /// The `--before` student patched the same way.
     pub before: Option<Perplexity>,
+    /// The chosen order at this `k` (`--order auto`).
+    pub auto: Option<AutoRow>,
 }
 
+/// The curve of `order`'s sizes `ks`. A chosen order is scored beside the
+/// reference order of its base direction, which makes the main curve.
 fn curve(
     gpu: &Gpu,
     pair: &Pair,
-    dir: Direction,
+    order: &PatchOrder,
     ks: &[usize],
     ids: &[u32],
     seq_len: usize,
     a: &EvalArgs,
 ) -> Result<String> {
+    let (main, auto) = match order.is_reference() {
+        true => (order.clone(), None),
+        false => (PatchOrder::reference(order.direction), Some(order)),
+    };
+    let dir = main.direction;
     let mut rows = Vec::new();
     let total = ks.len() + 1;
     let mut bar = Progress::new("sizes", total, "models");
@@ -234,7 +269,7 @@ fn curve(
         let naive = match a.baseline {
             true => Some(score(
                 gpu,
-                &pair.naive(k, dir)?,
+                &pair.naive(k, &main)?,
                 ids,
                 seq_len,
                 "naive",
@@ -244,7 +279,7 @@ fn curve(
         };
         let before = match (&before, k) {
             (Some(b), Some(k)) => {
-                let dec = pair.patched_with(b, k, dir)?.1;
+                let dec = pair.patched_with(b, k, &main)?.1;
                 Some(score(gpu, &dec, ids, seq_len, "before", true)?)
             }
             (Some(b), None) => Some(score(gpu, b, ids, seq_len, "before", true)?),
@@ -264,18 +299,33 @@ fn curve(
         ppl: p,
         naive,
         before: bef,
+        auto: None,
     });
     bar.update(1, "");
     for (i, &k) in ks.iter().enumerate() {
-        let (plan, dec) = pair.patched(k, dir)?;
+        let (plan, dec) = pair.patched(k, &main)?;
         let p = score(gpu, &dec, ids, seq_len, "patched", true)?;
         let (naive, bef) = extra(Some(k))?;
+        // The chosen order differs from the reference's below the top.
+        let auto = match auto {
+            Some(o) if !plan.is_teacher => {
+                let (ap, adec) = pair.patched(k, o)?;
+                let ppl = if ap.layers == plan.layers {
+                    p.clone()
+                } else {
+                    score(gpu, &adec, ids, seq_len, "auto", true)?
+                };
+                Some(AutoRow {
+                    label: ap.label(),
+                    layers: ap.num_layers(),
+                    params: adec.params(),
+                    ppl,
+                })
+            }
+            _ => None,
+        };
         rows.push(CurveRow {
-            label: if plan.is_teacher {
-                "teacher".into()
-            } else {
-                format!("{dir}-{k}")
-            },
+            label: plan.label(),
             k: Some(k),
             layers: plan.num_layers(),
             params: dec.params(),
@@ -283,6 +333,7 @@ fn curve(
             ppl: p,
             naive,
             before: bef,
+            auto,
         });
         bar.update(
             i + 2,
@@ -310,6 +361,9 @@ fn curve(
     if before.is_some() {
         csv.push_str(",before_perplexity");
     }
+    if auto.is_some() {
+        csv.push_str(",auto_layers,auto_params,auto_perplexity");
+    }
     csv.push('\n');
     for r in &rows {
         csv.push_str(&format!(
@@ -327,31 +381,51 @@ fn curve(
             csv.push(',');
             csv.push_str(&p);
         }
+        if auto.is_some() {
+            match &r.auto {
+                Some(x) => {
+                    csv.push_str(&format!(",{},{},{}", x.layers, x.params, x.ppl.perplexity))
+                }
+                None => csv.push_str(",,,"),
+            }
+        }
         csv.push('\n');
     }
     std::fs::write(&csv_path, &csv).map_err(|e| Error::io(&csv_path, e))?;
-    let series = |name: &str, y: &dyn Fn(&CurveRow) -> Option<f64>| Series {
+    let series = |name: &str, y: &dyn Fn(&CurveRow) -> Option<(u64, f64)>| Series {
         name: name.into(),
         points: rows
             .iter()
             .filter_map(|r| {
+                let (params, y) = y(r)?;
                 Some(Point {
-                    x: r.params as f64 / 1e6,
-                    y: y(r)?,
+                    x: params as f64 / 1e6,
+                    y,
                     label: r.label.clone(),
                 })
             })
             .collect(),
     };
-    let mut curves = vec![series("boomerang", &|r| Some(r.ppl.perplexity))];
+    let main_name = match auto {
+        Some(_) => format!("boomerang, {dir}-k"),
+        None => "boomerang".to_string(),
+    };
+    let mut curves = vec![series(&main_name, &|r| Some((r.params, r.ppl.perplexity)))];
+    if auto.is_some() {
+        // The auto curve shares the student and the teacher with the main one.
+        curves.push(series("boomerang, auto order", &|r| match &r.auto {
+            Some(x) => Some((x.params, x.ppl.perplexity)),
+            None => Some((r.params, r.ppl.perplexity)),
+        }));
+    }
     if a.baseline {
         curves.push(series("naive pruning", &|r| {
-            r.naive.as_ref().map(|p| p.perplexity)
+            r.naive.as_ref().map(|p| (r.params, p.perplexity))
         }));
     }
     if before.is_some() {
         curves.push(series("before distillation", &|r| {
-            r.before.as_ref().map(|p| p.perplexity)
+            r.before.as_ref().map(|p| (r.params, p.perplexity))
         }));
     }
     let svg = curve_svg(
@@ -373,6 +447,11 @@ fn curve(
                 }
                 if let Some(p) = &r.before {
                     j["before_perplexity"] = json!(p.perplexity);
+                }
+                if let Some(x) = &r.auto {
+                    j["auto_perplexity"] = json!(x.ppl.perplexity);
+                    j["auto_layers"] = json!(x.layers);
+                    j["auto_params"] = json!(x.params);
                 }
                 j
             })
@@ -396,6 +475,9 @@ fn curve(
     if before.is_some() {
         out.push_str(&format!(" {:>11}", "before"));
     }
+    if auto.is_some() {
+        out.push_str(&format!(" {:>11}", "auto order"));
+    }
     out.push('\n');
     for r in &rows {
         out.push_str(&format!(
@@ -410,7 +492,37 @@ fn curve(
         for p in [&r.naive, &r.before].into_iter().flatten() {
             out.push_str(&format!(" {:>11.4}", p.perplexity));
         }
+        if auto.is_some() {
+            match &r.auto {
+                Some(x) if x.layers == r.layers => {
+                    out.push_str(&format!(" {:>11.4}", x.ppl.perplexity))
+                }
+                Some(x) => out.push_str(&format!(
+                    " {:>11.4} ({} layers)",
+                    x.ppl.perplexity, x.layers
+                )),
+                None => out.push_str(&format!(" {:>11}", "=")),
+            }
+        }
         out.push('\n');
+    }
+    if let Some(o) = auto {
+        let better = rows
+            .iter()
+            .filter_map(|r| Some((r.ppl.perplexity, r.auto.as_ref()?.ppl.perplexity)))
+            .fold((0, 0, 0), |(b, w, e), (r, x)| match x.partial_cmp(&r) {
+                Some(std::cmp::Ordering::Less) => (b + 1, w, e),
+                Some(std::cmp::Ordering::Greater) => (b, w + 1, e),
+                _ => (b, w, e + 1),
+            });
+        out.push_str(&format!(
+            "auto order (student layers {:?} in turn): lower perplexity than {dir}-k at {} \
+             sizes, higher at {}, equal at {}\n",
+            o.keys(&pair.plan),
+            better.0,
+            better.1,
+            better.2
+        ));
     }
     out.push_str(&format!(
         "wrote {} and {}\n",

@@ -3,9 +3,10 @@
 //! KV cache at the chosen context fit in SIZE, with the arithmetic. Needs
 //! no GPU: it reads only the headers, as `boomgpu plan` does.
 
+use super::order::OrderChoice;
 use super::patch::Pair;
 use super::plan::{rows, Row};
-use crate::boomerang::Direction;
+use crate::boomerang::PatchOrder;
 use crate::error::{Error, Result};
 use crate::gpu::format_bytes;
 
@@ -33,10 +34,10 @@ pub fn kv_bytes(pair: &Pair, layers: usize, ctx: usize) -> u64 {
     (layers * 2 * ctx * c.num_kv_heads * c.head_dim * 4) as u64
 }
 
-fn label(r: &Row, direction: Direction) -> String {
+fn label(r: &Row) -> String {
     match r.plan.is_teacher {
         true => "the teacher".into(),
-        false => format!("{direction}-{}", r.plan.k),
+        false => r.plan.label(),
     }
 }
 
@@ -44,16 +45,16 @@ fn need(pair: &Pair, r: &Row, ctx: usize) -> (u64, u64) {
     (r.size.bytes, kv_bytes(pair, r.plan.num_layers(), ctx))
 }
 
-/// The largest `--layers K` of `direction` whose weights and KV cache at
+/// The largest `--layers K` of `order` whose weights and KV cache at
 /// `ctx` positions fit in `budget` bytes; refused, with the smallest
 /// size's numbers, when none does.
-pub fn choose(pair: &Pair, direction: Direction, budget: u64, ctx: usize) -> Result<Fit> {
-    let all = rows(pair, direction)?;
+pub fn choose(pair: &Pair, order: &PatchOrder, budget: u64, ctx: usize) -> Result<Fit> {
+    let all = rows(pair, order)?;
     let line = |r: &Row| {
         let (w, kv) = need(pair, r, ctx);
         format!(
             "{} ({} layers, {:.1}M parameters): weights {} + KV cache {} at {ctx} positions = {}",
-            label(r, direction),
+            label(r),
             r.plan.num_layers(),
             r.size.params as f64 / 1e6,
             format_bytes(w),
@@ -86,7 +87,7 @@ pub fn choose(pair: &Pair, direction: Direction, budget: u64, ctx: usize) -> Res
         let (w, kv) = need(pair, next, ctx);
         report.push_str(&format!(
             "; the next size, {}, needs {}",
-            label(next, direction),
+            label(next),
             format_bytes(w + kv)
         ));
     }
@@ -103,24 +104,32 @@ pub fn default_ctx(max_positions: usize) -> usize {
 }
 
 /// `--fit SIZE` for a pair given by reference: opens the headers, takes
-/// the family's default order unless one is given and the chat's default
-/// context unless `ctx` is, and chooses.
+/// the order the command will follow and the chat's default context
+/// unless `ctx` is given, and chooses. An order still to be searched
+/// (`--order auto --calibration`) is counted as the reference order of
+/// its base: its sizes have the same layers and bytes at every `k` but
+/// where a unit holds leading or trailing pruned layers
+/// (`--keep-first 0`, `--keep-last 0`).
 pub fn for_pair(
     teacher: &str,
     student: &str,
     params: Option<crate::boomerang::PruneParams>,
-    direction: Option<Direction>,
+    choice: &OrderChoice,
     size: &str,
     ctx: Option<usize>,
 ) -> Result<Fit> {
     let budget = parse_size(size)?;
     let pair = Pair::open(teacher, student, params)?;
-    let direction = direction.unwrap_or_else(|| pair.default_direction());
+    let default = pair.default_direction();
+    let order = match choice.calibration() {
+        Some(_) => PatchOrder::reference(default),
+        None => choice.resolve(default, pair.stored_order.as_ref(), &pair.student_dir)?,
+    };
     let ctx = ctx.unwrap_or_else(|| default_ctx(pair.teacher_cfg.max_position_embeddings));
     if ctx == 0 {
         return Err(Error::Invalid(
             "--fit needs a context of at least 1 position".into(),
         ));
     }
-    choose(&pair, direction, budget, ctx)
+    choose(&pair, &order, budget, ctx)
 }

@@ -8,6 +8,7 @@ pub mod eval;
 pub mod fit;
 pub mod import_gguf;
 pub mod init_student;
+pub mod order;
 pub mod outdir;
 pub mod patch;
 pub mod plan;

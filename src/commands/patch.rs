@@ -10,14 +10,15 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Value};
 
 use super::init_student::{format_params, COPIED_FILES};
+use super::order::OrderChoice;
 use super::outdir::OutDir;
 use crate::boomerang::init::{OutTensor, TensorData};
 use crate::boomerang::patch::{compact_sources, PatchLayout};
 use crate::boomerang::{
-    Direction, Part, PatchPlan, PlanSource, PruneParams, PrunePlan, StudentConfig,
+    Direction, Part, PatchOrder, PatchPlan, PlanSource, PruneParams, PrunePlan, StudentConfig,
 };
 use crate::error::{Error, Result};
-use crate::gpu::format_bytes;
+use crate::gpu::{format_bytes, GpuOptions};
 use crate::model::weights::Checkpoint;
 use crate::model::{source, ModelConfig};
 
@@ -37,6 +38,8 @@ pub struct Pair {
     /// Which teacher layers the student kept.
     pub prune: PrunePlan,
     pub plan_source: PlanSource,
+    /// The patch order the student's `student_config.json` stores, if any.
+    pub stored_order: Option<PatchOrder>,
 }
 
 /// Size of a model's weights as stored.
@@ -90,6 +93,7 @@ impl Pair {
                 )));
             }
         }
+        let stored_order = StudentConfig::load_order(&student_dir, &prune)?;
         Ok(Pair {
             teacher_ref: teacher.to_string(),
             student_ref: student.to_string(),
@@ -101,6 +105,7 @@ impl Pair {
             student_ckpt,
             prune,
             plan_source,
+            stored_order,
         })
     }
 
@@ -121,9 +126,9 @@ impl Pair {
         PatchPlan::max_k(&self.prune, direction)
     }
 
-    /// The plan and layout of the model with `k` patched layers.
-    pub fn layout(&self, k: usize, direction: Direction) -> Result<(PatchPlan, PatchLayout)> {
-        let plan = PatchPlan::new(&self.prune, k, direction)?;
+    /// The plan and layout of the model with `k` units of `order` patched.
+    pub fn layout(&self, k: usize, order: &PatchOrder) -> Result<(PatchPlan, PatchLayout)> {
+        let plan = PatchPlan::ordered(&self.prune, k, order)?;
         let layout = plan.layout(&self.teacher_cfg, &self.student_cfg, &self.prune)?;
         Ok((plan, layout))
     }
@@ -183,14 +188,19 @@ pub struct PatchOptions {
     pub teacher: String,
     /// Local folder or hub id.
     pub student: String,
-    /// Number of student layers replaced by teacher blocks.
-    pub k: usize,
-    /// `None`: the family's default order.
-    pub direction: Option<Direction>,
+    /// Number of units of the order restored (`--layers K`); `None` with
+    /// `--fit` (chosen by memory) or, with a chosen order, to export the
+    /// student itself carrying that order.
+    pub k: Option<usize>,
+    /// `--fit SIZE [--ctx N]`.
+    pub fit: Option<(String, Option<usize>)>,
+    pub order: OrderChoice,
     pub out: PathBuf,
     pub force: bool,
     /// `--every/--keep-first/--keep-last`, if any was given.
     pub params: Option<PruneParams>,
+    /// The GPU `--order auto --calibration` searches on.
+    pub gpu: GpuOptions,
 }
 
 /// What was written.
@@ -243,6 +253,7 @@ fn provenance(pair: &Pair, plan: &PatchPlan, layout: &PatchLayout, size: Size) -
         },
         "k": plan.k,
         "direction": plan.direction.name(),
+        "order": if plan.auto { "auto" } else { "reference" },
         "max_k": PatchPlan::max_k(&pair.prune, plan.direction),
         "is_teacher": plan.is_teacher,
         "num_hidden_layers": plan.num_layers(),
@@ -257,10 +268,120 @@ fn provenance(pair: &Pair, plan: &PatchPlan, layout: &PatchLayout, size: Size) -
     })
 }
 
-pub fn patch(opts: &PatchOptions) -> Result<PatchReport> {
+/// The order `patch` follows: resolved from the flags and the student's
+/// file, or searched on the GPU for `--order auto --calibration`.
+fn resolve_order(pair: &Pair, opts: &PatchOptions) -> Result<PatchOrder> {
+    let default = pair.default_direction();
+    if opts.order.calibration().is_none() {
+        let o = opts
+            .order
+            .resolve(default, pair.stored_order.as_ref(), &pair.student_dir)?;
+        if !o.is_reference() {
+            eprintln!("{}", super::order::describe(&o, &pair.prune));
+        }
+        return Ok(o);
+    }
+    let gpu = super::common::open_gpu(&opts.gpu)?;
+    let loaded = super::common::Pair::load(&gpu, &opts.teacher, &opts.student, opts.params)?;
+    let seq = loaded.teacher.cfg.max_position_embeddings.min(2048);
+    super::order::for_pair(&gpu, &loaded, &opts.order, seq)
+}
+
+/// Export size `k` of `order` (or, with `k = None` and a chosen order,
+/// the student carrying it). Returns the summary to print.
+pub fn run(opts: &PatchOptions) -> Result<String> {
     let pair = Pair::open(&opts.teacher, &opts.student, opts.params)?;
-    let direction = opts.direction.unwrap_or(pair.default_direction());
-    let (plan, layout) = pair.layout(opts.k, direction)?;
+    let order = resolve_order(&pair, opts)?;
+    let k = match (opts.k, &opts.fit) {
+        (Some(k), _) => Some(k),
+        (None, Some((size, ctx))) => {
+            let budget = super::fit::parse_size(size)?;
+            let ctx = ctx.unwrap_or_else(|| {
+                super::fit::default_ctx(pair.teacher_cfg.max_position_embeddings)
+            });
+            let f = super::fit::choose(&pair, &order, budget, ctx)?;
+            eprintln!("{}", f.report);
+            Some(f.k)
+        }
+        (None, None) => None,
+    };
+    match k {
+        Some(k) => Ok(summary(&patch(&pair, k, &order, opts)?)),
+        None if !order.is_reference() => export_student(&pair, &order, opts),
+        None => Err(Error::Invalid(
+            "say which size to export: --layers K or --fit SIZE (or, with --order auto, \
+             neither, to export the student with its chosen order)"
+                .into(),
+        )),
+    }
+}
+
+/// The student as it is, its weights linked (or copied) byte for byte,
+/// with a `student_config.json` that stores `order`: chat, eval and patch
+/// follow it for this folder.
+fn export_student(pair: &Pair, order: &PatchOrder, opts: &PatchOptions) -> Result<String> {
+    let outdir = OutDir::prepare(
+        &opts.out,
+        opts.force,
+        &[
+            ("teacher", &pair.teacher_dir),
+            ("student", &pair.student_dir),
+        ],
+    )?;
+    let mut names: Vec<String> = Vec::new();
+    let entries =
+        std::fs::read_dir(&pair.student_dir).map_err(|e| Error::io(&pair.student_dir, e))?;
+    for e in entries {
+        let e = e.map_err(|e| Error::io(&pair.student_dir, e))?;
+        let name = e.file_name().to_string_lossy().to_string();
+        let weights = name.ends_with(".safetensors") || name == "model.safetensors.index.json";
+        if e.path().is_file()
+            && (weights || name == "config.json" || COPIED_FILES.contains(&name.as_str()))
+        {
+            names.push(name);
+        }
+    }
+    names.sort();
+    let mut linked = 0;
+    for name in &names {
+        let (src, dst) = (pair.student_dir.join(name), outdir.path().join(name));
+        // A hard link costs no space; across file systems, a copy.
+        if name.ends_with(".safetensors") && std::fs::hard_link(&src, &dst).is_ok() {
+            linked += 1;
+            continue;
+        }
+        std::fs::copy(&src, &dst).map_err(|e| Error::io(&src, e))?;
+    }
+    StudentConfig::from_plan(&pair.prune)
+        .with_order(&pair.prune, order)
+        .write(
+            &outdir
+                .path()
+                .join(crate::boomerang::student_config::FILE_NAME),
+        )?;
+    let out = outdir.commit()?;
+    Ok(format!(
+        "wrote {} ({}; weights {}): the student of {} with its patch order in {}\n\
+         {}\nchat, eval and patch follow this order with --student {}; --first/--last return to the reference's\n",
+        out.display(),
+        names.join(", "),
+        if linked > 0 { "hard-linked" } else { "copied" },
+        pair.teacher_ref,
+        crate::boomerang::student_config::FILE_NAME,
+        super::order::describe(order, &pair.prune),
+        out.display()
+    ))
+}
+
+/// Write size `k` of `order` to `opts.out`.
+pub fn patch(
+    pair: &Pair,
+    k: usize,
+    order: &PatchOrder,
+    opts: &PatchOptions,
+) -> Result<PatchReport> {
+    let direction = order.direction;
+    let (plan, layout) = pair.layout(k, order)?;
     let outdir = OutDir::prepare(
         &opts.out,
         opts.force,
@@ -319,12 +440,15 @@ pub fn patch(opts: &PatchOptions) -> Result<PatchReport> {
     // Tokenizer and generation settings from the teacher, provenance.
     let copied_files = outdir.copy_files(&pair.teacher_dir, COPIED_FILES)?;
     let path = tmp.join(PROVENANCE_FILE);
-    let text =
-        serde_json::to_string_pretty(&provenance(&pair, &plan, &layout, size)).expect("JSON value");
+    let mut prov = provenance(pair, &plan, &layout, size);
+    if !order.is_reference() {
+        prov["patch_order"] = order.to_json(&pair.prune);
+    }
+    let text = serde_json::to_string_pretty(&prov).expect("JSON value");
     std::fs::write(&path, text + "\n").map_err(|e| Error::io(&path, e))?;
 
     let out = outdir.commit()?;
-    let (_, tlayout) = pair.layout(pair.max_k(direction), direction)?;
+    let (_, tlayout) = pair.layout(pair.max_k(direction), order)?;
     Ok(PatchReport {
         out,
         max_k: pair.max_k(direction),
@@ -346,9 +470,8 @@ pub fn patch(opts: &PatchOptions) -> Result<PatchReport> {
     })
 }
 
-/// Run the command and return the summary to print.
-pub fn run(opts: &PatchOptions) -> Result<String> {
-    let r = patch(opts)?;
+/// What `patch` wrote, for people.
+fn summary(r: &PatchReport) -> String {
     let p = &r.plan;
     let mut s = String::new();
     s += &format!(
@@ -365,9 +488,13 @@ pub fn run(opts: &PatchOptions) -> Result<String> {
         r.plan_source
     );
     s += &format!(
-        "patch: {}-k{}, k = {} of 0..={}\n",
-        p.direction,
-        if p.direction == r.default_direction {
+        "patch: {}{}, k = {} of 0..={}\n",
+        if p.auto {
+            format!("auto order ({}-based)", p.direction)
+        } else {
+            format!("{}-k", p.direction)
+        },
+        if p.direction == r.default_direction && !p.auto {
             format!(" (default for {})", r.family)
         } else {
             String::new()
@@ -412,5 +539,5 @@ pub fn run(opts: &PatchOptions) -> Result<String> {
         if r.copied_files.is_empty() { "" } else { ", " },
         r.copied_files.join(", ")
     );
-    Ok(s)
+    s
 }

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use super::init_student::format_params;
 use super::patch::{Pair, Size};
 use crate::boomerang::patch::compact_sources;
-use crate::boomerang::{Direction, Part, PatchPlan, PruneParams};
+use crate::boomerang::{Direction, Part, PatchOrder, PatchPlan, PruneParams};
 use crate::error::Result;
 use crate::gpu::format_bytes;
 
@@ -29,11 +29,11 @@ pub struct Row {
     pub size: Size,
 }
 
-/// Every `k` of `direction`, `0..=P`.
-pub fn rows(pair: &Pair, direction: Direction) -> Result<Vec<Row>> {
-    (0..=pair.max_k(direction))
+/// Every `k` of `order`, `0..=P`.
+pub fn rows(pair: &Pair, order: &PatchOrder) -> Result<Vec<Row>> {
+    (0..=pair.max_k(order.direction))
         .map(|k| {
-            let (plan, layout) = pair.layout(k, direction)?;
+            let (plan, layout) = pair.layout(k, order)?;
             let size = pair.size(&layout);
             Ok(Row {
                 plan,
@@ -111,10 +111,17 @@ pub fn run(opts: &PlanOptions) -> Result<String> {
         Direction::First => Direction::Last,
         Direction::Last => Direction::First,
     };
-    let by_dir = [
-        (default, rows(&pair, default)?),
-        (other, rows(&pair, other)?),
-    ];
+    // The order patch, chat and eval follow without flags comes first:
+    // the one the student stores, else the family's reference order.
+    let mut by_dir: Vec<(PatchOrder, Vec<Row>)> = Vec::new();
+    if let Some(o) = &pair.stored_order {
+        by_dir.push((o.clone(), rows(&pair, o)?));
+    }
+    for d in [default, other] {
+        let o = PatchOrder::reference(d);
+        let r = rows(&pair, &o)?;
+        by_dir.push((o, r));
+    }
     let teacher = by_dir[0].1.last().expect("k = P").size;
     let student = pair.student_size();
     let family = pair.teacher_cfg.family.model_type();
@@ -141,9 +148,13 @@ pub fn run(opts: &PlanOptions) -> Result<String> {
                 "layers_from": pair.plan_source_text(),
             },
             "default_direction": default.name(),
+            "default_order": by_dir[0].0.name(),
         });
-        for (d, rs) in &by_dir {
-            v[d.name()] = Value::Array(rs.iter().map(|r| row_json(r, *d == default)).collect());
+        if let Some(o) = &pair.stored_order {
+            v["patch_order"] = o.to_json(&pair.prune);
+        }
+        for (i, (o, rs)) in by_dir.iter().enumerate() {
+            v[o.name()] = Value::Array(rs.iter().map(|r| row_json(r, i == 0)).collect());
         }
         return Ok(v.to_string() + "\n");
     }
@@ -190,11 +201,11 @@ pub fn run(opts: &PlanOptions) -> Result<String> {
         .into(),
         "the student itself".into(),
     ]);
-    for (d, rs) in &by_dir {
+    for (i, (o, rs)) in by_dir.iter().enumerate() {
         for r in rs {
             let p = &r.plan;
             t.push(vec![
-                format!("{d}{}", if *d == default { "*" } else { "" }),
+                format!("{}{}", o.name(), if i == 0 { "*" } else { "" }),
                 p.k.to_string(),
                 p.num_layers().to_string(),
                 format_params(r.size.params),
@@ -227,20 +238,35 @@ pub fn run(opts: &PlanOptions) -> Result<String> {
         list(&pair.prune.copied),
         pair.plan_source_text()
     );
+    if let Some(o) = &pair.stored_order {
+        s += &format!(
+            "{}\n",
+            super::order::describe(o, &pair.prune).replace(
+                "patch order:",
+                "patch order stored with the student (the default):"
+            )
+        );
+    }
     s += &format!(
         "valid --layers: {} 0..={}, {} 0..={} (the top one gives the teacher)\n\n",
-        by_dir[0].0,
-        pair.max_k(by_dir[0].0),
-        by_dir[1].0,
-        pair.max_k(by_dir[1].0),
+        default,
+        pair.max_k(default),
+        other,
+        pair.max_k(other),
     );
     s += &table(&t, &[1, 2, 3, 4, 5]);
     s += &format!(
-        "\n* default order for {family} (boomgpu patch without --first/--last).\n\
+        "\n* default order {} (boomgpu patch, chat and eval without --order/--first/--last).\n\
          Sn = student layer n, Tn = teacher layer n; embed/norm/head: S student, T teacher; \
          tied: the LM head is the embedding matrix.\n\
          Make one: boomgpu patch --teacher {} --student {} --layers K [--{}] --out DIR\n",
-        pair.teacher_ref, pair.student_ref, other
+        match pair.stored_order {
+            Some(_) => "stored with the student".to_string(),
+            None => format!("for {family}"),
+        },
+        pair.teacher_ref,
+        pair.student_ref,
+        other
     );
     Ok(s)
 }
