@@ -13,6 +13,7 @@ pub mod model;
 pub mod ops;
 pub mod plot;
 pub mod progress;
+pub mod serve;
 pub mod train;
 
 pub use error::{Error, Result};

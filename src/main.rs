@@ -308,12 +308,77 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Serve every size of a boomerang pair (or one model) behind one
+    /// OpenAI-compatible HTTP endpoint: /v1/models, /v1/completions,
+    /// /v1/chat/completions, /health. Ctrl-C or SIGTERM stops it after the
+    /// requests in flight.
+    Serve(ServeCmd),
     /// Talk to a model: one --prompt, or an interactive conversation on stdin
     /// (/help lists the commands; Ctrl-C stops an answer).
     ///
     /// Without --model/--teacher/--student: the pair Qwen/Qwen3-4B-Base +
     /// Harvard-DCML/boomerang-qwen3-2.3B.
     Chat(ChatCmd),
+}
+
+/// The flags of `boomgpu serve`.
+#[derive(Args)]
+struct ServeCmd {
+    #[command(flatten)]
+    models: ModelArgs,
+    #[command(flatten)]
+    order: OrderArgs,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port to listen on (0: any free port, printed at start).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Require 'Authorization: Bearer KEY' on /v1/ requests.
+    #[arg(long, env = "BOOMGPU_API_KEY")]
+    api_key: Option<String>,
+    /// Context of every request, prompt and answer (default: min(4096, max_position_embeddings)).
+    #[arg(long)]
+    ctx: Option<usize>,
+    /// Requests generating at once (the rest wait in the queue).
+    #[arg(long, default_value_t = 8)]
+    max_batch: usize,
+    /// Requests queued or running before the server answers 429.
+    #[arg(long, default_value_t = 64)]
+    max_queue: usize,
+    /// Log one JSON object per request instead of a line of text.
+    #[arg(long)]
+    json_log: bool,
+}
+
+impl ServeCmd {
+    fn into_args(self) -> boomgpu::Result<boomgpu::commands::serve::ServeArgs> {
+        use boomgpu::commands::serve::{ServeArgs, ServeTarget};
+        let target = match (self.models.model, self.models.teacher, self.models.student) {
+            (Some(m), _, _) => ServeTarget::Model(m),
+            (None, Some(teacher), Some(student)) => ServeTarget::Pair {
+                teacher,
+                student,
+                order: self.order.choice()?,
+                params: self.models.prune.params(),
+            },
+            _ => {
+                return Err(boomgpu::Error::Invalid(
+                    "serve needs --model REF, or --teacher REF --student REF".into(),
+                ))
+            }
+        };
+        Ok(ServeArgs {
+            target,
+            host: self.host,
+            port: self.port,
+            api_key: self.api_key.filter(|k| !k.is_empty()),
+            ctx: self.ctx,
+            max_batch: self.max_batch,
+            max_queue: self.max_queue,
+            json_log: self.json_log,
+        })
+    }
 }
 
 /// The flags of `boomgpu chat`.
@@ -628,6 +693,9 @@ fn main() -> ExitCode {
             dtype,
             force,
         } => boomgpu::commands::import_gguf::run(&file, &out, &dtype, force).map(|s| print!("{s}")),
+        Command::Serve(c) => c
+            .into_args()
+            .and_then(|a| boomgpu::commands::serve::run(&opts, &a)),
         Command::Chat(c) => c
             .choose_size()
             .and_then(|c| c.into_args())

@@ -12,3 +12,4 @@ pub mod order;
 pub mod outdir;
 pub mod patch;
 pub mod plan;
+pub mod serve;

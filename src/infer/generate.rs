@@ -259,6 +259,204 @@ fn not_finite(step: usize, prompt_tokens: usize) -> Error {
     ))
 }
 
+/// A generation in progress, advanced one GPU step at a time: `generate`
+/// runs one to the end, the server interleaves many. Rows of the cache that
+/// hold a prefix of the prompt are re-used; the rest are replaced.
+pub struct Decoding<'t> {
+    opts: GenOptions,
+    prompt: Vec<u32>,
+    reuse: usize,
+    seen: Vec<u32>,
+    seen_set: std::collections::HashSet<u32>,
+    stream: Option<TextStream<'t>>,
+    ids: Vec<u32>,
+    /// The id chosen by the last step, not yet taken into the answer.
+    next: Option<u32>,
+    stop: Option<StopReason>,
+    stats: GenStats,
+    t_decode: Option<Instant>,
+}
+
+impl<'t> Decoding<'t> {
+    /// Check the request and set the cache up for `prompt`; no GPU work.
+    pub fn new(
+        cache: &mut KvCache,
+        prompt: &[u32],
+        opts: &GenOptions,
+        tok: Option<&'t Tokenizer>,
+    ) -> Result<Decoding<'t>> {
+        if prompt.is_empty() {
+            return Err(Error::Invalid(
+                "the prompt is empty (no tokens to continue)".into(),
+            ));
+        }
+        if prompt.len() > cache.max_ctx() {
+            return Err(cache.too_long(prompt.len()));
+        }
+        opts.sampling.validate()?;
+        let reuse = common_prefix(cache.tokens(), prompt).min(prompt.len() - 1);
+        cache.truncate(reuse);
+        let mut seen: Vec<u32> = Vec::new();
+        let mut seen_set = std::collections::HashSet::new();
+        if opts.sampling.has_penalty() {
+            for &t in prompt {
+                if seen_set.insert(t) {
+                    seen.push(t);
+                }
+            }
+        }
+        Ok(Decoding {
+            opts: opts.clone(),
+            prompt: prompt.to_vec(),
+            reuse,
+            seen,
+            seen_set,
+            stream: tok.map(|t| TextStream::new(t, &opts.stop)),
+            ids: Vec::new(),
+            next: None,
+            stop: (opts.max_tokens == 0).then_some(StopReason::MaxTokens),
+            stats: GenStats {
+                prompt_tokens: prompt.len(),
+                reused_tokens: reuse,
+                ..Default::default()
+            },
+            t_decode: None,
+        })
+    }
+
+    /// Why generation ended, once it has.
+    pub fn stopped(&self) -> Option<StopReason> {
+        self.stop
+    }
+
+    /// The ids generated so far.
+    pub fn ids(&self) -> &[u32] {
+        &self.ids
+    }
+
+    /// Run one GPU step: the prompt pass first, then one token at a time.
+    /// The text of each token taken goes to `on_text`. Returns why it
+    /// stopped once it has (then nothing more is run); `interrupt` is
+    /// looked at before each decode step.
+    pub fn advance(
+        &mut self,
+        gpu: &Gpu,
+        model: &Decoder,
+        cache: &mut KvCache,
+        rng: &mut HostRng,
+        interrupt: Option<&AtomicBool>,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<Option<StopReason>> {
+        if self.stop.is_some() {
+            return Ok(self.stop);
+        }
+        let Some(next) = self.next.take() else {
+            // The prompt pass.
+            let t0 = Instant::now();
+            let next = step(
+                gpu,
+                model,
+                cache,
+                &self.prompt[self.reuse..],
+                &self.opts.sampling,
+                &self.seen,
+                rng.next_u32(),
+            )?;
+            if next == sample::NOT_FINITE {
+                return Err(not_finite(1, self.prompt.len() - self.reuse));
+            }
+            self.stats.prefill_secs = t0.elapsed().as_secs_f64();
+            self.t_decode = Some(Instant::now());
+            self.next = Some(next);
+            return Ok(None);
+        };
+        let stop = self.take(next, cache, interrupt, on_text)?;
+        if stop.is_some() {
+            self.stop = stop;
+            return Ok(stop);
+        }
+        let next = step(
+            gpu,
+            model,
+            cache,
+            &[next],
+            &self.opts.sampling,
+            &self.seen,
+            rng.next_u32(),
+        )?;
+        if next == sample::NOT_FINITE {
+            return Err(not_finite(
+                self.ids.len() + 1,
+                self.prompt.len() - self.reuse,
+            ));
+        }
+        self.next = Some(next);
+        Ok(None)
+    }
+
+    /// Take the chosen id into the answer; `Some` when the answer ends.
+    fn take(
+        &mut self,
+        next: u32,
+        cache: &KvCache,
+        interrupt: Option<&AtomicBool>,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<Option<StopReason>> {
+        if self.opts.eos_ids.contains(&next) {
+            return Ok(Some(StopReason::Eos));
+        }
+        self.ids.push(next);
+        if self.opts.sampling.has_penalty() && self.seen_set.insert(next) {
+            self.seen.push(next);
+        }
+        if let Some(s) = self.stream.as_mut() {
+            let (piece, hit) = s.push(next)?;
+            if !piece.is_empty() {
+                on_text(&piece);
+            }
+            if hit {
+                return Ok(Some(StopReason::StopString));
+            }
+        }
+        if self.ids.len() >= self.opts.max_tokens {
+            return Ok(Some(StopReason::MaxTokens));
+        }
+        if interrupt.is_some_and(|f| f.load(Ordering::Relaxed)) {
+            return Ok(Some(StopReason::Interrupted));
+        }
+        if cache.len() + 1 > cache.max_ctx() {
+            return Ok(Some(StopReason::ContextFull));
+        }
+        Ok(None)
+    }
+
+    /// The finished generation; text held back for a stop string that did
+    /// not come goes to `on_text` first.
+    pub fn finish(&mut self, on_text: &mut dyn FnMut(&str)) -> Generation {
+        let stop = *self.stop.get_or_insert(StopReason::Interrupted);
+        self.stats.decode_secs = self.t_decode.map_or(0.0, |t| t.elapsed().as_secs_f64());
+        self.stats.new_tokens = self.ids.len();
+        let text = match self.stream.as_mut() {
+            Some(s) => {
+                if stop != StopReason::StopString {
+                    let rest = s.finish();
+                    if !rest.is_empty() {
+                        on_text(&rest);
+                    }
+                }
+                s.text().to_string()
+            }
+            None => String::new(),
+        };
+        Generation {
+            ids: std::mem::take(&mut self.ids),
+            text,
+            stop,
+            stats: self.stats.clone(),
+        }
+    }
+}
+
 /// Generate a continuation of `prompt` (token ids). Rows of the cache that
 /// hold a prefix of `prompt` are re-used; the rest are replaced. `on_text`
 /// receives the answer piece by piece (nothing without a tokenizer).
@@ -274,120 +472,10 @@ pub fn generate(
     interrupt: Option<&AtomicBool>,
     on_text: &mut dyn FnMut(&str),
 ) -> Result<Generation> {
-    if prompt.is_empty() {
-        return Err(Error::Invalid(
-            "the prompt is empty (no tokens to continue)".into(),
-        ));
-    }
-    if prompt.len() > cache.max_ctx() {
-        return Err(cache.too_long(prompt.len()));
-    }
-    opts.sampling.validate()?;
-    let reuse = common_prefix(cache.tokens(), prompt).min(prompt.len() - 1);
-    cache.truncate(reuse);
-    let mut stats = GenStats {
-        prompt_tokens: prompt.len(),
-        reused_tokens: reuse,
-        ..Default::default()
-    };
-    let mut seen: Vec<u32> = Vec::new();
-    let mut seen_set = std::collections::HashSet::new();
-    if opts.sampling.has_penalty() {
-        for &t in prompt {
-            if seen_set.insert(t) {
-                seen.push(t);
-            }
-        }
-    }
-    let mut stream = tok.map(|t| TextStream::new(t, &opts.stop));
-    let mut ids = Vec::new();
-    let interrupted = || interrupt.is_some_and(|f| f.load(Ordering::Relaxed));
-    let mut stop = StopReason::MaxTokens;
-    if opts.max_tokens == 0 {
-        return Ok(Generation {
-            ids,
-            text: String::new(),
-            stop,
-            stats,
-        });
-    }
-    let t0 = Instant::now();
-    let mut next = step(
-        gpu,
-        model,
-        cache,
-        &prompt[reuse..],
-        &opts.sampling,
-        &seen,
-        rng.next_u32(),
-    )?;
-    if next == sample::NOT_FINITE {
-        return Err(not_finite(1, prompt.len() - reuse));
-    }
-    stats.prefill_secs = t0.elapsed().as_secs_f64();
-    let t1 = Instant::now();
-    loop {
-        if opts.eos_ids.contains(&next) {
-            stop = StopReason::Eos;
-            break;
-        }
-        ids.push(next);
-        if opts.sampling.has_penalty() && seen_set.insert(next) {
-            seen.push(next);
-        }
-        if let Some(s) = stream.as_mut() {
-            let (piece, hit) = s.push(next)?;
-            if !piece.is_empty() {
-                on_text(&piece);
-            }
-            if hit {
-                stop = StopReason::StopString;
-                break;
-            }
-        }
-        if ids.len() >= opts.max_tokens {
-            stop = StopReason::MaxTokens;
-            break;
-        }
-        if interrupted() {
-            stop = StopReason::Interrupted;
-            break;
-        }
-        if cache.len() + 1 > cache.max_ctx() {
-            stop = StopReason::ContextFull;
-            break;
-        }
-        next = step(
-            gpu,
-            model,
-            cache,
-            &[next],
-            &opts.sampling,
-            &seen,
-            rng.next_u32(),
-        )?;
-        if next == sample::NOT_FINITE {
-            return Err(not_finite(ids.len() + 1, prompt.len() - reuse));
-        }
-    }
-    stats.decode_secs = t1.elapsed().as_secs_f64();
-    stats.new_tokens = ids.len();
-    let text = match stream.as_mut() {
-        Some(s) => {
-            if stop != StopReason::StopString {
-                let rest = s.finish();
-                if !rest.is_empty() {
-                    on_text(&rest);
-                }
-            }
-            s.text().to_string()
-        }
-        None => String::new(),
-    };
-    Ok(Generation {
-        ids,
-        text,
-        stop,
-        stats,
-    })
+    let mut d = Decoding::new(cache, prompt, opts, tok)?;
+    while d
+        .advance(gpu, model, cache, rng, interrupt, on_text)?
+        .is_none()
+    {}
+    Ok(d.finish(on_text))
 }

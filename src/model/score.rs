@@ -56,6 +56,90 @@ pub fn window_nll(gpu: &Gpu, model: &Decoder, window: &[u32]) -> Result<f64> {
     Ok(v.iter().map(|&x| x as f64).sum())
 }
 
+/// The log-probability of one token given the ones before it, and the
+/// most likely tokens at that position.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenScore {
+    pub logprob: f64,
+    /// The `top` most likely ids and their log-probabilities, best first.
+    pub top: Vec<(u32, f64)>,
+}
+
+/// Log-probabilities of tokens `1..` of `window` (each given those before
+/// it) in one forward pass, with the `top` most likely tokens at each
+/// position: what `/v1/completions` returns with `echo` and `logprobs`.
+/// The sum of the log-probabilities is minus [`window_nll`]. Logits are
+/// read a chunk of rows at a time and normalised on the host in f64.
+pub fn token_logprobs(
+    gpu: &Gpu,
+    model: &Decoder,
+    window: &[u32],
+    top: usize,
+) -> Result<Vec<TokenScore>> {
+    let t = window.len();
+    if t < 2 {
+        return Ok(Vec::new());
+    }
+    let ids = gpu.upload_u32("score.ids", &[t], window)?;
+    let pos: Vec<u32> = (0..t as u32).collect();
+    let positions = gpu.upload_u32("score.positions", &[t], &pos)?;
+    let mut rec = gpu.recorder();
+    let batch = Batch {
+        ids: &ids,
+        positions: &positions,
+        batch: 1,
+        seq: t,
+        mask: None,
+    };
+    let out = model.forward(&mut rec, &batch, false, false)?;
+    rec.run()?;
+    let vocab = model.head.rows();
+    let rows = head::chunk_rows(gpu, vocab)?.max(1);
+    let mut scores = Vec::with_capacity(t - 1);
+    // Row i predicts token i + 1; the last row predicts nothing.
+    for r0 in (0..t - 1).step_by(rows) {
+        let n = rows.min(t - 1 - r0);
+        let mut rec = gpu.recorder();
+        let x = head::rows_of(&mut rec, &out.normed, r0, n)?;
+        let logits = head::chunk_logits(&mut rec, model, &x)?;
+        rec.run()?;
+        let v = gpu.read_f32(&logits)?;
+        for (i, row) in v.chunks(vocab).enumerate() {
+            let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
+            let lse = max
+                + row
+                    .iter()
+                    .map(|&x| (x as f64 - max).exp())
+                    .sum::<f64>()
+                    .ln();
+            let target = window[r0 + i + 1] as usize;
+            let logprob = row
+                .get(target)
+                .map_or(f64::NEG_INFINITY, |&x| x as f64 - lse);
+            if !logprob.is_finite() {
+                return Err(Error::Invalid(format!(
+                    "token {}: its log-probability is {logprob}, not a finite number; the \
+                     model's weights or config.json produce overflowing values",
+                    r0 + i + 1
+                )));
+            }
+            let mut best: Vec<(u32, f64)> = Vec::with_capacity(top + 1);
+            if top > 0 {
+                for (id, &x) in row.iter().enumerate() {
+                    let lp = x as f64 - lse;
+                    if best.len() < top || lp > best[best.len() - 1].1 {
+                        let at = best.partition_point(|b| b.1 >= lp);
+                        best.insert(at, (id as u32, lp));
+                        best.truncate(top);
+                    }
+                }
+            }
+            scores.push(TokenScore { logprob, top: best });
+        }
+    }
+    Ok(scores)
+}
+
 /// Perplexity of `ids` under `model`; `progress` is called after each
 /// window with (windows done, windows in all).
 pub fn perplexity(
