@@ -155,6 +155,18 @@ impl Pair {
         s
     }
 
+    /// The output folder of `patch`, which must not be or hold an input.
+    fn out_dir(&self, opts: &PatchOptions) -> Result<OutDir> {
+        OutDir::prepare(
+            &opts.out,
+            opts.force,
+            &[
+                ("teacher", &self.teacher_dir),
+                ("student", &self.student_dir),
+            ],
+        )
+    }
+
     /// How the student's layer list was found, for people.
     pub fn plan_source_text(&self) -> String {
         match self.plan_source {
@@ -320,14 +332,7 @@ pub fn run(opts: &PatchOptions) -> Result<String> {
 /// with a `student_config.json` that stores `order`: chat, eval and patch
 /// follow it for this folder.
 fn export_student(pair: &Pair, order: &PatchOrder, opts: &PatchOptions) -> Result<String> {
-    let outdir = OutDir::prepare(
-        &opts.out,
-        opts.force,
-        &[
-            ("teacher", &pair.teacher_dir),
-            ("student", &pair.student_dir),
-        ],
-    )?;
+    let outdir = pair.out_dir(opts)?;
     let mut names: Vec<String> = Vec::new();
     let entries =
         std::fs::read_dir(&pair.student_dir).map_err(|e| Error::io(&pair.student_dir, e))?;
@@ -382,14 +387,7 @@ pub fn patch(
 ) -> Result<PatchReport> {
     let direction = order.direction;
     let (plan, layout) = pair.layout(k, order)?;
-    let outdir = OutDir::prepare(
-        &opts.out,
-        opts.force,
-        &[
-            ("teacher", &pair.teacher_dir),
-            ("student", &pair.student_dir),
-        ],
-    )?;
+    let outdir = pair.out_dir(opts)?;
     let tmp = outdir.path().to_path_buf();
 
     // config.json (the teacher's own file, verbatim, for the teacher itself)

@@ -29,16 +29,17 @@ pub fn windows(ids: &[u32], seq_len: usize) -> Vec<&[u32]> {
         .collect()
 }
 
-/// Summed NLL of one window's next-token predictions (f64 on the host).
-pub fn window_nll(gpu: &Gpu, model: &Decoder, window: &[u32]) -> Result<f64> {
+/// The forward pass over one window (positions from 0), recorded.
+fn forward_window(
+    gpu: &Gpu,
+    rec: &mut crate::gpu::Recorder,
+    model: &Decoder,
+    window: &[u32],
+) -> Result<super::decoder::ForwardOut> {
     let t = window.len();
     let ids = gpu.upload_u32("eval.ids", &[t], window)?;
     let pos: Vec<u32> = (0..t as u32).collect();
     let positions = gpu.upload_u32("eval.positions", &[t], &pos)?;
-    // Row i predicts token i+1; the last row predicts nothing.
-    let mut tgt: Vec<u32> = window[1..].to_vec();
-    tgt.push(distill_loss::NO_TARGET);
-    let mut rec = gpu.recorder();
     let batch = Batch {
         ids: &ids,
         positions: &positions,
@@ -46,7 +47,16 @@ pub fn window_nll(gpu: &Gpu, model: &Decoder, window: &[u32]) -> Result<f64> {
         seq: t,
         mask: None,
     };
-    let out = model.forward(&mut rec, &batch, false, false)?;
+    model.forward(rec, &batch, false, false)
+}
+
+/// Summed NLL of one window's next-token predictions (f64 on the host).
+pub fn window_nll(gpu: &Gpu, model: &Decoder, window: &[u32]) -> Result<f64> {
+    // Row i predicts token i+1; the last row predicts nothing.
+    let mut tgt: Vec<u32> = window[1..].to_vec();
+    tgt.push(distill_loss::NO_TARGET);
+    let mut rec = gpu.recorder();
+    let out = forward_window(gpu, &mut rec, model, window)?;
     // Logits in chunks of tokens: bounded memory at any window length.
     let nll = head::nll(&mut rec, model, &out.normed, &tgt)?;
     drop(out);
@@ -80,18 +90,8 @@ pub fn token_logprobs(
     if t < 2 {
         return Ok(Vec::new());
     }
-    let ids = gpu.upload_u32("score.ids", &[t], window)?;
-    let pos: Vec<u32> = (0..t as u32).collect();
-    let positions = gpu.upload_u32("score.positions", &[t], &pos)?;
     let mut rec = gpu.recorder();
-    let batch = Batch {
-        ids: &ids,
-        positions: &positions,
-        batch: 1,
-        seq: t,
-        mask: None,
-    };
-    let out = model.forward(&mut rec, &batch, false, false)?;
+    let out = forward_window(gpu, &mut rec, model, window)?;
     rec.run()?;
     let vocab = model.head.rows();
     let rows = head::chunk_rows(gpu, vocab)?.max(1);

@@ -234,6 +234,32 @@ fn sse(events: UnboundedReceiver<Value>) -> Response {
         .into_response()
 }
 
+/// Pass one job's events on as stream chunks: `text` for each piece,
+/// `done` for the end. False when the job failed (its error body was sent)
+/// or the client is gone.
+async fn relay(
+    rx: &mut UnboundedReceiver<Event>,
+    tx: &tokio::sync::mpsc::UnboundedSender<Value>,
+    text: impl Fn(&str) -> Value,
+    done: impl FnOnce(&Finished) -> Value,
+) -> bool {
+    loop {
+        let v = match rx.recv().await {
+            Some(Event::Text(t)) => text(&t),
+            Some(Event::Done(f)) => return tx.send(done(&f)).is_ok(),
+            Some(Event::Failed(e)) => {
+                let _ = tx.send(e.body());
+                return false;
+            }
+            Some(Event::Started { .. }) => continue,
+            None => return false,
+        };
+        if tx.send(v).is_err() {
+            return false;
+        }
+    }
+}
+
 async fn completions(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -291,24 +317,18 @@ async fn completions(
                         }
                     }
                 }
-                loop {
-                    let v = match rx.recv().await {
-                        Some(Event::Text(t)) => chunk(&t, Value::Null, Value::Null),
-                        Some(Event::Done(f)) => {
-                            let lp = f.logprobs.as_ref().map_or(Value::Null, |l| l.to_json());
-                            let _ = tx.send(chunk("", lp, json!(f.finish_reason)));
-                            break;
-                        }
-                        Some(Event::Failed(e)) => {
-                            let _ = tx.send(e.body());
-                            return;
-                        }
-                        Some(Event::Started { .. }) => continue,
-                        None => return,
-                    };
-                    if tx.send(v).is_err() {
-                        return;
-                    }
+                let ok = relay(
+                    &mut rx,
+                    &tx,
+                    |t| chunk(t, Value::Null, Value::Null),
+                    |f| {
+                        let lp = f.logprobs.as_ref().map_or(Value::Null, |l| l.to_json());
+                        chunk("", lp, json!(f.finish_reason))
+                    },
+                )
+                .await;
+                if !ok {
+                    return;
                 }
             }
         });
@@ -378,28 +398,19 @@ async fn chat(
             {
                 return;
             }
-            loop {
-                let v = match rx.recv().await {
-                    Some(Event::Text(t)) => chunk(json!({"content": t}), Value::Null),
-                    Some(Event::Done(f)) => {
-                        let mut last = chunk(json!({}), json!(f.finish_reason));
-                        last["usage"] = json!({"prompt_tokens": prompt_tokens,
-                            "completion_tokens": f.completion_tokens,
-                            "total_tokens": prompt_tokens + f.completion_tokens});
-                        let _ = tx.send(last);
-                        return;
-                    }
-                    Some(Event::Failed(e)) => {
-                        let _ = tx.send(e.body());
-                        return;
-                    }
-                    Some(Event::Started { .. }) => continue,
-                    None => return,
-                };
-                if tx.send(v).is_err() {
-                    return;
-                }
-            }
+            relay(
+                &mut rx,
+                &tx,
+                |t| chunk(json!({"content": t}), Value::Null),
+                |f| {
+                    let mut last = chunk(json!({}), json!(f.finish_reason));
+                    last["usage"] = json!({"prompt_tokens": prompt_tokens,
+                        "completion_tokens": f.completion_tokens,
+                        "total_tokens": prompt_tokens + f.completion_tokens});
+                    last
+                },
+            )
+            .await;
         });
         return Ok(sse(out));
     }
