@@ -153,8 +153,7 @@ pub fn run(opts: &GpuOptions, a: &ChatArgs) -> Result<()> {
         }
         ChatTarget::Pair { teacher, student } => {
             let pair = std::sync::Arc::new(Pair::load(&gpu, teacher, student, a.prune)?);
-            let cal_seq = pair.teacher.cfg.max_position_embeddings.min(2048);
-            let order = super::order::for_pair(&gpu, &pair, &a.order, cal_seq)?;
+            let order = super::order::for_pair(&gpu, &pair, &a.order, None)?;
             let dec = match a.layers {
                 Some(k) => pair.patched(k, &order)?.1,
                 None => pair.student.decoder.clone(),

@@ -2,9 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::boomerang::{
-    Direction, LayerSource, Part, PatchOrder, PatchPlan, PruneParams, PrunePlan,
-};
+use crate::boomerang::{LayerSource, Part, PatchOrder, PatchPlan, PruneParams, PrunePlan};
 use crate::error::{Error, Result};
 use crate::gpu::{format_bytes, Gpu, GpuOptions};
 use crate::model::decoder::Decoder;
@@ -133,16 +131,6 @@ impl Pair {
             plan: files.prune,
             stored_order: files.stored_order,
         })
-    }
-
-    pub fn direction(&self, first: bool, last: bool) -> Direction {
-        if first {
-            Direction::First
-        } else if last {
-            Direction::Last
-        } else {
-            Direction::default_for(self.teacher.cfg.family)
-        }
     }
 
     /// The model with `k` units of `order` patched (`boomgpu patch`'s

@@ -125,7 +125,9 @@ pub fn run(opts: &GpuOptions, a: &EvalArgs) -> Result<String> {
     match &a.target {
         Target::Model(reference) => {
             let m = load_model(&gpu, reference, false)?;
-            let seq_len = a.seq_len.unwrap_or(m.cfg.max_position_embeddings.min(2048));
+            let seq_len = a
+                .seq_len
+                .unwrap_or(score::default_window(m.cfg.max_position_embeddings));
             let ids = tokenize(m.tokenizer.as_ref(), &m.dir, a.data)?;
             let p = score(&gpu, &m.decoder, &ids, seq_len, "eval", false)?;
             if a.json {
@@ -150,9 +152,9 @@ pub fn run(opts: &GpuOptions, a: &EvalArgs) -> Result<String> {
             params,
         } => {
             let pair = Pair::load(&gpu, teacher, student, *params)?;
-            let seq_len = a
-                .seq_len
-                .unwrap_or(pair.teacher.cfg.max_position_embeddings.min(2048));
+            let seq_len = a.seq_len.unwrap_or(score::default_window(
+                pair.teacher.cfg.max_position_embeddings,
+            ));
             if let Some(c) = choice.calibration() {
                 if same_file(&c.text, a.data) {
                     eprintln!(
@@ -161,7 +163,7 @@ pub fn run(opts: &GpuOptions, a: &EvalArgs) -> Result<String> {
                     );
                 }
             }
-            let order = order::for_pair(&gpu, &pair, choice, seq_len)?;
+            let order = order::for_pair(&gpu, &pair, choice, Some(seq_len))?;
             let ids = tokenize(pair.teacher.tokenizer.as_ref(), &pair.teacher.dir, a.data)?;
             eprintln!(
                 "teacher + student on the GPU: {} (every size shares these tensors)",

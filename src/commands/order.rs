@@ -155,16 +155,21 @@ pub fn describe(order: &PatchOrder, pair_plan: &crate::boomerang::PrunePlan) -> 
 
 /// The order a command follows for a pair on the GPU: the choice resolved,
 /// searching when `--order auto --calibration` asks for it (windows of
-/// `seq_len` tokens). Says on stderr which order it is.
+/// `seq_len` tokens, default [`score::default_window`]). Says on stderr
+/// which order it is.
 pub fn for_pair(
     gpu: &Gpu,
     pair: &Pair,
     choice: &OrderChoice,
-    seq_len: usize,
+    seq_len: Option<usize>,
 ) -> Result<PatchOrder> {
     let default = Direction::default_for(pair.teacher.cfg.family);
     let order = match choice.calibration() {
-        Some(c) => search(gpu, pair, default, c, seq_len)?,
+        Some(c) => {
+            let seq = seq_len
+                .unwrap_or_else(|| score::default_window(pair.teacher.cfg.max_position_embeddings));
+            search(gpu, pair, default, c, seq)?
+        }
         None => choice.resolve(default, pair.stored_order.as_ref(), &pair.student.dir)?,
     };
     if !order.is_reference() || *choice != OrderChoice::Default {

@@ -295,8 +295,7 @@ fn resolve_order(pair: &Pair, opts: &PatchOptions) -> Result<PatchOrder> {
     }
     let gpu = super::common::open_gpu(&opts.gpu)?;
     let loaded = super::common::Pair::load(&gpu, &opts.teacher, &opts.student, opts.params)?;
-    let seq = loaded.teacher.cfg.max_position_embeddings.min(2048);
-    super::order::for_pair(&gpu, &loaded, &opts.order, seq)
+    super::order::for_pair(&gpu, &loaded, &opts.order, None)
 }
 
 /// Export size `k` of `order` (or, with `k = None` and a chosen order,

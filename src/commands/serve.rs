@@ -97,8 +97,7 @@ fn load(gpu_opts: &GpuOptions, a: &ServeArgs) -> Result<Models> {
             params,
         } => {
             let pair = Pair::load(&gpu, teacher, student, *params)?;
-            let seq = pair.teacher.cfg.max_position_embeddings.min(2048);
-            let order = order::for_pair(&gpu, &pair, choice, seq)?;
+            let order = order::for_pair(&gpu, &pair, choice, None)?;
             let name = family_name(&pair.teacher.dir);
             let s = &pair.student.decoder;
             let n = s.layers.len();
@@ -157,7 +156,6 @@ fn load(gpu_opts: &GpuOptions, a: &ServeArgs) -> Result<Models> {
         sizes,
         ctx,
         vocab: decoders[0].head.rows(),
-        has_template: template.is_some(),
     };
     Ok(Models {
         gpu,

@@ -22,6 +22,12 @@ pub struct Perplexity {
     pub predicted: usize,
 }
 
+/// The window `eval` scores in when not told (and `--order auto`
+/// calibrates in): at most 2,048 tokens, within the model's positions.
+pub fn default_window(max_positions: usize) -> usize {
+    max_positions.min(2048)
+}
+
 /// The windows of `ids` that are scored.
 pub fn windows(ids: &[u32], seq_len: usize) -> Vec<&[u32]> {
     ids.chunks(seq_len.max(2))

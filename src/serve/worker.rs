@@ -42,8 +42,6 @@ pub struct Catalogue {
     /// The context of every request (prompt and answer), `--ctx`.
     pub ctx: usize,
     pub vocab: usize,
-    /// Whether chat requests can use the model's own chat template.
-    pub has_template: bool,
 }
 
 impl Catalogue {
