@@ -266,3 +266,87 @@ fn translation_check_catches_broken_shaders() {
         @compute @workgroup_size(64) fn main(@builtin(global_invocation_id) g: vec3<u32>) { x[g.x] = f32(g.x); }";
     shaders::translate_all("good", good).unwrap();
 }
+
+#[test]
+fn reads_past_the_staging_size_come_back_whole() {
+    let g = Gpu::open(&GpuOptions::from_env()).unwrap();
+    let chunk = boomgpu::gpu::tensor::READBACK_CHUNK as usize / 4;
+    // Two and a bit staging buffers, and a view that starts inside one.
+    let n = 2 * chunk + 777;
+    let vals: Vec<f32> = (0..n).map(|i| (i % 9973) as f32 - 17.5).collect();
+    let t = g.upload_f32("big", &[n], &vals).unwrap();
+    assert_eq!(g.read_f32(&t).unwrap(), vals);
+    let v = t.view(chunk - 5, &[chunk + 100]).unwrap();
+    assert_eq!(g.read_f32(&v).unwrap(), &vals[chunk - 5..2 * chunk + 95]);
+    // The staging buffer stays bounded: nothing of the tensor's size.
+    let readback_bytes = g.memory().device_bytes - g.memory().live_bytes;
+    assert!(
+        readback_bytes <= boomgpu::gpu::tensor::READBACK_CHUNK * 2,
+        "{readback_bytes}"
+    );
+}
+
+#[test]
+fn tags_split_live_bytes_and_the_peak() {
+    use boomgpu::gpu::MemoryTag;
+    let g = Gpu::open(&GpuOptions::from_env()).unwrap();
+    let weights = MemoryTag(MemoryTag::FIRST_FREE);
+    let work = MemoryTag(MemoryTag::FIRST_FREE + 1);
+    let w = {
+        let _t = g.alloc.tagged(weights);
+        Tensor::empty(&g, "w", &[1000], DType::F32).unwrap()
+    };
+    let a = {
+        let _t = g.alloc.tagged(work);
+        let a = Tensor::empty(&g, "a", &[3000], DType::F32).unwrap();
+        // Nested scopes restore the outer tag.
+        {
+            let _u = g.alloc.tagged(weights);
+        }
+        let b = Tensor::empty(&g, "b", &[500], DType::F32).unwrap();
+        drop(b);
+        a
+    };
+    let untagged = Tensor::empty(&g, "u", &[10], DType::F32).unwrap();
+    let m = g.memory();
+    assert_eq!(m.live.by_tag[weights.0 as usize], 4000);
+    assert_eq!(m.live.by_tag[work.0 as usize], 12000);
+    assert_eq!(m.live.by_tag[MemoryTag::UNTAGGED.0 as usize], 40);
+    // The peak came with a, b and w live (b is gone now).
+    assert_eq!(m.at_peak.by_tag[work.0 as usize], 14000);
+    let tagged: u64 = m.live.by_tag.iter().sum();
+    assert_eq!(tagged + m.live.rounding, m.live_bytes);
+    drop((w, a, untagged));
+    let m = g.memory();
+    assert_eq!(m.live.by_tag.iter().sum::<u64>(), 0);
+    assert_eq!(m.live_bytes, 0);
+}
+
+#[test]
+fn a_dry_run_counts_what_a_real_run_allocates() {
+    let program = |g: &Gpu| {
+        let x = g.upload_f32("x", &[5000], &vec![1.5; 5000]).unwrap();
+        let y = g.zeros("y", &[5000], DType::F32).unwrap();
+        for _ in 0..3 {
+            let mut rec = g.recorder();
+            let z = elementwise::add(&mut rec, &x, &y).unwrap();
+            let w = elementwise::add(&mut rec, &z, &x).unwrap();
+            rec.run().unwrap();
+            let back = g.read_f32(&w).unwrap();
+            assert_eq!(back.len(), 5000);
+        }
+        g.memory()
+    };
+    let real = program(&Gpu::open(&GpuOptions::from_env()).unwrap());
+    let dry_gpu = Gpu::open_dry(&GpuOptions::from_env()).unwrap();
+    assert!(dry_gpu.is_dry());
+    let dry = program(&dry_gpu);
+    assert_eq!(dry.peak_device_bytes, real.peak_device_bytes);
+    assert_eq!(dry.peak_live_bytes, real.peak_live_bytes);
+    assert_eq!(dry.buffers_created, real.buffers_created);
+    // Reads on a dry run are zeros.
+    let t = dry_gpu
+        .upload_f32("t", &[4], &[1.0, 2.0, 3.0, 4.0])
+        .unwrap();
+    assert_eq!(dry_gpu.read_f32(&t).unwrap(), vec![0.0; 4]);
+}

@@ -5,7 +5,7 @@
 //! nothing after its first run.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
@@ -35,6 +35,37 @@ impl BufferKind {
     }
 }
 
+/// How many memory tags there are (see `MemoryTag`).
+pub const MEMORY_TAGS: usize = 12;
+
+/// What the bytes of a buffer are for, as the caller labels them with
+/// `Allocator::tagged`: the allocator keeps live bytes per tag and their
+/// split at the device peak, so that a memory plan can say which part of a
+/// program the peak is made of. The GPU layer gives meaning to two tags
+/// only; the layers above number their own from `MemoryTag::FIRST_FREE`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MemoryTag(pub u8);
+
+impl MemoryTag {
+    /// Buffers that are not tensor storage: kernel parameters, readback
+    /// and upload staging, timestamp queries.
+    pub const STAGING: MemoryTag = MemoryTag(0);
+    /// Storage allocated outside any tagged scope.
+    pub const UNTAGGED: MemoryTag = MemoryTag(1);
+    pub const FIRST_FREE: u8 = 2;
+}
+
+/// Bytes per tag: what was asked for (the rounding up to pool sizes is
+/// counted apart, as slack).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaggedBytes {
+    pub by_tag: [u64; MEMORY_TAGS],
+    /// Bytes added by rounding requests up to pooled sizes.
+    pub rounding: u64,
+    /// Freed buffers the pool keeps on the device for reuse.
+    pub pooled: u64,
+}
+
 /// Byte counters. `device_*` counts every buffer the allocator holds on the
 /// device (in use or pooled), which is what the GPU's memory sees.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -47,11 +78,34 @@ pub struct MemoryStats {
     pub buffers_created: u64,
     /// Requests served from the pool.
     pub reuses: u64,
+    /// Live bytes by tag now.
+    pub live: TaggedBytes,
+    /// Live bytes by tag when `peak_live_bytes` was reached: what the
+    /// program held at its fullest (the device peak is that plus what
+    /// the pool keeps of earlier sizes).
+    pub at_peak: TaggedBytes,
 }
+
+impl MemoryStats {
+    fn note_peaks(&mut self) {
+        self.peak_device_bytes = self.peak_device_bytes.max(self.device_bytes);
+        if self.live_bytes >= self.peak_live_bytes {
+            self.peak_live_bytes = self.live_bytes;
+            self.at_peak = TaggedBytes {
+                pooled: self.device_bytes - self.live_bytes,
+                ..self.live
+            };
+        }
+    }
+}
+
+/// A buffer in the pool: its id and, unless the allocator is a dry run,
+/// the device buffer.
+type Pooled = (u64, Option<wgpu::Buffer>);
 
 struct Pool {
     /// Free buffers by (kind, size).
-    free: HashMap<BufferKind, BTreeMap<u64, Vec<(u64, wgpu::Buffer)>>>,
+    free: HashMap<BufferKind, BTreeMap<u64, Vec<Pooled>>>,
     stats: MemoryStats,
 }
 
@@ -62,6 +116,10 @@ pub(crate) struct AllocShared {
     max_binding: u64,
     max_buffer: u64,
     budget: AtomicU64,
+    /// A dry run: sizes are counted and pooled exactly as in a real run,
+    /// but no device memory is made (memory plans rehearse the program).
+    dry: bool,
+    tag: AtomicU8,
 }
 
 /// A GPU buffer owned by the allocator. Dropping it returns the buffer to
@@ -69,14 +127,20 @@ pub(crate) struct AllocShared {
 pub struct GpuBuffer {
     id: u64,
     size: u64,
+    /// Bytes asked for (`size` minus rounding).
+    requested: u64,
+    tag: MemoryTag,
     kind: BufferKind,
+    /// None in a dry run.
     buffer: Option<wgpu::Buffer>,
     shared: Arc<AllocShared>,
 }
 
 impl GpuBuffer {
     pub fn raw(&self) -> &wgpu::Buffer {
-        self.buffer.as_ref().expect("buffer present until drop")
+        self.buffer
+            .as_ref()
+            .expect("a dry run's buffers are never bound or copied")
     }
     /// Identity that survives pooling: the same id means the same device buffer.
     pub fn id(&self) -> u64 {
@@ -102,16 +166,30 @@ impl std::fmt::Debug for GpuBuffer {
 
 impl Drop for GpuBuffer {
     fn drop(&mut self) {
-        if let Some(buf) = self.buffer.take() {
-            let mut pool = self.shared.pool.lock().unwrap_or_else(|e| e.into_inner());
-            pool.stats.live_bytes -= self.size;
-            pool.free
-                .entry(self.kind)
-                .or_default()
-                .entry(self.size)
-                .or_default()
-                .push((self.id, buf));
-        }
+        let buf = self.buffer.take();
+        let mut pool = self.shared.pool.lock().unwrap_or_else(|e| e.into_inner());
+        let s = &mut pool.stats;
+        s.live_bytes -= self.size;
+        s.live.by_tag[self.tag.0 as usize] -= self.requested;
+        s.live.rounding -= self.size - self.requested;
+        pool.free
+            .entry(self.kind)
+            .or_default()
+            .entry(self.size)
+            .or_default()
+            .push((self.id, buf));
+    }
+}
+
+/// Restores the allocator's previous tag when dropped.
+pub struct TagGuard {
+    shared: Arc<AllocShared>,
+    previous: u8,
+}
+
+impl Drop for TagGuard {
+    fn drop(&mut self) {
+        self.shared.tag.store(self.previous, Ordering::Relaxed);
     }
 }
 
@@ -133,7 +211,7 @@ pub struct Allocator {
 }
 
 impl Allocator {
-    pub(crate) fn new(device: wgpu::Device, limits: &wgpu::Limits) -> Self {
+    pub(crate) fn new(device: wgpu::Device, limits: &wgpu::Limits, dry: bool) -> Self {
         Allocator {
             shared: Arc::new(AllocShared {
                 device,
@@ -145,7 +223,27 @@ impl Allocator {
                 max_binding: limits.max_storage_buffer_binding_size,
                 max_buffer: limits.max_buffer_size,
                 budget: AtomicU64::new(u64::MAX),
+                dry,
+                tag: AtomicU8::new(MemoryTag::UNTAGGED.0),
             }),
+        }
+    }
+
+    /// Whether this allocator only counts (a dry run).
+    pub fn is_dry(&self) -> bool {
+        self.shared.dry
+    }
+
+    /// Label the storage allocated until the guard drops with `tag`.
+    pub fn tagged(&self, tag: MemoryTag) -> TagGuard {
+        assert!(
+            (tag.0 as usize) < MEMORY_TAGS,
+            "memory tag {} out of range",
+            tag.0
+        );
+        TagGuard {
+            shared: self.shared.clone(),
+            previous: self.shared.tag.swap(tag.0, Ordering::Relaxed),
         }
     }
 
@@ -174,8 +272,9 @@ impl Allocator {
     /// Restart the peak counters from the current values.
     pub fn reset_peaks(&self) {
         let mut pool = self.shared.pool.lock().unwrap_or_else(|e| e.into_inner());
-        pool.stats.peak_live_bytes = pool.stats.live_bytes;
-        pool.stats.peak_device_bytes = pool.stats.device_bytes;
+        pool.stats.peak_live_bytes = 0;
+        pool.stats.peak_device_bytes = 0;
+        pool.stats.note_peaks();
     }
 
     /// Release every pooled (unused) buffer back to the device.
@@ -185,7 +284,9 @@ impl Allocator {
         for sizes in pool.free.values_mut() {
             for (size, bufs) in sizes.iter_mut() {
                 for (_, b) in bufs.drain(..) {
-                    b.destroy();
+                    if let Some(b) = b {
+                        b.destroy();
+                    }
                     freed += size;
                 }
             }
@@ -242,6 +343,11 @@ impl Allocator {
             size = bytes.div_ceil(4) * 4;
         }
         let shared = &self.shared;
+        let tag = if kind == BufferKind::Storage {
+            MemoryTag(shared.tag.load(Ordering::Relaxed))
+        } else {
+            MemoryTag::STAGING
+        };
         {
             let mut pool = shared.pool.lock().unwrap_or_else(|e| e.into_inner());
             // Smallest pooled buffer that fits without wasting more than a
@@ -255,14 +361,19 @@ impl Allocator {
                 Some((key, id, buf))
             });
             if let Some((actual, id, buf)) = found {
-                pool.stats.live_bytes += actual;
-                pool.stats.peak_live_bytes = pool.stats.peak_live_bytes.max(pool.stats.live_bytes);
-                pool.stats.reuses += 1;
+                let s = &mut pool.stats;
+                s.live_bytes += actual;
+                s.reuses += 1;
+                s.live.by_tag[tag.0 as usize] += bytes;
+                s.live.rounding += actual - bytes;
+                s.note_peaks();
                 return Ok(GpuBuffer {
                     id,
                     size: actual,
+                    requested: bytes,
+                    tag,
                     kind,
-                    buffer: Some(buf),
+                    buffer: buf,
                     shared: shared.clone(),
                 });
             }
@@ -282,24 +393,29 @@ impl Allocator {
                 }
             }
         }
-        let buffer = shared.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some(name),
-            size,
-            usage: kind.usages(),
-            mapped_at_creation: false,
+        let buffer = (!shared.dry).then(|| {
+            shared.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(name),
+                size,
+                usage: kind.usages(),
+                mapped_at_creation: false,
+            })
         });
         let mut pool = shared.pool.lock().unwrap_or_else(|e| e.into_inner());
         let s = &mut pool.stats;
         s.live_bytes += size;
         s.device_bytes += size;
-        s.peak_live_bytes = s.peak_live_bytes.max(s.live_bytes);
-        s.peak_device_bytes = s.peak_device_bytes.max(s.device_bytes);
+        s.live.by_tag[tag.0 as usize] += bytes;
+        s.live.rounding += size - bytes;
+        s.note_peaks();
         s.buffers_created += 1;
         Ok(GpuBuffer {
             id: shared.next_id.fetch_add(1, Ordering::Relaxed),
             size,
+            requested: bytes,
+            tag,
             kind,
-            buffer: Some(buffer),
+            buffer,
             shared: shared.clone(),
         })
     }

@@ -418,3 +418,37 @@ pub(crate) fn open_device(
     }
     Ok((device, queue, features, sink))
 }
+
+/// Bytes of memory the adapter computes in: for a CPU adapter (lavapipe,
+/// WARP) the host's memory (their reported heaps are not a limit); else the
+/// largest device-local heap, where the driver says (Vulkan); None
+/// elsewhere.
+pub fn device_memory_bytes(adapter: &wgpu::Adapter) -> Option<u64> {
+    let info = adapter.get_info();
+    if info.device_type == wgpu::DeviceType::Cpu {
+        return host_memory_bytes();
+    }
+    if info.backend != wgpu::Backend::Vulkan {
+        return None;
+    }
+    // SAFETY: only queries properties of the physical device; nothing is
+    // created or destroyed through the raw handles.
+    unsafe {
+        let hal = adapter.as_hal::<wgpu::hal::api::Vulkan>()?;
+        let instance = hal.shared_instance().raw_instance();
+        let props = instance.get_physical_device_memory_properties(hal.raw_physical_device());
+        props.memory_heaps[..props.memory_heap_count as usize]
+            .iter()
+            .filter(|h| h.flags.contains(ash::vk::MemoryHeapFlags::DEVICE_LOCAL))
+            .map(|h| h.size)
+            .max()
+    }
+}
+
+/// The host's physical memory (Linux: MemTotal of /proc/meminfo).
+pub fn host_memory_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}

@@ -19,8 +19,9 @@ pub struct Kernel {
     pub shader: String,
     pub entry: String,
     pub(crate) id: u64,
-    pub(crate) pipeline: wgpu::ComputePipeline,
-    pub(crate) layout: wgpu::BindGroupLayout,
+    /// None on a dry-run GPU (nothing is compiled or dispatched there).
+    pub(crate) pipeline: Option<wgpu::ComputePipeline>,
+    pub(crate) layout: Option<wgpu::BindGroupLayout>,
     pub bindings: Vec<BindingInfo>,
     /// As declared in the shader (zeros when set by override constants).
     pub workgroup_size: [u32; 3],
@@ -33,7 +34,8 @@ impl Kernel {
 }
 
 struct ModuleEntry {
-    module: wgpu::ShaderModule,
+    /// None on a dry-run GPU.
+    module: Option<wgpu::ShaderModule>,
     naga: naga::Module,
     info: naga::valid::ModuleInfo,
 }
@@ -94,13 +96,17 @@ impl Gpu {
             });
         }
         let (naga_module, info) = shaders::parse_and_validate(shader, &src)?;
-        let module = scoped(self, shader, || {
-            self.device
-                .create_shader_module(wgpu::ShaderModuleDescriptor {
-                    label: Some(shader),
-                    source: wgpu::ShaderSource::Wgsl(src.clone().into()),
-                })
-        })?;
+        let module = if self.is_dry() {
+            None
+        } else {
+            Some(scoped(self, shader, || {
+                self.device
+                    .create_shader_module(wgpu::ShaderModuleDescriptor {
+                        label: Some(shader),
+                        source: wgpu::ShaderSource::Wgsl(src.clone().into()),
+                    })
+            })?)
+        };
         let entry = Arc::new(ModuleEntry {
             module,
             naga: naga_module,
@@ -167,35 +173,42 @@ impl Gpu {
             })
             .collect();
         let label = format!("{shader}::{entry}");
-        let (pipeline, layout) = scoped(self, &label, || {
-            let layout = self
-                .device
-                .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-                    label: Some(&label),
-                    entries: &entries,
-                });
-            let pl = self
-                .device
-                .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-                    label: Some(&label),
-                    bind_group_layouts: &[Some(&layout)],
-                    immediate_size: 0,
-                });
-            let pipeline = self
-                .device
-                .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                    label: Some(&label),
-                    layout: Some(&pl),
-                    module: &m.module,
-                    entry_point: Some(entry),
-                    compilation_options: wgpu::PipelineCompilationOptions {
-                        constants,
-                        zero_initialize_workgroup_memory: false,
-                    },
-                    cache: None,
-                });
-            (pipeline, layout)
-        })?;
+        let compiled = match &m.module {
+            None => None,
+            Some(module) => Some(scoped(self, &label, || {
+                let layout =
+                    self.device
+                        .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                            label: Some(&label),
+                            entries: &entries,
+                        });
+                let pl = self
+                    .device
+                    .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                        label: Some(&label),
+                        bind_group_layouts: &[Some(&layout)],
+                        immediate_size: 0,
+                    });
+                let pipeline =
+                    self.device
+                        .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                            label: Some(&label),
+                            layout: Some(&pl),
+                            module,
+                            entry_point: Some(entry),
+                            compilation_options: wgpu::PipelineCompilationOptions {
+                                constants,
+                                zero_initialize_workgroup_memory: false,
+                            },
+                            cache: None,
+                        });
+                (pipeline, layout)
+            })?),
+        };
+        let (pipeline, layout) = match compiled {
+            Some((p, l)) => (Some(p), Some(l)),
+            None => (None, None),
+        };
         let kernel = Arc::new(Kernel {
             shader: shader.to_string(),
             entry: entry.to_string(),

@@ -13,7 +13,7 @@ pub mod tensor;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-pub use alloc::{Allocator, BufferKind, GpuBuffer, MemoryStats};
+pub use alloc::{Allocator, BufferKind, GpuBuffer, MemoryStats, MemoryTag, TaggedBytes};
 pub use device::{Capabilities, CoopConfig, GpuOptions};
 pub use kernel::Kernel;
 pub use recorder::{Recorder, Submitted};
@@ -45,6 +45,24 @@ pub struct Gpu {
 impl Gpu {
     /// Open the adapter that the options (or the preference order) pick.
     pub fn open(opts: &GpuOptions) -> Result<Gpu> {
+        Gpu::open_with(opts, false)
+    }
+
+    /// A dry run of the adapter that `open` would pick: same limits,
+    /// features and allocator, but buffers are only counted, kernels are
+    /// not compiled and submissions run nothing (reads return zeros). A
+    /// program run on it allocates exactly what it would on the real
+    /// device, which is how memory plans are made without weights.
+    pub fn open_dry(opts: &GpuOptions) -> Result<Gpu> {
+        Gpu::open_with(opts, true)
+    }
+
+    /// Whether this is a dry run (`open_dry`).
+    pub fn is_dry(&self) -> bool {
+        self.alloc.is_dry()
+    }
+
+    fn open_with(opts: &GpuOptions, dry: bool) -> Result<Gpu> {
         let backends = device::parse_backends(opts.backend.as_deref())?;
         let instance = device::make_instance(backends);
         let adapters = device::list_adapters(&instance, backends);
@@ -62,7 +80,7 @@ impl Gpu {
         let (dev, queue, features, errors) = device::open_device(&adapter)?;
         let mut caps = Capabilities::from_adapter(&adapter, features);
         device::apply_binding_override(&mut caps.limits)?;
-        let alloc = Allocator::new(dev.clone(), &caps.limits);
+        let alloc = Allocator::new(dev.clone(), &caps.limits, dry);
         Ok(Gpu {
             info: adapter.get_info(),
             adapter,

@@ -265,7 +265,7 @@ impl<'g> Recorder<'g> {
             .device
             .create_bind_group(&wgpu::BindGroupDescriptor {
                 label: None,
-                layout: &kernel.layout,
+                layout: kernel.layout.as_ref().expect("compiled on a real GPU"),
                 entries: &entries,
             });
         // A long-running program that keeps making new buffers would grow
@@ -287,14 +287,36 @@ impl<'g> Recorder<'g> {
             let buf = gpu
                 .alloc
                 .alloc("kernel parameters", size, BufferKind::Uniform)?;
-            let mut bytes = self.params.clone();
-            bytes.resize(bytes.len().div_ceil(4) * 4, 0);
-            gpu.queue.write_buffer(buf.raw(), 0, &bytes);
+            if !gpu.is_dry() {
+                let mut bytes = self.params.clone();
+                bytes.resize(bytes.len().div_ceil(4) * 4, 0);
+                gpu.queue.write_buffer(buf.raw(), 0, &bytes);
+            }
             Some(buf)
         };
         let mut enc = gpu
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+        let n_dispatch = self
+            .cmds
+            .iter()
+            .filter(|c| matches!(c, Cmd::Dispatch { .. }))
+            .count();
+        if gpu.is_dry() {
+            // Count what a real submission holds; run nothing.
+            let timing = if self.timed {
+                Some(gpu.alloc.alloc("timestamps", 16, BufferKind::Query)?)
+            } else {
+                None
+            };
+            return Ok(Submitted {
+                gpu,
+                index: gpu.queue.submit(None),
+                timing,
+                _params: params_buf,
+                dispatches: n_dispatch,
+            });
+        }
         let (query_set, timing) = if self.timed {
             let qs = gpu.device.create_query_set(&wgpu::QuerySetDescriptor {
                 label: Some("timing"),
@@ -308,11 +330,6 @@ impl<'g> Recorder<'g> {
         } else {
             (None, None)
         };
-        let n_dispatch = self
-            .cmds
-            .iter()
-            .filter(|c| matches!(c, Cmd::Dispatch { .. }))
-            .count();
         // Group consecutive dispatches into one compute pass; wgpu places
         // the barriers between dependent dispatches inside a pass.
         let mut i = 0;
@@ -373,7 +390,9 @@ impl<'g> Recorder<'g> {
                         };
                         let bg =
                             self.bind_group(kernel, bound, param_offset.and(params_buf.as_ref()));
-                        pass.set_pipeline(&kernel.pipeline);
+                        pass.set_pipeline(
+                            kernel.pipeline.as_ref().expect("compiled on a real GPU"),
+                        );
                         match param_offset {
                             Some(o) => pass.set_bind_group(0, &bg, &[*o]),
                             None => pass.set_bind_group(0, &bg, &[]),
@@ -445,6 +464,9 @@ impl Submitted<'_> {
             return Ok(None);
         };
         let gpu = self.gpu;
+        if gpu.is_dry() {
+            return Ok(None);
+        }
         let rb = gpu
             .alloc
             .alloc("timestamp readback", 16, BufferKind::Readback)?;

@@ -57,34 +57,52 @@ impl RowBlocks {
         dtype: DType,
         bytes: &[u8],
     ) -> Result<RowBlocks> {
+        Self::make(gpu, name, shape, dtype, Some(bytes))
+    }
+
+    /// Uninitialised `[rows, cols]` of `dtype`, in the blocks `upload`
+    /// would make (synthetic models for plans and benchmarks).
+    pub fn empty(gpu: &Gpu, name: &str, shape: &[usize], dtype: DType) -> Result<RowBlocks> {
+        Self::make(gpu, name, shape, dtype, None)
+    }
+
+    fn make(
+        gpu: &Gpu,
+        name: &str,
+        shape: &[usize],
+        dtype: DType,
+        bytes: Option<&[u8]>,
+    ) -> Result<RowBlocks> {
         let [rows, cols] = *shape else {
             return Err(Error::Shape(format!(
                 "'{name}': a row-blocked matrix must be 2-D, got {shape:?}"
             )));
         };
         let row_bytes = cols * dtype.size();
-        if bytes.len() != rows * row_bytes {
+        if let Some(bytes) = bytes.filter(|b| b.len() != rows * row_bytes) {
             return Err(Error::Shape(format!(
                 "'{name}': {} bytes given for shape {shape:?} of {}",
                 bytes.len(),
                 dtype.name()
             )));
         }
+        let part = |name: &str, shape: &[usize], range: std::ops::Range<usize>| match bytes {
+            Some(b) => gpu.upload_bytes(name, shape, dtype, &b[range]),
+            None => Tensor::empty(gpu, name, shape, dtype),
+        };
         let per = Self::rows_per_block(gpu, name, row_bytes as u64)?;
         if per >= rows {
-            return Self::whole(gpu.upload_bytes(name, shape, dtype, bytes)?);
+            return Self::whole(part(name, shape, 0..rows * row_bytes)?);
         }
         let mut blocks = Vec::new();
         let mut starts = Vec::new();
         let mut start = 0;
         while start < rows {
             let n = per.min(rows - start);
-            let part = &bytes[start * row_bytes..(start + n) * row_bytes];
-            blocks.push(gpu.upload_bytes(
+            blocks.push(part(
                 &format!("{name}[{start}..{}]", start + n),
                 &[n, cols],
-                dtype,
-                part,
+                start * row_bytes..(start + n) * row_bytes,
             )?);
             starts.push(start);
             start += n;

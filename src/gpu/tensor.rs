@@ -132,6 +132,9 @@ impl Tensor {
     }
 }
 
+/// Largest readback staging buffer: bigger reads go through it in turns.
+pub const READBACK_CHUNK: u64 = 16 << 20;
+
 fn pad4(bytes: &[u8]) -> std::borrow::Cow<'_, [u8]> {
     if bytes.len().is_multiple_of(4) {
         bytes.into()
@@ -181,7 +184,7 @@ impl Gpu {
             )));
         }
         let t = Tensor::empty(self, name, shape, dtype)?;
-        if !bytes.is_empty() {
+        if !bytes.is_empty() && !self.is_dry() {
             self.queue.write_buffer(t.buf.raw(), 0, &pad4(bytes));
         }
         Ok(t)
@@ -221,8 +224,10 @@ impl Gpu {
                 t
             )));
         }
-        self.queue
-            .write_buffer(t.buf.raw(), t.offset, bytemuck::cast_slice(data));
+        if !self.is_dry() {
+            self.queue
+                .write_buffer(t.buf.raw(), t.offset, bytemuck::cast_slice(data));
+        }
         Ok(())
     }
 
@@ -233,16 +238,34 @@ impl Gpu {
             return Ok(Vec::new());
         }
         let padded = len.div_ceil(4) * 4;
-        let rb = self.alloc.alloc("readback", padded, BufferKind::Readback)?;
-        let mut enc = self
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("readback"),
-            });
-        let copy = padded.min(t.buf.size() - t.offset);
-        enc.copy_buffer_to_buffer(t.buf.raw(), t.offset, rb.raw(), 0, copy);
-        self.queue.submit(Some(enc.finish()));
-        map_read(self, &rb, len)
+        // Large tensors come back through one bounded staging buffer, so
+        // that reading a checkpoint's embedding does not leave a buffer of
+        // its size in the pool.
+        let staging = padded.min(READBACK_CHUNK);
+        let rb = self
+            .alloc
+            .alloc("readback", staging, BufferKind::Readback)?;
+        if self.is_dry() {
+            // Zeros (calloc'd, so untouched pages cost no host memory).
+            return Ok(vec![0; len as usize]);
+        }
+        let end = (t.offset + padded).min(t.buf.size());
+        let mut out = Vec::with_capacity(len as usize);
+        let mut at = t.offset;
+        while (out.len() as u64) < len {
+            let copy = staging.min(end - at);
+            let mut enc = self
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("readback"),
+                });
+            enc.copy_buffer_to_buffer(t.buf.raw(), at, rb.raw(), 0, copy);
+            self.queue.submit(Some(enc.finish()));
+            let want = copy.min(len - out.len() as u64);
+            out.extend_from_slice(&map_read(self, &rb, want)?);
+            at += copy;
+        }
+        Ok(out)
     }
 
     /// Read any float tensor as f32 (bf16 and f16 are widened on the host).
