@@ -3,7 +3,8 @@
 // Forward: out[t, :] = table[ids[t] - row_start, :] for ids inside the
 // table (or shard) rows [row_start, row_start + rows); other tokens get
 // zeros when `fill` is 1 and are left alone otherwise (so a table split by
-// rows into shards is gathered by one launch per shard). Table f32 or bf16.
+// rows into shards is gathered by one launch per shard). Table f32, bf16 or
+// f16 (as Pythia is published; read as packed pairs, no f16 feature needed).
 //
 // Backward, no float atomics: `embed_links` finds, for every token, the next
 // token with the same id and whether an earlier one exists (tiled O(T^2)
@@ -29,7 +30,7 @@ const HAS_PREV: u32 = 0x80000000u;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> ids: array<u32>;
-// f32 bits, or (TABLE_BF16) bf16 pairs as published.
+// f32 bits, or (TABLE_BF16 / TABLE_F16) 16-bit pairs as published.
 @group(0) @binding(2) var<storage, read> table: array<u32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 @group(0) @binding(5) var<storage, read_write> links_out: array<u32>;
@@ -38,12 +39,16 @@ const HAS_PREV: u32 = 0x80000000u;
 @group(0) @binding(8) var<storage, read_write> dtable: array<f32>;
 
 override TABLE_BF16: bool = false;
+override TABLE_F16: bool = false;
 
 //#include _common
 
 fn table_at(e: u32) -> f32 {
     if TABLE_BF16 {
         return bf16_pick(table[e >> 1u], e);
+    }
+    if TABLE_F16 {
+        return unpack2x16float(table[e >> 1u])[e & 1u];
     }
     return bitcast<f32>(table[e]);
 }

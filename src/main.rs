@@ -115,11 +115,11 @@ enum Command {
         #[arg(long)]
         student: Option<String>,
         /// Training text: .txt or .jsonl files ("text" or pre-tokenised "input_ids"), or folders of them.
-        #[arg(long, required = true, num_args = 1..)]
+        #[arg(long, required_unless_present = "plan", num_args = 1..)]
         data: Vec<PathBuf>,
         /// Folder for the student, its checkpoint and student_config.json.
-        #[arg(long)]
-        out: PathBuf,
+        #[arg(long, required_unless_present = "plan")]
+        out: Option<PathBuf>,
         /// Optimiser steps.
         #[arg(long, default_value_t = 500)]
         steps: usize,
@@ -187,6 +187,20 @@ enum Command {
         /// No progress bar.
         #[arg(long)]
         quiet: bool,
+        /// Print the memory plan (GPU bytes by part, host bytes, whether it
+        /// fits) and stop. Needs only config.json (a folder or a hub id):
+        /// no weights, no --data, no --out.
+        #[arg(long)]
+        plan: bool,
+        /// With --plan: one JSON object (gpu_peak_bytes, host_peak_bytes,
+        /// fits, settings, parts).
+        #[arg(long, requires = "plan")]
+        json: bool,
+        /// GPU memory the run may use, e.g. 24GiB or 900MiB (default: the
+        /// adapter's memory less 1/16, at least 512 MiB). A plan over it is
+        /// refused before anything is loaded.
+        #[arg(long, value_name = "SIZE")]
+        memory_budget: Option<String>,
     },
     /// List GPU adapters, their features and limits, and which one boomgpu uses.
     Devices {
@@ -562,7 +576,20 @@ fn main() -> ExitCode {
             save_dtype,
             prune,
             quiet,
-        } => {
+            plan,
+            json,
+            memory_budget,
+        } => (|| {
+            let memory_budget = memory_budget
+                .map(|s| {
+                    boomgpu::gpu::device::parse_bytes(&s).ok_or_else(|| {
+                        boomgpu::Error::Invalid(format!(
+                            "--memory-budget {s}: expected a size such as 24GiB, 900MiB or a \
+                             number of bytes (at least 1KiB)"
+                        ))
+                    })
+                })
+                .transpose()?;
             let a = boomgpu::commands::distill::DistillArgs {
                 teacher,
                 student,
@@ -595,9 +622,14 @@ fn main() -> ExitCode {
                 log,
                 save_dtype,
                 quiet,
+                memory_budget,
             };
-            boomgpu::commands::distill::run(&opts, &a).map(|s| print!("{s}"))
-        }
+            if plan {
+                boomgpu::commands::distill::plan_only(&opts, &a, json).map(|s| print!("{s}"))
+            } else {
+                boomgpu::commands::distill::run(&opts, &a).map(|s| print!("{s}"))
+            }
+        })(),
         Command::Eval {
             models,
             layers,

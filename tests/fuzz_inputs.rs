@@ -1342,7 +1342,7 @@ fn distill_args() -> DistillArgs {
         teacher: "t".into(),
         student: None,
         data: vec![],
-        out: "o".into(),
+        out: Some("o".into()),
         seq_len: 16,
         opts: DistillOptions {
             steps: 2,
@@ -1357,6 +1357,7 @@ fn distill_args() -> DistillArgs {
         log: None,
         save_dtype: None,
         quiet: true,
+        memory_budget: None,
     }
 }
 

@@ -651,7 +651,7 @@ fn bias_add_and_backward_match_cpu() {
 // -------------------------------------------------------------- embedding
 
 #[test]
-fn embedding_forward_f32_bf16_and_shards() {
+fn embedding_forward_f32_bf16_f16_and_shards() {
     let g = gpu();
     let mut rng = Rng::new(61);
     for &(vocab, hidden, tokens) in &[
@@ -668,6 +668,9 @@ fn embedding_forward_f32_bf16_and_shards() {
         let tids = g.upload_u32("ids", &[tokens], &ids).unwrap();
         let tt = up(&table, &[vocab, hidden]);
         let (tt16, t16) = up_bf16(&table, &[vocab, hidden]);
+        let h16: Vec<half::f16> = table.iter().map(|&x| half::f16::from_f32(x)).collect();
+        let th16 = g.upload_f16("table.f16", &[vocab, hidden], &h16).unwrap();
+        let f16_vals: Vec<f32> = h16.iter().map(|x| x.to_f32()).collect();
         // Two shards: rows [0, split) and [split, vocab).
         let split = vocab / 2 + 1;
         let s0 = up(&table[..split * hidden], &[split, hidden]);
@@ -675,6 +678,7 @@ fn embedding_forward_f32_bf16_and_shards() {
         let mut rec = g.recorder();
         let y = embedding::embedding(&mut rec, &tids, &tt).unwrap();
         let y16 = embedding::embedding(&mut rec, &tids, &tt16).unwrap();
+        let yh = embedding::embedding(&mut rec, &tids, &th16).unwrap();
         let ys = embedding::embedding_sharded(&mut rec, &tids, &[s0, s1]).unwrap();
         rec.run().unwrap();
         let what = format!("embedding v{vocab} h{hidden} t{tokens}");
@@ -685,6 +689,11 @@ fn embedding_forward_f32_bf16_and_shards() {
             read(&y16),
             embedding::cpu::embedding(&ids, &t16, hidden),
             "{what} bf16"
+        );
+        assert_eq!(
+            read(&yh),
+            embedding::cpu::embedding(&ids, &f16_vals, hidden),
+            "{what} f16"
         );
         assert_eq!(read(&ys), want, "{what} sharded");
     }

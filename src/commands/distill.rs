@@ -14,13 +14,15 @@ use crate::model::weights::Checkpoint;
 use crate::model::ModelConfig;
 use crate::progress::Progress;
 use crate::train::data::{token_stream, Corpus};
+use crate::train::plan::{over_budget, rehearse, suggestions, tag, MemoryPlan, PlanSpec};
 use crate::train::run::{write_student_folder, DistillOptions, StepLog, Trainer};
 
 pub struct DistillArgs {
     pub teacher: String,
     pub student: Option<String>,
     pub data: Vec<PathBuf>,
-    pub out: PathBuf,
+    /// Required for a run; not for `--plan`.
+    pub out: Option<PathBuf>,
     pub seq_len: usize,
     pub opts: DistillOptions,
     pub prune: Option<PruneParams>,
@@ -33,6 +35,9 @@ pub struct DistillArgs {
     /// dtype of the written student (f32, bf16, f16); None: the teacher's.
     pub save_dtype: Option<String>,
     pub quiet: bool,
+    /// GPU bytes the run may use (`--memory-budget`); None: the adapter's
+    /// memory less a margin, where known.
+    pub memory_budget: Option<u64>,
 }
 
 /// Most tokens one optimiser step may cover (--batch × --grad-accum ×
@@ -171,12 +176,179 @@ fn truncate_log(path: &Path, step: usize) -> Result<()> {
     std::fs::write(path, body).map_err(|e| Error::io(path, e))
 }
 
+/// The student of a run, known from config files alone (no weights).
+struct StudentChoice {
+    cfg: ModelConfig,
+    plan: PrunePlan,
+    /// Where its weights come from.
+    from: StudentFrom,
+}
+
+enum StudentFrom {
+    /// A checkpoint folder of an earlier run.
+    Resume(PathBuf),
+    /// A student folder (--student).
+    Folder(PathBuf),
+    /// Fresh random weights (--random-init).
+    Random,
+    /// The teacher's kept layers (the default).
+    Pruned,
+}
+
+/// `--resume DIR`: the run's checkpoint folder (DIR/checkpoint, or DIR).
+fn resume_dir(a: &DistillArgs) -> Option<PathBuf> {
+    a.resume.as_ref().map(|d| {
+        if d.join("checkpoint").is_dir() {
+            d.join("checkpoint")
+        } else {
+            d.clone()
+        }
+    })
+}
+
+/// Which student, from config.json and student_config.json only.
+fn choose_student(
+    a: &DistillArgs,
+    teacher: &ModelConfig,
+    configs_only: bool,
+) -> Result<StudentChoice> {
+    let params = a.prune.unwrap_or_default();
+    if let Some(ck) = resume_dir(a) {
+        let cfg = ModelConfig::from_file(&ck.join("config.json"))?;
+        check_compatible(teacher, &cfg)
+            .map_err(|e| Error::Invalid(format!("{}: {e}", ck.display())))?;
+        let (plan, _) =
+            StudentConfig::load_plan(&ck, teacher.num_layers, cfg.num_layers, Some(params))?;
+        return Ok(StudentChoice {
+            cfg,
+            plan,
+            from: StudentFrom::Resume(ck),
+        });
+    }
+    if let Some(s) = &a.student {
+        let dir = if configs_only {
+            crate::model::source::resolve_config(s)?
+        } else {
+            crate::model::source::resolve(s)?
+        };
+        let cfg = ModelConfig::from_file(&dir.join("config.json"))?;
+        check_compatible(teacher, &cfg).map_err(|e| Error::Invalid(format!("{s}: {e}")))?;
+        let (plan, _) =
+            StudentConfig::load_plan(&dir, teacher.num_layers, cfg.num_layers, a.prune)?;
+        return Ok(StudentChoice {
+            cfg,
+            plan,
+            from: StudentFrom::Folder(dir),
+        });
+    }
+    let plan = PrunePlan::from_params(teacher.num_layers, params)?;
+    Ok(StudentChoice {
+        cfg: student_config_json(teacher, &plan),
+        plan,
+        from: if a.random_init {
+            StudentFrom::Random
+        } else {
+            StudentFrom::Pruned
+        },
+    })
+}
+
+/// The dtype a model's weights have on the GPU when loaded as stored: from
+/// the safetensors headers when the folder has weights, else from
+/// config.json's `torch_dtype` (`dtype` in newer files).
+fn teacher_dtype(dir: &Path, cfg: &ModelConfig) -> Result<DType> {
+    if Checkpoint::open(dir).is_ok() {
+        return stored_dtype(dir);
+    }
+    let named = cfg.raw["torch_dtype"]
+        .as_str()
+        .or(cfg.raw["dtype"].as_str())
+        .unwrap_or("float32");
+    Ok(match named {
+        "bfloat16" => DType::BF16,
+        "float16" => DType::F16,
+        _ => DType::F32,
+    })
+}
+
+/// The memory plan of the run `a` describes, from config files alone.
+pub fn memory_plan(
+    gpu_opts: &GpuOptions,
+    a: &DistillArgs,
+    configs_only: bool,
+) -> Result<MemoryPlan> {
+    let dir = if configs_only {
+        crate::model::source::resolve_config(&a.teacher)?
+    } else {
+        crate::model::source::resolve(&a.teacher)?
+    };
+    let tcfg = ModelConfig::from_file(&dir.join("config.json"))?;
+    let choice = choose_student(a, &tcfg, configs_only)?;
+    let spec = PlanSpec {
+        teacher_dtype: teacher_dtype(&dir, &tcfg)?,
+        pairs: pairs_for(&choice.plan, a.prune.unwrap_or_default()),
+        teacher: tcfg,
+        student: choice.cfg,
+        seq_len: a.seq_len,
+        opts: a.opts.clone(),
+        eval: a.eval_tokens > 0,
+    };
+    rehearse(gpu_opts, &spec)
+}
+
+/// The GPU budget: `--memory-budget`, else the adapter's memory less a
+/// margin for the driver and other programs (1/16, at least 512 MiB).
+pub fn budget_for(plan: &MemoryPlan, asked: Option<u64>) -> Option<u64> {
+    asked.or(plan
+        .adapter_memory
+        .map(|m| m.saturating_sub((m / 16).max(512 << 20))))
+}
+
+/// `distill --plan`: the plan, as text or one JSON object.
+pub fn plan_only(gpu_opts: &GpuOptions, a: &DistillArgs, json: bool) -> Result<String> {
+    a.validate()?;
+    let plan = memory_plan(gpu_opts, a, true)?;
+    let budget = budget_for(&plan, a.memory_budget);
+    if json {
+        return Ok(format!("{}\n", plan.to_json(budget)));
+    }
+    let mut out = plan.describe(budget);
+    if plan.fits(budget) == Some(false) {
+        let spec = plan.spec.clone();
+        let tips = suggestions(gpu_opts, &spec, budget.expect("a budget"))?;
+        out.push_str(&format!("  would fit: {}\n", tips.join("; ")));
+    }
+    Ok(out)
+}
+
 pub fn run(gpu_opts: &GpuOptions, a: &DistillArgs) -> Result<String> {
     a.validate()?;
     let save_dtype = a.save_dtype.as_deref().map(parse_save_dtype).transpose()?;
+    let out_dir = a
+        .out
+        .clone()
+        .ok_or_else(|| Error::Invalid("--out is required (except with --plan)".into()))?;
+    if a.data.is_empty() {
+        return Err(Error::Invalid(
+            "--data is required (except with --plan)".into(),
+        ));
+    }
+    // The plan first: a run that cannot fit is refused before any weight
+    // is read or any GPU memory is taken.
+    let mplan = memory_plan(gpu_opts, a, false)?;
+    let budget = budget_for(&mplan, a.memory_budget);
+    eprint!("{}", mplan.describe(budget));
+    if let (Some(false), Some(b)) = (mplan.fits(budget), budget) {
+        let tips = suggestions(gpu_opts, &mplan.spec, b)?;
+        return Err(over_budget(&mplan, b, &tips));
+    }
     let gpu = open_gpu(gpu_opts)?;
-    std::fs::create_dir_all(&a.out).map_err(|e| Error::io(&a.out, e))?;
-    let teacher = load_model(&gpu, &a.teacher, false)?;
+    gpu.alloc.set_budget(budget);
+    std::fs::create_dir_all(&out_dir).map_err(|e| Error::io(&out_dir, e))?;
+    let teacher = {
+        let _t = gpu.alloc.tagged(tag::TEACHER);
+        load_model(&gpu, &a.teacher, false)?
+    };
     let tok = teacher.tokenizer.as_ref().ok_or_else(|| {
         Error::Invalid(format!(
             "{}: no tokenizer.json; distill tokenises --data with the teacher's tokenizer",
@@ -184,48 +356,34 @@ pub fn run(gpu_opts: &GpuOptions, a: &DistillArgs) -> Result<String> {
         ))
     })?;
     let params = a.prune.unwrap_or_default();
-    // The student: resumed, given, randomly initialised or pruned here.
-    let resume_dir = a.resume.as_ref().map(|d| {
-        if d.join("checkpoint").is_dir() {
-            d.join("checkpoint")
-        } else {
-            d.clone()
+    let choice = choose_student(a, &teacher.cfg, false)?;
+    let resume_dir = match &choice.from {
+        StudentFrom::Resume(d) => Some(d.clone()),
+        _ => None,
+    };
+    let (scfg, plan) = (choice.cfg, choice.plan);
+    let student = {
+        let _t = gpu.alloc.tagged(tag::STUDENT);
+        match &choice.from {
+            StudentFrom::Resume(dir) | StudentFrom::Folder(dir) => {
+                Decoder::load(&gpu, &scfg, &Checkpoint::open(dir)?, true)?
+            }
+            StudentFrom::Random => {
+                let init_dir = out_dir.join("initial-student");
+                init_student(&InitStudentOptions {
+                    teacher: teacher.dir.display().to_string(),
+                    out: init_dir.clone(),
+                    params,
+                    random_init: Some(a.opts.seed),
+                    force: true,
+                })?;
+                Decoder::load(&gpu, &scfg, &Checkpoint::open(&init_dir)?, true)?
+            }
+            StudentFrom::Pruned => {
+                let ckpt = Checkpoint::open(&teacher.dir)?;
+                Decoder::load_layers(&gpu, &teacher.cfg, &ckpt, true, &plan.copied)?
+            }
         }
-    });
-    let (scfg, student, plan) = if let Some(ck) = &resume_dir {
-        let cfg = ModelConfig::from_file(&ck.join("config.json"))?;
-        check_compatible(&teacher.cfg, &cfg)
-            .map_err(|e| Error::Invalid(format!("{}: {e}", ck.display())))?;
-        let dec = Decoder::load(&gpu, &cfg, &Checkpoint::open(ck)?, true)?;
-        let (plan, _) =
-            StudentConfig::load_plan(ck, teacher.cfg.num_layers, cfg.num_layers, Some(params))?;
-        (cfg, dec, plan)
-    } else if let Some(s) = &a.student {
-        let dir = crate::model::source::resolve(s)?;
-        let cfg = ModelConfig::from_file(&dir.join("config.json"))?;
-        check_compatible(&teacher.cfg, &cfg).map_err(|e| Error::Invalid(format!("{s}: {e}")))?;
-        let (plan, _) =
-            StudentConfig::load_plan(&dir, teacher.cfg.num_layers, cfg.num_layers, a.prune)?;
-        let dec = Decoder::load(&gpu, &cfg, &Checkpoint::open(&dir)?, true)?;
-        (cfg, dec, plan)
-    } else if a.random_init {
-        let init_dir = a.out.join("initial-student");
-        let r = init_student(&InitStudentOptions {
-            teacher: teacher.dir.display().to_string(),
-            out: init_dir.clone(),
-            params,
-            random_init: Some(a.opts.seed),
-            force: true,
-        })?;
-        let cfg = ModelConfig::from_file(&init_dir.join("config.json"))?;
-        let dec = Decoder::load(&gpu, &cfg, &Checkpoint::open(&init_dir)?, true)?;
-        (cfg, dec, r.plan)
-    } else {
-        let plan = PrunePlan::from_params(teacher.cfg.num_layers, params)?;
-        let cfg = student_config_json(&teacher.cfg, &plan);
-        let ckpt = Checkpoint::open(&teacher.dir)?;
-        let dec = Decoder::load_layers(&gpu, &teacher.cfg, &ckpt, true, &plan.copied)?;
-        (cfg, dec, plan)
     };
     let pairs = pairs_for(&plan, params);
     eprintln!(
@@ -338,7 +496,7 @@ pub fn run(gpu_opts: &GpuOptions, a: &DistillArgs) -> Result<String> {
             }
         }
         if a.save_every > 0 && l.step % a.save_every == 0 && l.step < a.opts.steps {
-            tr.save_checkpoint(&scfg, &a.out)?;
+            tr.save_checkpoint(&scfg, &out_dir)?;
         }
         last = Some(l);
     }
@@ -346,12 +504,19 @@ pub fn run(gpu_opts: &GpuOptions, a: &DistillArgs) -> Result<String> {
         Some(d) => d,
         None => stored_dtype(&teacher.dir)?,
     };
-    write_student_folder(&tr, &scfg, &teacher.dir, &sc.to_json(), &a.out, save_dtype)?;
-    tr.save_checkpoint(&scfg, &a.out)?;
+    write_student_folder(
+        &tr,
+        &scfg,
+        &teacher.dir,
+        &sc.to_json(),
+        &out_dir,
+        save_dtype,
+    )?;
+    tr.save_checkpoint(&scfg, &out_dir)?;
     let held = tr.evaluate()?;
     let mut out = format!(
         "wrote the student to {} ({} weights)\n",
-        a.out.display(),
+        out_dir.display(),
         save_dtype.name()
     );
     if let Some(l) = last {
@@ -366,5 +531,12 @@ pub fn run(gpu_opts: &GpuOptions, a: &DistillArgs) -> Result<String> {
             e.loss, e.ce, e.kl, e.cos
         ));
     }
+    let peak = gpu.memory().peak_device_bytes;
+    out.push_str(&format!(
+        "GPU peak {} ({peak} bytes); planned {} ({} bytes)\n",
+        format_bytes(peak),
+        format_bytes(mplan.gpu_peak_bytes),
+        mplan.gpu_peak_bytes
+    ));
     Ok(out)
 }

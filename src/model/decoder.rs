@@ -194,7 +194,8 @@ impl Decoder {
                         };
                         let tname = format!("attention.{part}.{kind}");
                         let full = format!("{prefix}{tname}");
-                        let (dtype, data) = super::weights::widened(&data, dtype, as_f32);
+                        let widen = super::weights::widens(dtype, shape.len(), as_f32);
+                        let (dtype, data) = super::weights::widened(&data, dtype, widen);
                         if is_bias {
                             let t = gpu.upload_bytes(&full, &shape, dtype, &data)?;
                             layer.tensors.insert(tname, t);
@@ -592,11 +593,23 @@ impl Decoder {
         }
     }
 
-    /// Random weights of `cfg`'s shapes in `dtype` (f32 or bf16), for
+    /// Random weights of `cfg`'s shapes in `dtype` (f32, bf16 or f16), for
     /// speed measurements at real model sizes without downloading them.
     /// Values are small and deterministic; nothing is read back.
     pub fn random(gpu: &Gpu, cfg: &ModelConfig, dtype: DType, seed: u64) -> Result<Decoder> {
-        let state = std::cell::Cell::new(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+        Decoder::synthetic(gpu, cfg, dtype, Some(seed))
+    }
+
+    /// `cfg`'s tensors in `dtype`, laid out and split exactly as `load`
+    /// lays out a checkpoint, with uninitialised contents: what memory
+    /// plans rehearse on a dry-run GPU (nothing is computed on the host).
+    pub fn shaped(gpu: &Gpu, cfg: &ModelConfig, dtype: DType) -> Result<Decoder> {
+        Decoder::synthetic(gpu, cfg, dtype, None)
+    }
+
+    /// Random values from `seed`, or none at all.
+    fn synthetic(gpu: &Gpu, cfg: &ModelConfig, dtype: DType, seed: Option<u64>) -> Result<Decoder> {
+        let state = std::cell::Cell::new(seed.unwrap_or(0).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
         let values = |shape: &[usize], norm: bool| -> Vec<f32> {
             let n: usize = shape.iter().product();
             let scale = if norm {
@@ -628,32 +641,54 @@ impl Decoder {
                         vals.iter().map(|&v| half::bf16::from_f32(v)).collect();
                     (DType::BF16, bytemuck::cast_slice(&h).to_vec())
                 }
+                DType::F16 => {
+                    let h: Vec<half::f16> = vals.iter().map(|&v| half::f16::from_f32(v)).collect();
+                    (DType::F16, bytemuck::cast_slice(&h).to_vec())
+                }
                 _ => (DType::F32, bytemuck::cast_slice(&vals).to_vec()),
             }
         };
+        let stored = match dtype {
+            DType::BF16 | DType::F16 => dtype,
+            _ => DType::F32,
+        };
+        // Vectors as `load` keeps them (f16 ones widened).
+        let vector = if super::weights::widens(stored, 1, false) {
+            DType::F32
+        } else {
+            stored
+        };
         let make = |name: &str, shape: &[usize], norm: bool| -> Result<Tensor> {
-            let (d, b) = bytes(values(shape, norm));
+            if seed.is_none() {
+                return Tensor::empty(gpu, name, shape, vector);
+            }
+            let vals = values(shape, norm);
+            if vector == DType::F32 {
+                return gpu.upload_f32(name, shape, &vals);
+            }
+            let (d, b) = bytes(vals);
             gpu.upload_bytes(name, shape, d, &b)
         };
-        let vocab = [cfg.vocab_size, cfg.hidden_size];
-        let make_rows = |name: &str| -> Result<RowBlocks> {
-            let (d, b) = bytes(values(&vocab, false));
-            RowBlocks::upload(gpu, name, &vocab, d, &b)
+        let make_matrix = |name: &str, shape: &[usize]| -> Result<RowBlocks> {
+            if seed.is_none() {
+                return RowBlocks::empty(gpu, name, shape, stored);
+            }
+            let (d, b) = bytes(values(shape, false));
+            RowBlocks::upload(gpu, name, shape, d, &b)
         };
+        let vocab = [cfg.vocab_size, cfg.hidden_size];
+        let make_rows = |name: &str| make_matrix(name, &vocab);
         let embed = make_rows("embed")?;
         let mut layers = Vec::with_capacity(cfg.num_layers);
         for l in 0..cfg.num_layers {
             let mut layer = Layer::default();
             // Matrices in blocks of rows when over the binding limit.
             let mut add = |name: String, shape: &[usize], norm: bool| -> Result<()> {
-                let (d, b) = bytes(values(shape, norm));
                 let label = format!("layer{l}.{name}");
                 if shape.len() == 2 {
-                    layer.insert_rows(name, RowBlocks::upload(gpu, &label, shape, d, &b)?);
+                    layer.insert_rows(name, make_matrix(&label, shape)?);
                 } else {
-                    layer
-                        .tensors
-                        .insert(name, gpu.upload_bytes(&label, shape, d, &b)?);
+                    layer.tensors.insert(name, make(&label, shape, norm)?);
                 }
                 Ok(())
             };

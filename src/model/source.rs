@@ -58,7 +58,22 @@ pub fn resolve(reference: &str) -> Result<PathBuf> {
     fetch_from_hub(reference)
 }
 
+/// Resolve a reference to a local folder holding config.json, without
+/// weights: a local folder as `resolve` takes it, or a hub id of which only
+/// config.json and the small side files are fetched (memory plans).
+pub fn resolve_config(reference: &str) -> Result<PathBuf> {
+    let p = Path::new(reference);
+    if p.is_dir() || p.exists() || !looks_like_hub_id(reference) {
+        return resolve(reference);
+    }
+    fetch(reference, false)
+}
+
 fn fetch_from_hub(id: &str) -> Result<PathBuf> {
+    fetch(id, true)
+}
+
+fn fetch(id: &str, weights: bool) -> Result<PathBuf> {
     let cache = hf_hub::Cache::from_env();
     if offline() {
         let repo = cache.model(id.to_string());
@@ -101,6 +116,9 @@ fn fetch_from_hub(id: &str) -> Result<PathBuf> {
         }
     }
     let dir = dir.expect("config.json was fetched");
+    if !weights {
+        return Ok(dir);
+    }
     // Weights: one file, or the shards listed by the index.
     match repo.get("model.safetensors.index.json") {
         Ok(index) => {

@@ -122,6 +122,14 @@ fn covered_bytes(data: &[u8], n: usize) -> Option<u64> {
         .or(Some(0))
 }
 
+/// Whether a tensor of `dtype` and `rank` is widened to f32 on upload:
+/// every tensor of a student in training (`as_f32`), and f16 vectors (norm
+/// weights, biases: the kernels read vectors as f32 or bf16). f16 matrices
+/// and tables stay f16 (matmul, gemv and the embedding read them).
+pub fn widens(dtype: DType, rank: usize, as_f32: bool) -> bool {
+    dtype != DType::F32 && (as_f32 || (dtype == DType::F16 && rank == 1))
+}
+
 /// Tensor bytes as stored, or widened to f32 with `as_f32` (16-bit
 /// weights for a student that trains in f32).
 pub fn widened(bytes: &[u8], dtype: DType, as_f32: bool) -> (DType, std::borrow::Cow<'_, [u8]>) {
@@ -303,7 +311,8 @@ impl Checkpoint {
                 e.dtype
             ))
         })?;
-        let (dtype, bytes) = widened(bytes, dtype, as_f32);
+        let widen = widens(dtype, e.shape.len(), as_f32);
+        let (dtype, bytes) = widened(bytes, dtype, widen);
         Ok((&e.shape, dtype, bytes))
     }
 

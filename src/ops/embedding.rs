@@ -1,4 +1,4 @@
-//! Token embedding: gather rows of a `[vocab, hidden]` table (f32 or bf16)
+//! Token embedding: gather rows of a `[vocab, hidden]` table (f32, bf16 or f16)
 //! by u32 ids `[tokens]` into an f32 `[tokens, hidden]`, and the
 //! deterministic backward: a scatter-add of the output gradient rows into
 //! an f32 `d_table`, bit-identical run to run (no float atomics; see
@@ -39,9 +39,9 @@ fn check_ids(op: &str, ids: &Tensor) -> Result<usize> {
 }
 
 fn table_dims(op: &str, t: &Tensor) -> Result<(usize, usize)> {
-    if t.shape().len() != 2 || !matches!(t.dtype(), DType::F32 | DType::BF16) {
+    if t.shape().len() != 2 || !matches!(t.dtype(), DType::F32 | DType::BF16 | DType::F16) {
         shape_bail!(
-            "{op}: table must be f32 or bf16 [vocab, hidden], got {:?}",
+            "{op}: table must be f32, bf16 or f16 [vocab, hidden], got {:?}",
             t
         );
     }
@@ -84,8 +84,11 @@ pub fn embedding_sharded(rec: &mut Recorder, ids: &Tensor, shards: &[Tensor]) ->
                 _pad: [0; 2],
             };
             let args = [("ids", ids), ("table", shard), ("out", &out)];
-            let bf16 = [("TABLE_BF16", (shard.dtype() == DType::BF16) as u32 as f64)];
-            launch::per_item_with(rec, ("embedding", "embed"), &bf16, &args, &p, total)?;
+            let dtype = [
+                ("TABLE_BF16", (shard.dtype() == DType::BF16) as u32 as f64),
+                ("TABLE_F16", (shard.dtype() == DType::F16) as u32 as f64),
+            ];
+            launch::per_item_with(rec, ("embedding", "embed"), &dtype, &args, &p, total)?;
         }
         row_start += rows;
     }

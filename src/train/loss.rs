@@ -154,7 +154,10 @@ pub fn micro_step(
         t_normed: &t_out.normed,
         targets: &tgt,
     };
-    let (rows, d_normed) = distill_head(&mut rec, &inputs, &cfg, backward.then_some(params))?;
+    let (rows, d_normed) = {
+        let _t = gpu.alloc.tagged(super::plan::tag::LOGITS);
+        distill_head(&mut rec, &inputs, &cfg, backward.then_some(params))?
+    };
     let mut hidden_grads: Vec<(usize, Tensor)> = Vec::with_capacity(pairs.len());
     let mut cos_vals = Vec::with_capacity(pairs.len());
     for &(si, ti) in pairs {

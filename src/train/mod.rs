@@ -4,5 +4,6 @@
 pub mod data;
 pub mod head_loss;
 pub mod loss;
+pub mod plan;
 pub mod run;
 pub mod student;

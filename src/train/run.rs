@@ -11,6 +11,7 @@ use serde_json::json;
 
 use super::data::{permutation, Corpus, DataPosition};
 use super::loss::{micro_step, LossParts, LossWeights, MicroBatch};
+use super::plan::tag;
 use super::student::{export_named, group_values, StudentParams, Which};
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu};
@@ -137,7 +138,10 @@ impl<'a> Trainer<'a> {
         }
         let params = StudentParams::new(gpu, &student)?;
         let sizes: Vec<usize> = params.params.iter().map(|p| p.grad.numel()).collect();
-        let norm = GradNorm::new(gpu, &sizes)?;
+        let norm = {
+            let _t = gpu.alloc.tagged(tag::OPTIMIZER);
+            GradNorm::new(gpu, &sizes)?
+        };
         let pos = DataPosition {
             seed: opts.seed,
             epoch: 0,
@@ -164,6 +168,7 @@ impl<'a> Trainer<'a> {
     pub fn train_step(&mut self) -> Result<StepLog> {
         let t0 = Instant::now();
         let gpu = self.gpu;
+        let _t = gpu.alloc.tagged(tag::ACTIVATIONS);
         let mut rec = gpu.recorder();
         self.params.zero_grads(&mut rec);
         rec.run()?;
@@ -263,6 +268,7 @@ impl<'a> Trainer<'a> {
         if self.corpus.eval.is_empty() {
             return Ok(None);
         }
+        let _t = self.gpu.alloc.tagged(tag::ACTIVATIONS);
         let mut sum = LossParts::default();
         let n = self.corpus.eval.len() as f64;
         for seq in &self.corpus.eval {
@@ -307,6 +313,17 @@ impl<'a> Trainer<'a> {
             tensors.insert(n, (dtype, shape, bytes));
         }
         write_safetensors(path, &tensors, None)
+    }
+
+    /// The GPU side of `save_checkpoint` without the files: every value
+    /// and moment read back, for memory plans on a dry-run GPU.
+    pub fn rehearse_checkpoint_reads(&self) -> Result<()> {
+        for p in &self.params.params {
+            for t in [&p.value, &p.m, &p.v] {
+                self.gpu.read_bytes(t)?;
+            }
+        }
+        Ok(())
     }
 
     /// A checkpoint in `dir/checkpoint`: weights, AdamW states, data

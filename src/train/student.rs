@@ -93,7 +93,11 @@ impl StudentParams {
             }
             let shape = value.shape().to_vec();
             let decay = shape.len() >= 2;
-            let grad = gpu.zeros(&format!("grad.{name}"), &shape, DType::F32)?;
+            let grad = {
+                let _t = gpu.alloc.tagged(super::plan::tag::GRADIENTS);
+                gpu.zeros(&format!("grad.{name}"), &shape, DType::F32)?
+            };
+            let _t = gpu.alloc.tagged(super::plan::tag::OPTIMIZER);
             let m = gpu.zeros(&format!("adam_m.{name}"), &shape, DType::F32)?;
             let v = gpu.zeros(&format!("adam_v.{name}"), &shape, DType::F32)?;
             index.insert(name.clone(), params.len());

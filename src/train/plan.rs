@@ -1,0 +1,330 @@
+//! Memory plans for `boomgpu distill`: what a run will hold on the GPU and
+//! on the host, from config.json alone, before any weight is read.
+//!
+//! A plan is not a formula kept beside the trainer (it would drift from
+//! it). It is a rehearsal: the trainer itself runs on a dry-run GPU
+//! (`Gpu::open_dry`), on synthetic models of the configs' shapes, through
+//! the phases a run goes through (held-out evaluation, two optimiser steps
+//! so that the buffer pool reaches its steady state, a checkpoint's
+//! readback). The allocator counts every buffer exactly as it would on the
+//! device, so the planned peak is the peak the run will reach on this
+//! adapter, and tags say what the peak is made of.
+
+use serde_json::{json, Value};
+
+use super::data::Corpus;
+use super::run::{DistillOptions, Trainer};
+use crate::error::{format_bytes, Error, Result};
+use crate::gpu::{DType, Gpu, GpuOptions, MemoryTag, TaggedBytes};
+use crate::model::decoder::Decoder;
+use crate::model::ModelConfig;
+
+/// Memory tags of a distillation run (the GPU layer owns 0 and 1).
+pub mod tag {
+    use crate::gpu::MemoryTag;
+    pub const TEACHER: MemoryTag = MemoryTag(MemoryTag::FIRST_FREE);
+    pub const STUDENT: MemoryTag = MemoryTag(MemoryTag::FIRST_FREE + 1);
+    pub const GRADIENTS: MemoryTag = MemoryTag(MemoryTag::FIRST_FREE + 2);
+    pub const OPTIMIZER: MemoryTag = MemoryTag(MemoryTag::FIRST_FREE + 3);
+    pub const ACTIVATIONS: MemoryTag = MemoryTag(MemoryTag::FIRST_FREE + 4);
+    pub const LOGITS: MemoryTag = MemoryTag(MemoryTag::FIRST_FREE + 5);
+}
+
+/// The GPU parts of a plan, in the order they are printed: JSON key and
+/// what it holds.
+pub const GPU_PARTS: &[(&str, &str)] = &[
+    ("teacher_weights", "teacher weights"),
+    ("student_weights", "student weights (f32)"),
+    ("gradients", "gradients (f32)"),
+    ("optimizer_states", "AdamW moments m, v (f32) and the norm"),
+    (
+        "activations",
+        "activations, teacher hidden states, backward",
+    ),
+    ("logits_loss", "logits and loss workspace (chunked)"),
+    ("staging", "staging: kernel parameters, readback"),
+    ("allocator_slack", "allocator slack: pooled and rounding"),
+];
+
+/// The device peak split into `GPU_PARTS` (same order): what each part
+/// held when the program's live bytes peaked, and as slack the rest of
+/// the device peak (rounding to pool sizes, buffers pooled for reuse).
+pub fn gpu_parts(t: &TaggedBytes, device_peak: u64) -> Vec<u64> {
+    let by = |m: MemoryTag| t.by_tag[m.0 as usize];
+    let tagged: u64 = t.by_tag.iter().sum();
+    vec![
+        by(tag::TEACHER),
+        by(tag::STUDENT),
+        by(tag::GRADIENTS),
+        by(tag::OPTIMIZER),
+        // Storage made outside the tagged phases (rotary tables, the
+        // batch's ids) is working memory of the steps.
+        by(tag::ACTIVATIONS) + by(MemoryTag::UNTAGGED),
+        by(tag::LOGITS),
+        by(MemoryTag::STAGING),
+        device_peak.saturating_sub(tagged),
+    ]
+}
+
+/// What is planned: the models' shapes and the run's settings.
+#[derive(Clone, Debug)]
+pub struct PlanSpec {
+    pub teacher: ModelConfig,
+    /// dtype the teacher's weights have on the GPU (as stored).
+    pub teacher_dtype: DType,
+    pub student: ModelConfig,
+    /// Aligned hidden-state pairs (student, teacher), HF indices.
+    pub pairs: Vec<(usize, usize)>,
+    pub seq_len: usize,
+    pub opts: DistillOptions,
+    /// Whether the run evaluates held-out sequences.
+    pub eval: bool,
+}
+
+impl PlanSpec {
+    pub fn settings(&self) -> Value {
+        json!({
+            "mode": "exact",
+            "seq_len": self.seq_len,
+            "batch": self.opts.batch,
+            "grad_accum": self.opts.grad_accum,
+            "tokens_per_step": self.seq_len * self.opts.batch * self.opts.grad_accum,
+            "recompute": self.opts.recompute,
+            "teacher_dtype": self.teacher_dtype.name(),
+            "student_dtype": "f32",
+            "optimizer": "AdamW on the GPU, f32 moments",
+            "aligned_pairs": self.pairs.len(),
+            "held_out_eval": self.eval,
+        })
+    }
+}
+
+/// A memory plan: bytes by part on the GPU and on the host.
+#[derive(Clone, Debug)]
+pub struct MemoryPlan {
+    pub spec: PlanSpec,
+    /// The adapter the plan was rehearsed on (its limits decide blocks
+    /// and chunk sizes).
+    pub adapter: String,
+    /// The adapter's largest device-local heap, where the driver says.
+    pub adapter_memory: Option<u64>,
+    pub gpu_peak_bytes: u64,
+    /// Bytes of each of `GPU_PARTS` at the peak; they sum to the peak.
+    pub gpu_parts: Vec<u64>,
+    pub host_peak_bytes: u64,
+    pub host_parts: Vec<(&'static str, u64)>,
+    pub teacher_params: u64,
+    pub student_params: u64,
+}
+
+/// Rehearse a run on a dry-run GPU of the adapter `gpu_opts` picks.
+pub fn rehearse(gpu_opts: &GpuOptions, spec: &PlanSpec) -> Result<MemoryPlan> {
+    let gpu = Gpu::open_dry(gpu_opts)?;
+    let teacher = {
+        let _t = gpu.alloc.tagged(tag::TEACHER);
+        Decoder::shaped(&gpu, &spec.teacher, spec.teacher_dtype)?
+    };
+    let student = {
+        let _t = gpu.alloc.tagged(tag::STUDENT);
+        Decoder::shaped(&gpu, &spec.student, DType::F32)?
+    };
+    let (teacher_params, student_params) = (teacher.params(), student.params());
+    let seq = vec![0u32; spec.seq_len];
+    let corpus = Corpus {
+        seq_len: spec.seq_len,
+        train: vec![seq.clone()],
+        eval: if spec.eval { vec![seq] } else { Vec::new() },
+    };
+    let mut opts = spec.opts.clone();
+    opts.steps = opts.steps.max(2);
+    let mut tr = Trainer::new(&gpu, &teacher, student, spec.pairs.clone(), &corpus, opts)?;
+    tr.evaluate()?;
+    for _ in 0..2 {
+        tr.train_step()?;
+    }
+    tr.evaluate()?;
+    tr.rehearse_checkpoint_reads()?;
+    let stats = gpu.memory();
+    let largest = tr
+        .params
+        .groups()
+        .iter()
+        .map(|(_, g)| g.iter().map(|p| p.value.numel() as u64).sum::<u64>())
+        .max()
+        .unwrap_or(0);
+    let host_parts = host_parts(student_params, largest);
+    Ok(MemoryPlan {
+        spec: spec.clone(),
+        adapter: gpu.describe(),
+        adapter_memory: crate::gpu::device::device_memory_bytes(&gpu.adapter),
+        gpu_peak_bytes: stats.peak_device_bytes,
+        gpu_parts: gpu_parts(&stats.at_peak, stats.peak_device_bytes),
+        host_peak_bytes: host_parts.iter().map(|p| p.1).sum(),
+        host_parts,
+        teacher_params,
+        student_params,
+    })
+}
+
+/// Host memory of the exact mode beyond the program itself. The teacher's
+/// safetensors are mapped, not copied (the page cache holds them and can
+/// drop them), so what counts is the largest transient: a checkpoint holds
+/// the student's weights as f32 with their serialised bytes (8 bytes per
+/// parameter), then the moments' bytes with one tensor's f32 values.
+fn host_parts(student_params: u64, largest_tensor: u64) -> Vec<(&'static str, u64)> {
+    let weights = 8 * student_params;
+    let moments = 8 * student_params + 4 * largest_tensor;
+    vec![("checkpoint_writing", weights.max(moments))]
+}
+
+impl MemoryPlan {
+    pub fn fits(&self, budget: Option<u64>) -> Option<bool> {
+        budget.map(|b| self.gpu_peak_bytes <= b)
+    }
+
+    pub fn to_json(&self, budget: Option<u64>) -> Value {
+        let parts: serde_json::Map<String, Value> = GPU_PARTS
+            .iter()
+            .zip(&self.gpu_parts)
+            .map(|((k, _), v)| (k.to_string(), json!(v)))
+            .collect();
+        let host: serde_json::Map<String, Value> = self
+            .host_parts
+            .iter()
+            .map(|(k, v)| (k.to_string(), json!(v)))
+            .collect();
+        json!({
+            "adapter": self.adapter,
+            "adapter_memory_bytes": self.adapter_memory,
+            "teacher_params": self.teacher_params,
+            "student_params": self.student_params,
+            "gpu_peak_bytes": self.gpu_peak_bytes,
+            "host_peak_bytes": self.host_peak_bytes,
+            "budget_bytes": budget,
+            "fits": self.fits(budget),
+            "settings": self.spec.settings(),
+            "parts": parts,
+            "host_parts": host,
+        })
+    }
+
+    /// The plan as a table for people.
+    pub fn describe(&self, budget: Option<u64>) -> String {
+        let s = &self.spec;
+        let mut out = format!(
+            "memory plan (exact mode, rehearsed on {}): teacher {} layers, {:.2}B parameters in \
+             {}; student {} layers, {:.2}B parameters in f32; {} × {} tokens × {} micro-batches{}\n",
+            self.adapter,
+            s.teacher.num_layers,
+            self.teacher_params as f64 / 1e9,
+            s.teacher_dtype.name(),
+            s.student.num_layers,
+            self.student_params as f64 / 1e9,
+            s.opts.batch,
+            s.seq_len,
+            s.opts.grad_accum,
+            if s.opts.recompute { ", --recompute" } else { "" }
+        );
+        for ((_, what), bytes) in GPU_PARTS.iter().zip(&self.gpu_parts) {
+            out.push_str(&format!("  {:>10}  {what}\n", format_bytes(*bytes)));
+        }
+        out.push_str(&format!(
+            "  {:>10}  GPU peak\n",
+            format_bytes(self.gpu_peak_bytes)
+        ));
+        out.push_str(&format!(
+            "  {:>10}  host peak (checkpoint writing)\n",
+            format_bytes(self.host_peak_bytes)
+        ));
+        match budget {
+            Some(b) if self.gpu_peak_bytes <= b => {
+                out.push_str(&format!("  fits the GPU budget of {}\n", format_bytes(b)))
+            }
+            Some(b) => out.push_str(&format!(
+                "  does NOT fit the GPU budget of {} (over by {})\n",
+                format_bytes(b),
+                format_bytes(self.gpu_peak_bytes - b)
+            )),
+            None => out.push_str("  no GPU budget known: pass --memory-budget to check one\n"),
+        }
+        out
+    }
+}
+
+/// Changes that would make a plan fit `budget`, each checked by its own
+/// rehearsal: `--recompute`, `--grad-accum` in place of `--batch`, and
+/// the longest `--seq-len` (halving) that fits.
+pub fn suggestions(gpu_opts: &GpuOptions, spec: &PlanSpec, budget: u64) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    let fits = |s: &PlanSpec| -> Result<Option<u64>> {
+        let p = rehearse(gpu_opts, s)?;
+        Ok((p.gpu_peak_bytes <= budget).then_some(p.gpu_peak_bytes))
+    };
+    let mut base = spec.clone();
+    if !base.opts.recompute {
+        base.opts.recompute = true;
+        if let Some(peak) = fits(&base)? {
+            out.push(format!("--recompute (peak {})", format_bytes(peak)));
+            return Ok(out);
+        }
+    }
+    if base.opts.batch > 1 {
+        let mut s = base.clone();
+        s.opts.grad_accum *= s.opts.batch;
+        s.opts.batch = 1;
+        if let Some(peak) = fits(&s)? {
+            out.push(format!(
+                "--recompute --batch 1 --grad-accum {} (same tokens per step; peak {})",
+                s.opts.grad_accum,
+                format_bytes(peak)
+            ));
+            return Ok(out);
+        }
+        base = s;
+    }
+    let mut s = base.clone();
+    while s.seq_len > 64 {
+        s.seq_len /= 2;
+        if let Some(peak) = fits(&s)? {
+            out.push(format!(
+                "--recompute{} --seq-len {} (peak {})",
+                if s.opts.batch == 1 && spec.opts.batch > 1 {
+                    format!(" --batch 1 --grad-accum {}", s.opts.grad_accum)
+                } else {
+                    String::new()
+                },
+                s.seq_len,
+                format_bytes(peak)
+            ));
+            return Ok(out);
+        }
+    }
+    let weights = rehearse(gpu_opts, &s)?;
+    let fixed: u64 = weights.gpu_parts[..4].iter().sum();
+    out.push(format!(
+        "none of --recompute, --grad-accum or a shorter --seq-len: the weights, gradients and \
+         optimiser states alone take {} in exact mode",
+        format_bytes(fixed)
+    ));
+    Ok(out)
+}
+
+/// The refusal of a plan over its budget: the numbers, and what would fit.
+pub fn over_budget(plan: &MemoryPlan, budget: u64, suggestions: &[String]) -> Error {
+    Error::Invalid(format!(
+        "the planned GPU peak is {} ({} bytes), over the budget of {} ({} bytes): {}. Nothing \
+         was loaded. What would fit: {}",
+        format_bytes(plan.gpu_peak_bytes),
+        plan.gpu_peak_bytes,
+        format_bytes(budget),
+        budget,
+        GPU_PARTS
+            .iter()
+            .zip(&plan.gpu_parts)
+            .filter(|(_, &b)| b > 0)
+            .map(|((k, _), b)| format!("{k} {}", format_bytes(*b)))
+            .collect::<Vec<_>>()
+            .join(", "),
+        suggestions.join("; ")
+    ))
+}

@@ -1,0 +1,304 @@
+//! `boomgpu distill --plan` and the plan every run prints: the planned GPU
+//! peak against the allocator's measured peak on every tiny family and
+//! setting, plans of the five published teachers from config.json alone,
+//! budgets refused before anything is loaded, and f16 checkpoints (as
+//! Pythia is published) running as stored.
+
+mod common;
+use common::*;
+
+use std::path::Path;
+
+/// (measured, planned) GPU peak bytes from a run's last line.
+fn peaks(stdout: &str) -> (u64, u64) {
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("GPU peak"))
+        .unwrap_or_else(|| panic!("no peak line in:\n{stdout}"));
+    let nums: Vec<u64> = line
+        .split(['(', ' '])
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert_eq!(nums.len(), 2, "{line}");
+    (nums[0], nums[1])
+}
+
+fn plan_json(args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["distill", "--plan", "--json"];
+    all.extend_from_slice(args);
+    let out = ok(&boomgpu_run(&all));
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+#[test]
+fn planned_peak_is_the_measured_peak() {
+    let dir = tmpdir("plan-measured");
+    let text = fixture_path("text.txt");
+    let settings: &[&[&str]] = &[
+        &["--seq-len", "32"],
+        &[
+            "--seq-len",
+            "48",
+            "--batch",
+            "2",
+            "--grad-accum",
+            "2",
+            "--eval-tokens",
+            "100",
+        ],
+        &["--seq-len", "40", "--recompute", "--save-every", "1"],
+    ];
+    for family in ["qwen3", "llama-tied", "neox"] {
+        for (i, s) in settings.iter().enumerate() {
+            let teacher = fixture(family);
+            let teacher = teacher.to_str().unwrap();
+            let out_dir = dir.join(format!("{family}-{i}"));
+            let log = dir.join(format!("{family}-{i}.jsonl"));
+            let mut args = vec!["distill", "--quiet", "--steps", "3", "--teacher", teacher];
+            args.extend_from_slice(s);
+            let (text_s, out_s, log_s) = (
+                text.to_str().unwrap(),
+                out_dir.to_str().unwrap(),
+                log.to_str().unwrap(),
+            );
+            args.extend(["--data", text_s, "--out", out_s, "--log", log_s]);
+            let stdout = ok(&boomgpu_run(&args));
+            let (measured, planned) = peaks(&stdout);
+            let what = format!("{family} {s:?}");
+            assert!(
+                (measured as f64 - planned as f64).abs() <= 0.05 * measured as f64,
+                "{what}: measured {measured}, planned {planned}"
+            );
+            // Every logged step stays within the plan.
+            let logged = std::fs::read_to_string(&log).unwrap();
+            for l in logged.lines() {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                assert!(v["peak_bytes"].as_u64().unwrap() <= planned, "{what}: {l}");
+            }
+            // --plan alone (no weights read, no data) plans the same run.
+            let mut plan_args: Vec<&str> = vec!["--teacher", teacher];
+            plan_args.extend_from_slice(s);
+            let p = plan_json(&plan_args);
+            assert_eq!(p["gpu_peak_bytes"].as_u64(), Some(planned), "{what}");
+        }
+    }
+}
+
+/// The five published teachers' config.json files (facts, as test data).
+fn published(name: &str) -> String {
+    fixture_path("published")
+        .join(name)
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn plans_of_the_published_pairs_from_config_alone() {
+    // (teacher, dtype bytes per teacher parameter)
+    let pairs = [
+        ("Qwen3-4B-Base", 2u64),
+        ("Llama-3.2-3B", 2),
+        ("pythia-2.8b", 2),
+        ("pythia-6.9b", 2),
+        ("Qwen3-8B-Base", 2),
+    ];
+    let mut peaks = Vec::new();
+    for (name, bytes) in pairs {
+        let dir = published(name);
+        assert!(
+            !Path::new(&dir).join("model.safetensors").exists(),
+            "config only"
+        );
+        let p = plan_json(&["--teacher", &dir, "--memory-budget", "24GiB"]);
+        let peak = p["gpu_peak_bytes"].as_u64().unwrap();
+        let parts = p["parts"].as_object().unwrap();
+        let sum: u64 = parts.values().map(|v| v.as_u64().unwrap()).sum();
+        assert_eq!(sum, peak, "{name}: parts sum to the peak");
+        let (tp, sp) = (
+            p["teacher_params"].as_u64().unwrap(),
+            p["student_params"].as_u64().unwrap(),
+        );
+        assert!(
+            tp > 2_000_000_000 && sp > tp / 2 && sp < tp,
+            "{name}: {tp} {sp}"
+        );
+        let near = |key: &str, want: u64| {
+            let got = parts[key].as_u64().unwrap();
+            assert!(
+                (got as f64 - want as f64).abs() <= 0.01 * want as f64,
+                "{name} {key}: {got} vs {want}"
+            );
+        };
+        near("teacher_weights", bytes * tp);
+        near("student_weights", 4 * sp);
+        near("gradients", 4 * sp);
+        near("optimizer_states", 8 * sp);
+        assert!(parts["activations"].as_u64().unwrap() > 0);
+        // Exact mode keeps 16 bytes per student parameter: no pair fits.
+        assert_eq!(p["fits"], false, "{name}");
+        assert_eq!(p["budget_bytes"].as_u64(), Some(24 << 30));
+        assert_eq!(p["settings"]["mode"], "exact");
+        assert_eq!(p["settings"]["seq_len"], 2048);
+        assert!(p["host_peak_bytes"].as_u64().unwrap() >= 8 * sp);
+        peaks.push(peak);
+    }
+    // Bigger teachers plan bigger peaks.
+    assert!(peaks[3] > peaks[2] && peaks[4] > peaks[0]);
+    // Activation checkpointing lowers the peak.
+    let q = published("Qwen3-4B-Base");
+    let full = plan_json(&["--teacher", &q]);
+    let rec = plan_json(&["--teacher", &q, "--recompute"]);
+    assert!(
+        rec["parts"]["activations"].as_u64() < full["parts"]["activations"].as_u64(),
+        "{rec} vs {full}"
+    );
+    // The text plan names every part and the verdict.
+    let text = ok(&boomgpu_run(&[
+        "distill",
+        "--plan",
+        "--teacher",
+        &q,
+        "--memory-budget",
+        "24GiB",
+    ]));
+    for want in [
+        "teacher weights",
+        "gradients",
+        "AdamW",
+        "activations",
+        "GPU peak",
+        "host peak",
+        "does NOT fit the GPU budget of 24.0 GiB",
+        "would fit:",
+    ] {
+        assert!(text.contains(want), "{want}: {text}");
+    }
+}
+
+#[test]
+fn a_budget_below_the_plan_is_refused_before_anything_is_loaded() {
+    let dir = tmpdir("plan-budget");
+    let out = dir.join("out");
+    let teacher = fixture("qwen3");
+    let text = fixture_path("text.txt");
+    let e = err(&boomgpu_run(&[
+        "distill",
+        "--teacher",
+        teacher.to_str().unwrap(),
+        "--data",
+        text.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--seq-len",
+        "64",
+        "--memory-budget",
+        "1MiB",
+    ]));
+    for want in [
+        "planned GPU peak",
+        "budget of 1.00 MiB",
+        "Nothing was loaded",
+        "teacher_weights",
+    ] {
+        assert!(e.contains(want), "{want}: {e}");
+    }
+    assert!(!out.exists(), "refused before --out was made");
+    // A budget the plan fits runs.
+    let p = plan_json(&["--teacher", teacher.to_str().unwrap(), "--seq-len", "32"]);
+    let peak = p["gpu_peak_bytes"].as_u64().unwrap();
+    let budget = format!("{}", peak + 4096);
+    let stdout = ok(&boomgpu_run(&[
+        "distill",
+        "--quiet",
+        "--steps",
+        "1",
+        "--teacher",
+        teacher.to_str().unwrap(),
+        "--data",
+        text.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--seq-len",
+        "32",
+        "--memory-budget",
+        &budget,
+    ]));
+    assert!(peaks(&stdout).0 <= peak + 4096);
+    // Flag errors name the flag.
+    let e = err(&boomgpu_run(&[
+        "distill",
+        "--plan",
+        "--teacher",
+        teacher.to_str().unwrap(),
+        "--memory-budget",
+        "lots",
+    ]));
+    assert!(e.contains("--memory-budget lots"), "{e}");
+    let e = err(&boomgpu_run(&[
+        "distill",
+        "--json",
+        "--teacher",
+        teacher.to_str().unwrap(),
+        "--data",
+        text.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]));
+    assert!(e.contains("--plan"), "{e}");
+    let e = err(&boomgpu_run(&[
+        "distill",
+        "--teacher",
+        teacher.to_str().unwrap(),
+    ]));
+    assert!(e.contains("--data"), "{e}");
+}
+
+#[test]
+fn f16_checkpoints_run_as_stored() {
+    use boomgpu::gpu::DType;
+    use boomgpu::model::weights::{write_safetensors, Checkpoint};
+    // The GPT-NeoX fixture in f16, as Pythia is published.
+    let dir = tmpdir("f16-neox");
+    let src = fixture("neox");
+    for f in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
+        if src.join(f).exists() {
+            std::fs::copy(src.join(f), dir.join(f)).unwrap();
+        }
+    }
+    let ck = Checkpoint::open(&src).unwrap();
+    let mut tensors = std::collections::BTreeMap::new();
+    for (name, e) in &ck.tensors {
+        let vals = ck.to_f32(name).unwrap();
+        let h: Vec<half::f16> = vals.iter().map(|&x| half::f16::from_f32(x)).collect();
+        tensors.insert(
+            name.clone(),
+            (
+                DType::F16,
+                e.shape.clone(),
+                bytemuck::cast_slice(&h).to_vec(),
+            ),
+        );
+    }
+    write_safetensors(&dir.join("model.safetensors"), &tensors, None).unwrap();
+    let text = fixture_path("text.txt");
+    let ppl = |model: &Path| -> f64 {
+        let out = ok(&boomgpu_run(&[
+            "eval",
+            "--model",
+            model.to_str().unwrap(),
+            "--data",
+            text.to_str().unwrap(),
+            "--seq-len",
+            "64",
+            "--json",
+        ]));
+        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        v["perplexity"].as_f64().unwrap()
+    };
+    let (p16, p32) = (ppl(&dir), ppl(&src));
+    assert!((p16 - p32).abs() <= 1e-3 * p32, "f16 {p16} vs f32 {p32}");
+    // The plan keeps the teacher's matrices in f16 (2 bytes each).
+    let p = plan_json(&["--teacher", dir.to_str().unwrap(), "--seq-len", "32"]);
+    assert_eq!(p["settings"]["teacher_dtype"], "f16");
+}
