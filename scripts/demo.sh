@@ -94,7 +94,16 @@ echo "    is what a run of a few minutes can repair)"
 rm -rf "$WORK/student"
 boomgpu distill --teacher "$TEACHER" --data "$WORK/train.txt" --out "$WORK/student" \
     "${PRUNE[@]}" --steps "$STEPS" --seq-len "$SEQ" --batch "$BATCH" --lr 5e-4 --warmup 2 \
-    --eval-tokens $((SEQ * 2)) --log "$WORK/distill.jsonl"
+    --eval-tokens $((SEQ * 2)) --log "$WORK/distill.jsonl" | tee "$WORK/distill.out"
+# The memory plan printed before the run must be what the run measured.
+python3 - "$WORK/distill.out" <<'PY'
+import re, sys
+line = next(l for l in open(sys.argv[1]) if l.startswith("GPU peak"))
+measured, planned = (int(x) for x in re.findall(r"\((\d+) bytes\)", line))
+print(f"   GPU peak {measured} bytes, planned {planned} bytes")
+if abs(measured - planned) > 0.05 * measured:
+    sys.exit(f"the memory plan is off by more than 5%: {line}")
+PY
 
 echo "== 4. perplexity of the sizes ($SIZES) on held-out text, against naive layer pruning"
 boomgpu eval --teacher "$TEACHER" --student "$WORK/student" --layers "$SIZES" --baseline \
