@@ -201,6 +201,16 @@ enum Command {
         /// refused before anything is loaded.
         #[arg(long, value_name = "SIZE")]
         memory_budget: Option<String>,
+        /// Lean mode: bf16 compute weights on the GPU, f32 master weights and
+        /// AdamW on the host, each layer's gradients off the GPU as backward
+        /// produces them (layers recomputed). Chosen by itself when exact
+        /// mode does not fit the budget.
+        #[arg(long, conflicts_with = "exact")]
+        lean: bool,
+        /// Exact mode even when it does not fit: f32 weights, gradients and
+        /// AdamW states all on the GPU.
+        #[arg(long)]
+        exact: bool,
     },
     /// List GPU adapters, their features and limits, and which one boomgpu uses.
     Devices {
@@ -579,6 +589,8 @@ fn main() -> ExitCode {
             plan,
             json,
             memory_budget,
+            lean,
+            exact,
         } => (|| {
             let memory_budget = memory_budget
                 .map(|s| {
@@ -623,6 +635,11 @@ fn main() -> ExitCode {
                 save_dtype,
                 quiet,
                 memory_budget,
+                mode: match (lean, exact) {
+                    (true, _) => boomgpu::commands::distill::TrainMode::Lean,
+                    (_, true) => boomgpu::commands::distill::TrainMode::Exact,
+                    _ => boomgpu::commands::distill::TrainMode::Auto,
+                },
             };
             if plan {
                 boomgpu::commands::distill::plan_only(&opts, &a, json).map(|s| print!("{s}"))

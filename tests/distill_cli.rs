@@ -65,9 +65,11 @@ fn first_logged_line_has_the_reference_loss_parts() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// The run that is killed and resumed: 24 steps, a checkpoint every 3.
-fn resumable_run(data: &Path, out: &Path) -> Command {
+/// The run that is killed and resumed: 24 steps, a checkpoint every 3,
+/// in the mode `mode` asks for.
+fn resumable_run(data: &Path, out: &Path, mode: &[&str]) -> Command {
     let mut c = distill("llama-tied", data, out);
+    c.args(mode);
     c.args([
         "--steps",
         "24",
@@ -86,16 +88,26 @@ fn resumable_run(data: &Path, out: &Path) -> Command {
 
 #[test]
 fn sigkill_then_resume_is_bit_identical() {
-    let dir = tmpdir("resume");
+    sigkill_then_resume("resume", &["--exact"]);
+}
+
+/// Lean mode's checkpoint holds the host's masters and moments.
+#[test]
+fn lean_sigkill_then_resume_is_bit_identical() {
+    sigkill_then_resume("resume-lean", &["--lean"]);
+}
+
+fn sigkill_then_resume(tag: &str, mode: &[&str]) {
+    let dir = tmpdir(tag);
     let data = fixture_path("text.txt");
     // Uninterrupted.
     let full = dir.join("full");
-    let out = resumable_run(&data, &full).output().unwrap();
+    let out = resumable_run(&data, &full, mode).output().unwrap();
     ok(&out);
 
     // Killed once a checkpoint exists, then resumed.
     let part = dir.join("part");
-    let mut child = resumable_run(&data, &part).spawn().unwrap();
+    let mut child = resumable_run(&data, &part, mode).spawn().unwrap();
     let state = part.join("checkpoint/trainer_state.json");
     let t0 = Instant::now();
     let mut killed_mid_run = false;
@@ -125,7 +137,7 @@ fn sigkill_then_resume_is_bit_identical() {
         killed_mid_run,
         "the run finished before it could be killed; make it longer"
     );
-    let out = resumable_run(&data, &part)
+    let out = resumable_run(&data, &part, mode)
         .arg("--resume")
         .arg(&part)
         .output()

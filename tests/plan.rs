@@ -9,20 +9,6 @@ use common::*;
 
 use std::path::Path;
 
-/// (measured, planned) GPU peak bytes from a run's last line.
-fn peaks(stdout: &str) -> (u64, u64) {
-    let line = stdout
-        .lines()
-        .find(|l| l.starts_with("GPU peak"))
-        .unwrap_or_else(|| panic!("no peak line in:\n{stdout}"));
-    let nums: Vec<u64> = line
-        .split(['(', ' '])
-        .filter_map(|w| w.parse().ok())
-        .collect();
-    assert_eq!(nums.len(), 2, "{line}");
-    (nums[0], nums[1])
-}
-
 fn plan_json(args: &[&str]) -> serde_json::Value {
     let mut all = vec!["distill", "--plan", "--json"];
     all.extend_from_slice(args);
@@ -63,7 +49,7 @@ fn planned_peak_is_the_measured_peak() {
             );
             args.extend(["--data", text_s, "--out", out_s, "--log", log_s]);
             let stdout = ok(&boomgpu_run(&args));
-            let (measured, planned) = peaks(&stdout);
+            let (measured, planned) = peaks_of(&stdout);
             let what = format!("{family} {s:?}");
             assert!(
                 (measured as f64 - planned as f64).abs() <= 0.05 * measured as f64,
@@ -104,13 +90,14 @@ fn plans_of_the_published_pairs_from_config_alone() {
         ("Qwen3-8B-Base", 2),
     ];
     let mut peaks = Vec::new();
+    let mut lean_fits = Vec::new();
     for (name, bytes) in pairs {
         let dir = published(name);
         assert!(
             !Path::new(&dir).join("model.safetensors").exists(),
             "config only"
         );
-        let p = plan_json(&["--teacher", &dir, "--memory-budget", "24GiB"]);
+        let p = plan_json(&["--teacher", &dir, "--memory-budget", "24GiB", "--exact"]);
         let peak = p["gpu_peak_bytes"].as_u64().unwrap();
         let parts = p["parts"].as_object().unwrap();
         let sum: u64 = parts.values().map(|v| v.as_u64().unwrap()).sum();
@@ -142,13 +129,35 @@ fn plans_of_the_published_pairs_from_config_alone() {
         assert_eq!(p["settings"]["seq_len"], 2048);
         assert!(p["host_peak_bytes"].as_u64().unwrap() >= 8 * sp);
         peaks.push(peak);
+        // Lean mode: 16-bit compute weights, no moments on the GPU, masters
+        // and moments on the host; chosen by itself when exact cannot fit.
+        let l = plan_json(&["--teacher", &dir, "--memory-budget", "24GiB"]);
+        assert_eq!(l["settings"]["mode"], "lean", "{name}");
+        assert_eq!(l["exact_gpu_peak_bytes"].as_u64(), Some(peak), "{name}");
+        let lp = l["parts"].as_object().unwrap();
+        let lpeak = l["gpu_peak_bytes"].as_u64().unwrap();
+        assert!(lpeak < peak / 2, "{name}: lean {lpeak} vs exact {peak}");
+        let got = lp["student_weights"].as_u64().unwrap();
+        assert!(
+            (got as f64 - 2.0 * sp as f64).abs() <= 0.01 * 2.0 * sp as f64,
+            "{name}: lean student weights {got}"
+        );
+        assert!(lp["optimizer_states"].as_u64().unwrap() < 16 << 20);
+        assert_eq!(
+            l["host_parts"]["masters_moments_gradients"].as_u64(),
+            Some(16 * sp)
+        );
+        assert_eq!(l["fits"], lpeak <= 24 << 30, "{name}");
+        lean_fits.push(l["fits"] == true);
     }
+    // What fits 24 GiB in lean mode today: the three smaller pairs.
+    assert_eq!(lean_fits, [true, true, true, false, false]);
     // Bigger teachers plan bigger peaks.
     assert!(peaks[3] > peaks[2] && peaks[4] > peaks[0]);
     // Activation checkpointing lowers the peak.
     let q = published("Qwen3-4B-Base");
-    let full = plan_json(&["--teacher", &q]);
-    let rec = plan_json(&["--teacher", &q, "--recompute"]);
+    let full = plan_json(&["--teacher", &q, "--exact"]);
+    let rec = plan_json(&["--teacher", &q, "--exact", "--recompute"]);
     assert!(
         rec["parts"]["activations"].as_u64() < full["parts"]["activations"].as_u64(),
         "{rec} vs {full}"
@@ -157,6 +166,7 @@ fn plans_of_the_published_pairs_from_config_alone() {
     let text = ok(&boomgpu_run(&[
         "distill",
         "--plan",
+        "--exact",
         "--teacher",
         &q,
         "--memory-budget",
@@ -224,7 +234,7 @@ fn a_budget_below_the_plan_is_refused_before_anything_is_loaded() {
         "--memory-budget",
         &budget,
     ]));
-    assert!(peaks(&stdout).0 <= peak + 4096);
+    assert!(peaks_of(&stdout).0 <= peak + 4096);
     // Flag errors name the flag.
     let e = err(&boomgpu_run(&[
         "distill",

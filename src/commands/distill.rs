@@ -16,6 +16,7 @@ use crate::progress::Progress;
 use crate::train::data::{token_stream, Corpus};
 use crate::train::plan::{over_budget, rehearse, suggestions, tag, MemoryPlan, PlanSpec};
 use crate::train::run::{write_student_folder, DistillOptions, StepLog, Trainer};
+use crate::train::student::import_values;
 
 pub struct DistillArgs {
     pub teacher: String,
@@ -38,6 +39,19 @@ pub struct DistillArgs {
     /// GPU bytes the run may use (`--memory-budget`); None: the adapter's
     /// memory less a margin, where known.
     pub memory_budget: Option<u64>,
+    pub mode: TrainMode,
+}
+
+/// `--exact`, `--lean`, or the plan's choice.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TrainMode {
+    /// Exact mode when its plan fits the budget, else lean mode.
+    #[default]
+    Auto,
+    /// f32 weights, gradients and AdamW states on the GPU.
+    Exact,
+    /// bf16 compute weights on the GPU; f32 masters and AdamW on the host.
+    Lean,
 }
 
 /// Most tokens one optimiser step may cover (--batch × --grad-accum ×
@@ -271,11 +285,13 @@ fn teacher_dtype(dir: &Path, cfg: &ModelConfig) -> Result<DType> {
     })
 }
 
-/// The memory plan of the run `a` describes, from config files alone.
+/// The memory plan of the run `a` describes in exact or lean mode, from
+/// config files alone.
 pub fn memory_plan(
     gpu_opts: &GpuOptions,
     a: &DistillArgs,
     configs_only: bool,
+    lean: bool,
 ) -> Result<MemoryPlan> {
     let dir = if configs_only {
         crate::model::source::resolve_config(&a.teacher)?
@@ -292,8 +308,58 @@ pub fn memory_plan(
         seq_len: a.seq_len,
         opts: a.opts.clone(),
         eval: a.eval_tokens > 0,
+        lean,
     };
     rehearse(gpu_opts, &spec)
+}
+
+/// The plan the run will follow: `--exact` or `--lean` as asked; else
+/// exact mode when it fits the budget, lean mode when only that fits (or
+/// neither does: the smaller plan, to refuse with). Returns the plan, its
+/// budget, and the exact plan it replaced, if any.
+fn choose_plan(
+    gpu_opts: &GpuOptions,
+    a: &DistillArgs,
+    configs_only: bool,
+) -> Result<(MemoryPlan, Option<u64>, Option<MemoryPlan>)> {
+    // A resumed run keeps the mode of its checkpoint unless told otherwise
+    // (the two modes round differently).
+    let mode = match (a.mode, resume_dir(a)) {
+        (TrainMode::Auto, Some(ck)) => {
+            let state = std::fs::read_to_string(ck.join("trainer_state.json")).unwrap_or_default();
+            match serde_json::from_str::<serde_json::Value>(&state)
+                .ok()
+                .and_then(|v| v["mode"].as_str().map(String::from))
+                .as_deref()
+            {
+                Some("lean") => TrainMode::Lean,
+                Some("exact") => TrainMode::Exact,
+                _ => TrainMode::Auto,
+            }
+        }
+        (m, _) => m,
+    };
+    let lean = mode == TrainMode::Lean;
+    let first = memory_plan(gpu_opts, a, configs_only, lean)?;
+    let budget = budget_for(&first, a.memory_budget);
+    if mode != TrainMode::Auto || first.fits(budget) != Some(false) {
+        return Ok((first, budget, None));
+    }
+    let lean_plan = memory_plan(gpu_opts, a, configs_only, true)?;
+    Ok((lean_plan, budget, Some(first)))
+}
+
+/// What the exact plan would have needed, when lean mode replaced it.
+fn replaced_note(exact: &Option<MemoryPlan>, budget: Option<u64>) -> String {
+    match (exact, budget) {
+        (Some(e), Some(b)) => format!(
+            "  exact mode would need {} (over the budget of {}): lean mode chosen \
+             (--exact to insist)\n",
+            format_bytes(e.gpu_peak_bytes),
+            format_bytes(b)
+        ),
+        _ => String::new(),
+    }
 }
 
 /// The GPU budget: `--memory-budget`, else the adapter's memory less a
@@ -307,12 +373,16 @@ pub fn budget_for(plan: &MemoryPlan, asked: Option<u64>) -> Option<u64> {
 /// `distill --plan`: the plan, as text or one JSON object.
 pub fn plan_only(gpu_opts: &GpuOptions, a: &DistillArgs, json: bool) -> Result<String> {
     a.validate()?;
-    let plan = memory_plan(gpu_opts, a, true)?;
-    let budget = budget_for(&plan, a.memory_budget);
+    let (plan, budget, exact) = choose_plan(gpu_opts, a, true)?;
     if json {
-        return Ok(format!("{}\n", plan.to_json(budget)));
+        let mut v = plan.to_json(budget);
+        if let Some(e) = &exact {
+            v["exact_gpu_peak_bytes"] = serde_json::json!(e.gpu_peak_bytes);
+        }
+        return Ok(format!("{v}\n"));
     }
-    let mut out = plan.describe(budget);
+    let mut out = replaced_note(&exact, budget);
+    out.push_str(&plan.describe(budget));
     if plan.fits(budget) == Some(false) {
         let spec = plan.spec.clone();
         let tips = suggestions(gpu_opts, &spec, budget.expect("a budget"))?;
@@ -335,9 +405,13 @@ pub fn run(gpu_opts: &GpuOptions, a: &DistillArgs) -> Result<String> {
     }
     // The plan first: a run that cannot fit is refused before any weight
     // is read or any GPU memory is taken.
-    let mplan = memory_plan(gpu_opts, a, false)?;
-    let budget = budget_for(&mplan, a.memory_budget);
-    eprint!("{}", mplan.describe(budget));
+    let (mplan, budget, exact) = choose_plan(gpu_opts, a, false)?;
+    eprint!(
+        "{}{}",
+        replaced_note(&exact, budget),
+        mplan.describe(budget)
+    );
+    let lean = mplan.spec.lean;
     if let (Some(false), Some(b)) = (mplan.fits(budget), budget) {
         let tips = suggestions(gpu_opts, &mplan.spec, b)?;
         return Err(over_budget(&mplan, b, &tips));
@@ -362,27 +436,34 @@ pub fn run(gpu_opts: &GpuOptions, a: &DistillArgs) -> Result<String> {
         _ => None,
     };
     let (scfg, plan) = (choice.cfg, choice.plan);
+    // Where the student's starting weights are: a folder, the config that
+    // names its tensors, and the layer of it each student layer comes from.
+    let init_dir = out_dir.join("initial-student");
+    if matches!(choice.from, StudentFrom::Random) {
+        init_student(&InitStudentOptions {
+            teacher: teacher.dir.display().to_string(),
+            out: init_dir.clone(),
+            params,
+            random_init: Some(a.opts.seed),
+            force: true,
+        })?;
+    }
+    let own_layers: Vec<usize> = (0..scfg.num_layers).collect();
+    let (weights_dir, names_cfg, layer_map): (PathBuf, &ModelConfig, &[usize]) = match &choice.from
+    {
+        StudentFrom::Resume(d) | StudentFrom::Folder(d) => (d.clone(), &scfg, &own_layers),
+        StudentFrom::Random => (init_dir.clone(), &scfg, &own_layers),
+        StudentFrom::Pruned => (teacher.dir.clone(), &teacher.cfg, &plan.copied),
+    };
     let student = {
         let _t = gpu.alloc.tagged(tag::STUDENT);
-        match &choice.from {
-            StudentFrom::Resume(dir) | StudentFrom::Folder(dir) => {
-                Decoder::load(&gpu, &scfg, &Checkpoint::open(dir)?, true)?
-            }
-            StudentFrom::Random => {
-                let init_dir = out_dir.join("initial-student");
-                init_student(&InitStudentOptions {
-                    teacher: teacher.dir.display().to_string(),
-                    out: init_dir.clone(),
-                    params,
-                    random_init: Some(a.opts.seed),
-                    force: true,
-                })?;
-                Decoder::load(&gpu, &scfg, &Checkpoint::open(&init_dir)?, true)?
-            }
-            StudentFrom::Pruned => {
-                let ckpt = Checkpoint::open(&teacher.dir)?;
-                Decoder::load_layers(&gpu, &teacher.cfg, &ckpt, true, &plan.copied)?
-            }
+        if lean {
+            Decoder::shaped_as(&gpu, &scfg, DType::BF16, DType::F32)?
+        } else if matches!(choice.from, StudentFrom::Pruned) {
+            let ckpt = Checkpoint::open(&teacher.dir)?;
+            Decoder::load_layers(&gpu, &teacher.cfg, &ckpt, true, &plan.copied)?
+        } else {
+            Decoder::load(&gpu, &scfg, &Checkpoint::open(&weights_dir)?, true)?
         }
     };
     let pairs = pairs_for(&plan, params);
@@ -428,14 +509,27 @@ pub fn run(gpu_opts: &GpuOptions, a: &DistillArgs) -> Result<String> {
             a.opts.batch, a.opts.grad_accum, a.seq_len
         );
     }
-    let mut tr = Trainer::new(
-        &gpu,
-        &teacher.decoder,
-        student,
-        pairs,
-        &corpus,
-        a.opts.clone(),
-    )?;
+    let mut tr = if lean {
+        let ckpt = Checkpoint::open(&weights_dir)?;
+        Trainer::new_lean(
+            &gpu,
+            &teacher.decoder,
+            student,
+            pairs,
+            &corpus,
+            a.opts.clone(),
+            |p| import_values(names_cfg, p, &ckpt, layer_map),
+        )?
+    } else {
+        Trainer::new(
+            &gpu,
+            &teacher.decoder,
+            student,
+            pairs,
+            &corpus,
+            a.opts.clone(),
+        )?
+    };
     let sc = StudentConfig::from_plan(&plan);
     tr.checkpoint_files.push((
         "student_config.json".into(),

@@ -57,13 +57,26 @@ impl RowBlocks {
         dtype: DType,
         bytes: &[u8],
     ) -> Result<RowBlocks> {
-        Self::make(gpu, name, shape, dtype, Some(bytes))
+        Self::make(gpu, name, shape, dtype, Some(bytes), dtype)
     }
 
     /// Uninitialised `[rows, cols]` of `dtype`, in the blocks `upload`
     /// would make (synthetic models for plans and benchmarks).
     pub fn empty(gpu: &Gpu, name: &str, shape: &[usize], dtype: DType) -> Result<RowBlocks> {
-        Self::make(gpu, name, shape, dtype, None)
+        Self::make(gpu, name, shape, dtype, None, dtype)
+    }
+
+    /// Like `empty`, cut into the blocks a `[rows, cols]` matrix of
+    /// `blocks_of` would need (at least as small as its own): a 16-bit
+    /// copy whose f32 gradients must fit a binding block by block.
+    pub fn empty_blocked_as(
+        gpu: &Gpu,
+        name: &str,
+        shape: &[usize],
+        dtype: DType,
+        blocks_of: DType,
+    ) -> Result<RowBlocks> {
+        Self::make(gpu, name, shape, dtype, None, blocks_of)
     }
 
     fn make(
@@ -72,6 +85,7 @@ impl RowBlocks {
         shape: &[usize],
         dtype: DType,
         bytes: Option<&[u8]>,
+        blocks_of: DType,
     ) -> Result<RowBlocks> {
         let [rows, cols] = *shape else {
             return Err(Error::Shape(format!(
@@ -90,7 +104,8 @@ impl RowBlocks {
             Some(b) => gpu.upload_bytes(name, shape, dtype, &b[range]),
             None => Tensor::empty(gpu, name, shape, dtype),
         };
-        let per = Self::rows_per_block(gpu, name, row_bytes as u64)?;
+        let split_bytes = cols * dtype.size().max(blocks_of.size());
+        let per = Self::rows_per_block(gpu, name, split_bytes as u64)?;
         if per >= rows {
             return Self::whole(part(name, shape, 0..rows * row_bytes)?);
         }

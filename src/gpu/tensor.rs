@@ -231,6 +231,22 @@ impl Gpu {
         Ok(())
     }
 
+    /// Overwrite a tensor's contents with raw bytes of its dtype.
+    pub fn write_bytes(&self, t: &Tensor, bytes: &[u8]) -> Result<()> {
+        if bytes.len() as u64 != t.byte_len() {
+            return Err(Error::Shape(format!(
+                "write of {} bytes into {:?} ({} bytes)",
+                bytes.len(),
+                t,
+                t.byte_len()
+            )));
+        }
+        if !self.is_dry() && !bytes.is_empty() {
+            self.queue.write_buffer(t.buf.raw(), t.offset, &pad4(bytes));
+        }
+        Ok(())
+    }
+
     /// Copy a tensor's bytes back to the host.
     pub fn read_bytes(&self, t: &Tensor) -> Result<Vec<u8>> {
         let len = t.byte_len();

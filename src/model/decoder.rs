@@ -597,18 +597,39 @@ impl Decoder {
     /// speed measurements at real model sizes without downloading them.
     /// Values are small and deterministic; nothing is read back.
     pub fn random(gpu: &Gpu, cfg: &ModelConfig, dtype: DType, seed: u64) -> Result<Decoder> {
-        Decoder::synthetic(gpu, cfg, dtype, Some(seed))
+        Decoder::synthetic(gpu, cfg, dtype, None, Some(seed))
     }
 
     /// `cfg`'s tensors in `dtype`, laid out and split exactly as `load`
     /// lays out a checkpoint, with uninitialised contents: what memory
     /// plans rehearse on a dry-run GPU (nothing is computed on the host).
     pub fn shaped(gpu: &Gpu, cfg: &ModelConfig, dtype: DType) -> Result<Decoder> {
-        Decoder::synthetic(gpu, cfg, dtype, None)
+        Decoder::synthetic(gpu, cfg, dtype, None, None)
     }
 
-    /// Random values from `seed`, or none at all.
-    fn synthetic(gpu: &Gpu, cfg: &ModelConfig, dtype: DType, seed: Option<u64>) -> Result<Decoder> {
+    /// Like `shaped`, with matrices (tables included) in `matrices` and
+    /// vectors (norm weights, biases) in `vectors`: lean training's compute
+    /// copy (16-bit matrices, f32 vectors). Matrices are cut into the
+    /// blocks of rows an f32 matrix would need, so that each block's f32
+    /// gradient fits one binding.
+    pub fn shaped_as(
+        gpu: &Gpu,
+        cfg: &ModelConfig,
+        matrices: DType,
+        vectors: DType,
+    ) -> Result<Decoder> {
+        Decoder::synthetic(gpu, cfg, matrices, Some(vectors), None)
+    }
+
+    /// Random values from `seed`, or none at all; vectors in `vectors`, or
+    /// as `load` keeps them.
+    fn synthetic(
+        gpu: &Gpu,
+        cfg: &ModelConfig,
+        dtype: DType,
+        vectors: Option<DType>,
+        seed: Option<u64>,
+    ) -> Result<Decoder> {
         let state = std::cell::Cell::new(seed.unwrap_or(0).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
         let values = |shape: &[usize], norm: bool| -> Vec<f32> {
             let n: usize = shape.iter().product();
@@ -653,10 +674,10 @@ impl Decoder {
             _ => DType::F32,
         };
         // Vectors as `load` keeps them (f16 ones widened).
-        let vector = if super::weights::widens(stored, 1, false) {
-            DType::F32
-        } else {
-            stored
+        let vector = match vectors {
+            Some(v) => v,
+            None if super::weights::widens(stored, 1, false) => DType::F32,
+            None => stored,
         };
         let make = |name: &str, shape: &[usize], norm: bool| -> Result<Tensor> {
             if seed.is_none() {
@@ -669,9 +690,14 @@ impl Decoder {
             let (d, b) = bytes(vals);
             gpu.upload_bytes(name, shape, d, &b)
         };
+        let blocks_of = if vectors.is_some() {
+            DType::F32
+        } else {
+            stored
+        };
         let make_matrix = |name: &str, shape: &[usize]| -> Result<RowBlocks> {
             if seed.is_none() {
-                return RowBlocks::empty(gpu, name, shape, stored);
+                return RowBlocks::empty_blocked_as(gpu, name, shape, stored, blocks_of);
             }
             let (d, b) = bytes(values(shape, false));
             RowBlocks::upload(gpu, name, shape, d, &b)

@@ -67,8 +67,10 @@ pub struct MicroBatch<'a> {
 /// `accum` (the number of micro-batches in the optimiser step) are added
 /// into the student's gradient buffers; with `recompute`, the student keeps
 /// only each layer's input and recomputes layers during backward
-/// (activation checkpointing: less memory, one more student forward). `pairs` are (student, teacher)
-/// indices into the Hugging Face hidden-state lists.
+/// (activation checkpointing: less memory, one more student forward), and
+/// `after_layer(rec, i)` runs once layer `i`'s backward is submitted.
+/// `pairs` are (student, teacher) indices into the Hugging Face
+/// hidden-state lists.
 #[allow(clippy::too_many_arguments)]
 pub fn micro_step(
     gpu: &Gpu,
@@ -81,6 +83,7 @@ pub fn micro_step(
     accum: usize,
     backward: bool,
     recompute: bool,
+    after_layer: &mut dyn FnMut(&mut crate::gpu::Recorder, usize) -> Result<()>,
 ) -> Result<LossParts> {
     let (b, t) = (mb.batch, mb.seq);
     let n = b * t;
@@ -182,9 +185,15 @@ pub fn micro_step(
                 seeds.extend(hidden_grads.into_iter().map(|(h, g)| (out.hidden[h], g)));
                 tape.backward(&mut rec, seeds, 24)?;
             }
-            Run::Checkpointed(ck) => {
-                ck.backward(&mut rec, student, params, &batch, d_normed, hidden_grads)?
-            }
+            Run::Checkpointed(ck) => ck.backward(
+                &mut rec,
+                student,
+                params,
+                &batch,
+                d_normed,
+                hidden_grads,
+                after_layer,
+            )?,
         }
     }
     rec.run()?;

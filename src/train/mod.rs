@@ -4,6 +4,7 @@
 pub mod data;
 pub mod head_loss;
 pub mod loss;
+pub mod offload;
 pub mod plan;
 pub mod run;
 pub mod student;

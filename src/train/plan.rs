@@ -34,9 +34,9 @@ pub mod tag {
 /// what it holds.
 pub const GPU_PARTS: &[(&str, &str)] = &[
     ("teacher_weights", "teacher weights"),
-    ("student_weights", "student weights (f32)"),
+    ("student_weights", "student weights the GPU computes with"),
     ("gradients", "gradients (f32)"),
-    ("optimizer_states", "AdamW moments m, v (f32) and the norm"),
+    ("optimizer_states", "AdamW moments m, v and the norm"),
     (
         "activations",
         "activations, teacher hidden states, backward",
@@ -79,20 +79,44 @@ pub struct PlanSpec {
     pub opts: DistillOptions,
     /// Whether the run evaluates held-out sequences.
     pub eval: bool,
+    /// Lean mode: bf16 compute weights on the GPU, f32 masters and AdamW
+    /// moments on the host, gradients leaving the GPU layer by layer.
+    pub lean: bool,
 }
 
 impl PlanSpec {
+    pub fn mode(&self) -> &'static str {
+        if self.lean {
+            "lean"
+        } else {
+            "exact"
+        }
+    }
+
     pub fn settings(&self) -> Value {
         json!({
-            "mode": "exact",
+            "mode": self.mode(),
             "seq_len": self.seq_len,
             "batch": self.opts.batch,
             "grad_accum": self.opts.grad_accum,
             "tokens_per_step": self.seq_len * self.opts.batch * self.opts.grad_accum,
-            "recompute": self.opts.recompute,
+            "recompute": self.opts.recompute || self.lean,
             "teacher_dtype": self.teacher_dtype.name(),
-            "student_dtype": "f32",
-            "optimizer": "AdamW on the GPU, f32 moments",
+            "student_dtype": if self.lean {
+                "bf16 matrices and f32 vectors on the GPU, f32 masters on the host"
+            } else {
+                "f32"
+            },
+            "optimizer": if self.lean {
+                "AdamW on the host (all threads), f32 moments"
+            } else {
+                "AdamW on the GPU, f32 moments"
+            },
+            "gradients": if self.lean {
+                "each layer's leave the GPU after its backward; summed on the host"
+            } else {
+                "f32 on the GPU"
+            },
             "aligned_pairs": self.pairs.len(),
             "held_out_eval": self.eval,
         })
@@ -126,7 +150,11 @@ pub fn rehearse(gpu_opts: &GpuOptions, spec: &PlanSpec) -> Result<MemoryPlan> {
     };
     let student = {
         let _t = gpu.alloc.tagged(tag::STUDENT);
-        Decoder::shaped(&gpu, &spec.student, DType::F32)?
+        if spec.lean {
+            Decoder::shaped_as(&gpu, &spec.student, DType::BF16, DType::F32)?
+        } else {
+            Decoder::shaped(&gpu, &spec.student, DType::F32)?
+        }
     };
     let (teacher_params, student_params) = (teacher.params(), student.params());
     let seq = vec![0u32; spec.seq_len];
@@ -137,7 +165,22 @@ pub fn rehearse(gpu_opts: &GpuOptions, spec: &PlanSpec) -> Result<MemoryPlan> {
     };
     let mut opts = spec.opts.clone();
     opts.steps = opts.steps.max(2);
-    let mut tr = Trainer::new(&gpu, &teacher, student, spec.pairs.clone(), &corpus, opts)?;
+    let mut tr = if spec.lean {
+        // No host values at all: a plan of a 5B student costs no host
+        // memory (the host's bytes are planned from the parameter count).
+        let zeros = |p: &super::student::StudentParams| Ok(vec![Vec::new(); p.params.len()]);
+        Trainer::new_lean(
+            &gpu,
+            &teacher,
+            student,
+            spec.pairs.clone(),
+            &corpus,
+            opts,
+            zeros,
+        )?
+    } else {
+        Trainer::new(&gpu, &teacher, student, spec.pairs.clone(), &corpus, opts)?
+    };
     tr.evaluate()?;
     for _ in 0..2 {
         tr.train_step()?;
@@ -152,7 +195,7 @@ pub fn rehearse(gpu_opts: &GpuOptions, spec: &PlanSpec) -> Result<MemoryPlan> {
         .map(|(_, g)| g.iter().map(|p| p.value.numel() as u64).sum::<u64>())
         .max()
         .unwrap_or(0);
-    let host_parts = host_parts(student_params, largest);
+    let host_parts = host_parts(student_params, largest, spec.lean);
     Ok(MemoryPlan {
         spec: spec.clone(),
         adapter: gpu.describe(),
@@ -171,10 +214,16 @@ pub fn rehearse(gpu_opts: &GpuOptions, spec: &PlanSpec) -> Result<MemoryPlan> {
 /// drop them), so what counts is the largest transient: a checkpoint holds
 /// the student's weights as f32 with their serialised bytes (8 bytes per
 /// parameter), then the moments' bytes with one tensor's f32 values.
-fn host_parts(student_params: u64, largest_tensor: u64) -> Vec<(&'static str, u64)> {
+fn host_parts(student_params: u64, largest_tensor: u64, lean: bool) -> Vec<(&'static str, u64)> {
     let weights = 8 * student_params;
     let moments = 8 * student_params + 4 * largest_tensor;
-    vec![("checkpoint_writing", weights.max(moments))]
+    let mut parts = Vec::new();
+    if lean {
+        // Masters, m, v and the gradient sums, f32 each.
+        parts.push(("masters_moments_gradients", 16 * student_params));
+    }
+    parts.push(("checkpoint_writing", weights.max(moments)));
+    parts
 }
 
 impl MemoryPlan {
@@ -212,18 +261,28 @@ impl MemoryPlan {
     pub fn describe(&self, budget: Option<u64>) -> String {
         let s = &self.spec;
         let mut out = format!(
-            "memory plan (exact mode, rehearsed on {}): teacher {} layers, {:.2}B parameters in \
-             {}; student {} layers, {:.2}B parameters in f32; {} × {} tokens × {} micro-batches{}\n",
+            "memory plan ({} mode, rehearsed on {}): teacher {} layers, {:.2}B parameters in \
+             {}; student {} layers, {:.2}B parameters{}; {} × {} tokens × {} micro-batches{}\n",
+            s.mode(),
             self.adapter,
             s.teacher.num_layers,
             self.teacher_params as f64 / 1e9,
             s.teacher_dtype.name(),
             s.student.num_layers,
             self.student_params as f64 / 1e9,
+            if s.lean {
+                " (bf16 on the GPU, f32 masters and AdamW on the host)"
+            } else {
+                " in f32"
+            },
             s.opts.batch,
             s.seq_len,
             s.opts.grad_accum,
-            if s.opts.recompute { ", --recompute" } else { "" }
+            if s.opts.recompute || s.lean {
+                ", --recompute"
+            } else {
+                ""
+            }
         );
         for ((_, what), bytes) in GPU_PARTS.iter().zip(&self.gpu_parts) {
             out.push_str(&format!("  {:>10}  {what}\n", format_bytes(*bytes)));
@@ -233,8 +292,13 @@ impl MemoryPlan {
             format_bytes(self.gpu_peak_bytes)
         ));
         out.push_str(&format!(
-            "  {:>10}  host peak (checkpoint writing)\n",
-            format_bytes(self.host_peak_bytes)
+            "  {:>10}  host peak ({})\n",
+            format_bytes(self.host_peak_bytes),
+            if s.lean {
+                "masters, moments, gradient sums; checkpoint writing"
+            } else {
+                "checkpoint writing"
+            }
         ));
         match budget {
             Some(b) if self.gpu_peak_bytes <= b => {
@@ -261,7 +325,9 @@ pub fn suggestions(gpu_opts: &GpuOptions, spec: &PlanSpec, budget: u64) -> Resul
         Ok((p.gpu_peak_bytes <= budget).then_some(p.gpu_peak_bytes))
     };
     let mut base = spec.clone();
-    if !base.opts.recompute {
+    // Lean mode always recomputes.
+    let recompute = if base.lean { "" } else { "--recompute " };
+    if !base.opts.recompute && !base.lean {
         base.opts.recompute = true;
         if let Some(peak) = fits(&base)? {
             out.push(format!("--recompute (peak {})", format_bytes(peak)));
@@ -274,7 +340,7 @@ pub fn suggestions(gpu_opts: &GpuOptions, spec: &PlanSpec, budget: u64) -> Resul
         s.opts.batch = 1;
         if let Some(peak) = fits(&s)? {
             out.push(format!(
-                "--recompute --batch 1 --grad-accum {} (same tokens per step; peak {})",
+                "{recompute}--batch 1 --grad-accum {} (same tokens per step; peak {})",
                 s.opts.grad_accum,
                 format_bytes(peak)
             ));
@@ -287,9 +353,9 @@ pub fn suggestions(gpu_opts: &GpuOptions, spec: &PlanSpec, budget: u64) -> Resul
         s.seq_len /= 2;
         if let Some(peak) = fits(&s)? {
             out.push(format!(
-                "--recompute{} --seq-len {} (peak {})",
+                "{recompute}{}--seq-len {} (peak {})",
                 if s.opts.batch == 1 && spec.opts.batch > 1 {
-                    format!(" --batch 1 --grad-accum {}", s.opts.grad_accum)
+                    format!("--batch 1 --grad-accum {} ", s.opts.grad_accum)
                 } else {
                     String::new()
                 },
@@ -303,8 +369,9 @@ pub fn suggestions(gpu_opts: &GpuOptions, spec: &PlanSpec, budget: u64) -> Resul
     let fixed: u64 = weights.gpu_parts[..4].iter().sum();
     out.push(format!(
         "none of --recompute, --grad-accum or a shorter --seq-len: the weights, gradients and \
-         optimiser states alone take {} in exact mode",
-        format_bytes(fixed)
+         optimiser states alone take {} in {} mode",
+        format_bytes(fixed),
+        spec.mode()
     ));
     Ok(out)
 }

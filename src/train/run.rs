@@ -11,8 +11,9 @@ use serde_json::json;
 
 use super::data::{permutation, Corpus, DataPosition};
 use super::loss::{micro_step, LossParts, LossWeights, MicroBatch};
+use super::offload::HostState;
 use super::plan::tag;
-use super::student::{export_named, group_values, StudentParams, Which};
+use super::student::{export_named, export_named_with, group_values, StudentParams, Which};
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu};
 use crate::model::decoder::Decoder;
@@ -118,6 +119,8 @@ pub struct Trainer<'a> {
     /// Optimiser steps completed.
     pub step: usize,
     norm: GradNorm,
+    /// Lean mode: masters, moments and gradient sums on the host.
+    pub host: Option<HostState>,
     /// Small files written into every checkpoint (e.g. student_config.json).
     pub checkpoint_files: Vec<(String, String)>,
 }
@@ -137,6 +140,76 @@ impl<'a> Trainer<'a> {
             ));
         }
         let params = StudentParams::new(gpu, &student)?;
+        Trainer::with_params(gpu, teacher, student, params, pairs, corpus, opts, None)
+    }
+
+    /// Lean mode: `student` computes in 16-bit matrices and f32 vectors
+    /// (`Decoder::shaped_as`); `masters` gives every parameter's f32
+    /// values (in `StudentParams` order), which stay on the host with the
+    /// moments, and are written into the GPU's copy. Layers are recomputed
+    /// in backward, each layer's gradients leaving the GPU as it is done.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new_lean(
+        gpu: &'a Gpu,
+        teacher: &'a Decoder,
+        student: Decoder,
+        pairs: Vec<(usize, usize)>,
+        corpus: &'a Corpus,
+        mut opts: DistillOptions,
+        masters: impl FnOnce(&StudentParams) -> Result<Vec<Vec<f32>>>,
+    ) -> Result<Trainer<'a>> {
+        opts.recompute = true;
+        let params = {
+            let _t = gpu.alloc.tagged(tag::STUDENT);
+            StudentParams::new_lean(gpu, &student)?
+        };
+        let values = masters(&params)?;
+        if values.len() != params.params.len() {
+            return Err(Error::Invalid(format!(
+                "{} master tensors for {} parameters",
+                values.len(),
+                params.params.len()
+            )));
+        }
+        // A rehearsal holds no host values (its sizes are planned apart).
+        for (p, v) in params.params.iter().zip(&values).filter(|_| !gpu.is_dry()) {
+            if v.len() != p.value.numel() {
+                return Err(Error::Invalid(format!(
+                    "master weights of '{}': {} values for {} elements",
+                    p.name,
+                    v.len(),
+                    p.value.numel()
+                )));
+            }
+        }
+        let mut host = HostState::new(values);
+        if gpu.is_dry() {
+            host = host.dry();
+        }
+        host.upload(gpu, &params)?;
+        Trainer::with_params(
+            gpu,
+            teacher,
+            student,
+            params,
+            pairs,
+            corpus,
+            opts,
+            Some(host),
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn with_params(
+        gpu: &'a Gpu,
+        teacher: &'a Decoder,
+        student: Decoder,
+        params: StudentParams,
+        pairs: Vec<(usize, usize)>,
+        corpus: &'a Corpus,
+        opts: DistillOptions,
+        host: Option<HostState>,
+    ) -> Result<Trainer<'a>> {
         let sizes: Vec<usize> = params.params.iter().map(|p| p.grad.numel()).collect();
         let norm = {
             let _t = gpu.alloc.tagged(tag::OPTIMIZER);
@@ -160,8 +233,25 @@ impl<'a> Trainer<'a> {
             perm,
             step: 0,
             norm,
+            host,
             checkpoint_files: Vec::new(),
         })
+    }
+
+    /// Whether this run is in lean mode.
+    pub fn is_lean(&self) -> bool {
+        self.host.is_some()
+    }
+
+    /// AdamW's settings for parameter `p` at learning rate `lr`.
+    fn adamw_for(&self, p: &super::student::Param, lr: f32) -> AdamW {
+        AdamW {
+            lr,
+            beta1: self.opts.betas.0,
+            beta2: self.opts.betas.1,
+            eps: self.opts.eps,
+            weight_decay: if p.decay { self.opts.weight_decay } else { 0.0 },
+        }
     }
 
     /// One optimiser step; the log describes the loss before the update.
@@ -174,32 +264,44 @@ impl<'a> Trainer<'a> {
         rec.run()?;
         let accum = self.opts.grad_accum;
         let mut sum = LossParts::default();
-        for _ in 0..accum {
-            let ids = self
-                .pos
-                .next_batch(self.corpus, self.opts.batch, &mut self.perm);
-            let mb = MicroBatch {
-                ids: &ids,
-                batch: self.opts.batch,
-                seq: self.corpus.seq_len,
-            };
-            let p = self.micro_step(&mb, accum, true)?;
-            sum.add_mean(&p, accum as f64);
+        let mut host = self.host.take();
+        if let Some(h) = &mut host {
+            h.zero_grads();
         }
+        let result = self.accumulate(accum, &mut host, &mut sum);
+        self.host = host;
+        result?;
         let lr = self.opts.lr_at(self.step);
-        let mut rec = gpu.recorder();
-        let grads: Vec<&crate::gpu::Tensor> = self.params.params.iter().map(|p| &p.grad).collect();
-        self.norm
-            .record(&mut rec, &grads, self.opts.max_grad_norm)?;
-        rec.run()?;
+        let (grad_norm, clip) = match &mut self.host {
+            Some(h) => {
+                // The gradients of the embedding, head and final norm are
+                // whole on the GPU; add them to the layers' on the host.
+                for (i, p) in self.params.params.iter().enumerate() {
+                    if p.layer.is_none() {
+                        h.add_grad(i, &read_grad(gpu, &p.grad)?);
+                    }
+                }
+                let (n, c) = h.grad_norm(self.opts.max_grad_norm);
+                (n as f32, c)
+            }
+            None => {
+                let mut rec = gpu.recorder();
+                let grads: Vec<&crate::gpu::Tensor> =
+                    self.params.params.iter().map(|p| &p.grad).collect();
+                self.norm
+                    .record(&mut rec, &grads, self.opts.max_grad_norm)?;
+                rec.run()?;
+                let norm = gpu.read_f32(self.norm.out())?;
+                (norm[1], norm[0])
+            }
+        };
         // A non-finite loss or gradient norm stops training before the
         // update: the weights stay as they were and no checkpoint is
         // written over the last good one.
-        let norm = gpu.read_f32(self.norm.out())?;
         let step = self.step + 1;
-        if !sum.loss.is_finite() || !norm[1].is_finite() {
+        if !sum.loss.is_finite() || !grad_norm.is_finite() {
             let what = if sum.loss.is_finite() {
-                format!("the gradient norm is {}", norm[1])
+                format!("the gradient norm is {grad_norm}")
             } else {
                 format!("the loss is {}", sum.loss)
             };
@@ -209,27 +311,32 @@ impl<'a> Trainer<'a> {
                  --max-grad-norm, or check the teacher's weights and the data"
             )));
         }
-        let mut rec = gpu.recorder();
-        for p in &self.params.params {
-            let cfg = AdamW {
-                lr,
-                beta1: self.opts.betas.0,
-                beta2: self.opts.betas.1,
-                eps: self.opts.eps,
-                weight_decay: if p.decay { self.opts.weight_decay } else { 0.0 },
-            };
-            adamw_step(
-                &mut rec,
-                &p.value,
-                &p.grad,
-                &p.m,
-                &p.v,
-                &cfg,
-                self.step as u64 + 1,
-                Some(self.norm.out()),
-            )?;
+        let cfgs: Vec<AdamW> = self
+            .params
+            .params
+            .iter()
+            .map(|p| self.adamw_for(p, lr))
+            .collect();
+        if let Some(h) = &mut self.host {
+            h.adamw(&cfgs, self.step as u64 + 1, clip);
+            h.upload(gpu, &self.params)?;
+        } else {
+            let mut rec = gpu.recorder();
+            for (p, cfg) in self.params.params.iter().zip(&cfgs) {
+                let (m, v) = (p.m.as_ref(), p.v.as_ref());
+                adamw_step(
+                    &mut rec,
+                    &p.value,
+                    &p.grad,
+                    m.expect("exact mode"),
+                    v.expect("exact mode"),
+                    cfg,
+                    self.step as u64 + 1,
+                    Some(self.norm.out()),
+                )?;
+            }
+            rec.run()?;
         }
-        rec.run()?;
         self.step += 1;
         let secs = t0.elapsed().as_secs_f64();
         let tokens = (self.opts.batch * accum * self.corpus.seq_len) as f64;
@@ -240,15 +347,61 @@ impl<'a> Trainer<'a> {
             kl: sum.kl,
             cos: sum.cos,
             lr,
-            grad_norm: norm[1] as f64,
+            grad_norm: grad_norm as f64,
             tokens_per_s: tokens / secs,
             peak_bytes: gpu.memory().peak_device_bytes,
         })
     }
 
+    /// The micro-batches of one step, their loss parts summed into `sum`
+    /// and their gradients into the GPU's buffers (and the host's, lean).
+    fn accumulate(
+        &mut self,
+        accum: usize,
+        host: &mut Option<HostState>,
+        sum: &mut LossParts,
+    ) -> Result<()> {
+        for _ in 0..accum {
+            let ids = self
+                .pos
+                .next_batch(self.corpus, self.opts.batch, &mut self.perm);
+            let mb = MicroBatch {
+                ids: &ids,
+                batch: self.opts.batch,
+                seq: self.corpus.seq_len,
+            };
+            let p = self.micro_step(&mb, accum, true, host.as_mut())?;
+            sum.add_mean(&p, accum as f64);
+        }
+        Ok(())
+    }
+
     /// The loss of one micro-batch, and with `backward` its gradients
-    /// (scaled by 1/`accum`) added into the parameters' buffers.
-    fn micro_step(&self, mb: &MicroBatch, accum: usize, backward: bool) -> Result<LossParts> {
+    /// (scaled by 1/`accum`) added into the parameters' buffers; in lean
+    /// mode each layer's into `host` as soon as its backward is done.
+    fn micro_step(
+        &self,
+        mb: &MicroBatch,
+        accum: usize,
+        backward: bool,
+        mut host: Option<&mut HostState>,
+    ) -> Result<LossParts> {
+        let (gpu, params) = (self.gpu, &self.params);
+        let mut after_layer = |rec: &mut crate::gpu::Recorder, layer: usize| -> Result<()> {
+            let Some(h) = host.as_deref_mut() else {
+                return Ok(());
+            };
+            let Some(own) = params.layer_params.get(layer) else {
+                return Ok(());
+            };
+            for &i in own {
+                h.add_grad(i, &read_grad(gpu, &params.params[i].grad)?);
+            }
+            for s in &params.slots {
+                rec.clear(s);
+            }
+            Ok(())
+        };
         micro_step(
             self.gpu,
             self.teacher,
@@ -260,6 +413,7 @@ impl<'a> Trainer<'a> {
             accum,
             backward,
             backward && self.opts.recompute,
+            &mut after_layer,
         )
     }
 
@@ -277,7 +431,7 @@ impl<'a> Trainer<'a> {
                 batch: 1,
                 seq: self.corpus.seq_len,
             };
-            let p = self.micro_step(&mb, 1, false)?;
+            let p = self.micro_step(&mb, 1, false, None)?;
             sum.add_mean(&p, n);
         }
         Ok(Some(sum))
@@ -286,7 +440,12 @@ impl<'a> Trainer<'a> {
     /// Write the student's weights (Hugging Face names) in `dtype`: f32
     /// as trained, or rounded to nearest-even bf16 / f16.
     pub fn write_weights(&self, cfg: &ModelConfig, path: &Path, dtype: DType) -> Result<()> {
-        let named = export_named(self.gpu, cfg, &self.params, Which::Value)?;
+        let named = match &self.host {
+            Some(h) => {
+                export_named_with(cfg, &self.params, |p| Ok(h.masters[self.index(p)?].clone()))?
+            }
+            None => export_named(self.gpu, cfg, &self.params, Which::Value)?,
+        };
         let mut tensors: BTreeMap<String, (DType, Vec<usize>, Vec<u8>)> = BTreeMap::new();
         for (n, (shape, v)) in named {
             let bytes = match dtype {
@@ -318,12 +477,39 @@ impl<'a> Trainer<'a> {
     /// The GPU side of `save_checkpoint` without the files: every value
     /// and moment read back, for memory plans on a dry-run GPU.
     pub fn rehearse_checkpoint_reads(&self) -> Result<()> {
+        if self.is_lean() {
+            // Lean checkpoints are written from the host.
+            return Ok(());
+        }
         for p in &self.params.params {
-            for t in [&p.value, &p.m, &p.v] {
+            for t in [Some(&p.value), p.m.as_ref(), p.v.as_ref()]
+                .into_iter()
+                .flatten()
+            {
                 self.gpu.read_bytes(t)?;
             }
         }
         Ok(())
+    }
+
+    fn index(&self, p: &super::student::Param) -> Result<usize> {
+        self.params
+            .index_of(&p.name)
+            .ok_or_else(|| Error::Invalid(format!("no parameter '{}'", p.name)))
+    }
+
+    /// Parameter `p`'s moment `kind` (m or v), from the GPU or the host.
+    fn moment(&self, p: &super::student::Param, kind: &str) -> Result<Vec<f32>> {
+        match &self.host {
+            Some(h) => {
+                let i = self.index(p)?;
+                Ok(if kind == "m" { &h.m[i] } else { &h.v[i] }.clone())
+            }
+            None => {
+                let t = if kind == "m" { &p.m } else { &p.v };
+                self.gpu.read_f32(t.as_ref().expect("exact mode"))
+            }
+        }
     }
 
     /// A checkpoint in `dir/checkpoint`: weights, AdamW states, data
@@ -342,9 +528,7 @@ impl<'a> Trainer<'a> {
         // run resumes on an adapter that splits it differently.
         for (name, group) in self.params.groups() {
             for kind in ["m", "v"] {
-                let (shape, v) = group_values(&group, |p| {
-                    self.gpu.read_f32(if kind == "m" { &p.m } else { &p.v })
-                })?;
+                let (shape, v) = group_values(&group, |p| self.moment(p, kind))?;
                 opt.insert(
                     format!("{kind}.{name}"),
                     (DType::F32, shape, bytemuck::cast_slice(&v).to_vec()),
@@ -357,6 +541,7 @@ impl<'a> Trainer<'a> {
             "data": {"seed": self.pos.seed, "epoch": self.pos.epoch, "index": self.pos.index},
             "train_sequences": self.corpus.train.len(),
             "seq_len": self.corpus.seq_len,
+            "mode": if self.is_lean() { "lean" } else { "exact" },
             "options": format!("{:?}", self.opts),
         });
         let sp = tmp.join("trainer_state.json");
@@ -427,14 +612,38 @@ impl<'a> Trainer<'a> {
                 let mut at = 0;
                 for p in &group {
                     let n = p.value.numel();
-                    self.gpu
-                        .write_f32(if kind == "m" { &p.m } else { &p.v }, &vals[at..at + n])?;
+                    let part = &vals[at..at + n];
+                    match &mut self.host {
+                        Some(h) => {
+                            let i = self.params.index_of(&p.name).expect("own parameter");
+                            let dst = if kind == "m" {
+                                &mut h.m[i]
+                            } else {
+                                &mut h.v[i]
+                            };
+                            dst.copy_from_slice(part);
+                        }
+                        None => {
+                            let t = if kind == "m" { &p.m } else { &p.v };
+                            self.gpu.write_f32(t.as_ref().expect("exact mode"), part)?;
+                        }
+                    }
                     at += n;
                 }
             }
         }
         Ok(())
     }
+}
+
+/// A gradient's values on the host; on a dry-run GPU only the readback is
+/// made (its zeros are never converted, so they cost no host memory).
+fn read_grad(gpu: &Gpu, t: &crate::gpu::Tensor) -> Result<Vec<f32>> {
+    if gpu.is_dry() {
+        gpu.read_bytes(t)?;
+        return Ok(Vec::new());
+    }
+    gpu.read_f32(t)
 }
 
 /// Files of a Hugging Face folder other than weights and config, copied

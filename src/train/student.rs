@@ -18,10 +18,20 @@ pub struct Param {
     /// Name inside the decoder: `embed`, `head`, `final_norm.weight`,
     /// `final_norm.bias`, `layers.{i}.{tensor}`.
     pub name: String,
+    /// The weights the GPU computes with: the f32 master weights in exact
+    /// mode; in lean mode a 16-bit copy of matrices (vectors stay f32) of
+    /// masters kept on the host.
     pub value: Tensor,
+    /// Where backward adds this tensor's gradient. In lean mode the
+    /// tensors of a decoder layer share one slot per tensor name with the
+    /// other layers' (their gradients leave the GPU layer by layer).
     pub grad: Tensor,
-    pub m: Tensor,
-    pub v: Tensor,
+    /// AdamW moments on the GPU (exact mode; lean mode keeps them on the
+    /// host).
+    pub m: Option<Tensor>,
+    pub v: Option<Tensor>,
+    /// The decoder layer the tensor belongs to.
+    pub layer: Option<usize>,
     /// Weight decay applies to matrices only (not to biases and norm
     /// weights, as the Hugging Face Trainer does).
     pub decay: bool,
@@ -29,6 +39,11 @@ pub struct Param {
 
 pub struct StudentParams {
     pub params: Vec<Param>,
+    /// Lean mode: per decoder layer, its parameters (indices) whose
+    /// gradients are in shared slots. Empty in exact mode.
+    pub layer_params: Vec<Vec<usize>>,
+    /// The shared gradient slots (lean mode).
+    pub slots: Vec<Tensor>,
     index: BTreeMap<String, usize>,
     /// Parameter by the identity of its value tensor.
     by_tensor: HashMap<(u64, u64), usize>,
@@ -47,6 +62,18 @@ impl StudentParams {
     /// load the student with `as_f32`). The tensors are shared, so the
     /// decoder sees every optimiser update.
     pub fn new(gpu: &Gpu, student: &Decoder) -> Result<StudentParams> {
+        StudentParams::build(gpu, student, false)
+    }
+
+    /// Lean mode: the decoder's matrices may be 16-bit (vectors f32); no
+    /// moments on the GPU; one gradient slot per tensor name shared by the
+    /// layers, which `train::run` empties to the host after each layer's
+    /// backward (so backward must go layer by layer: recompute).
+    pub fn new_lean(gpu: &Gpu, student: &Decoder) -> Result<StudentParams> {
+        StudentParams::build(gpu, student, true)
+    }
+
+    fn build(gpu: &Gpu, student: &Decoder, lean: bool) -> Result<StudentParams> {
         // A table in blocks of rows is one parameter per block,
         // `embed@{first row}` (grouped again by `groups`).
         let blocked = |base: &str, rows: &crate::gpu::RowBlocks| -> Vec<(String, Tensor)> {
@@ -84,22 +111,64 @@ impl StudentParams {
         let mut params = Vec::new();
         let mut index = BTreeMap::new();
         let mut by_tensor = HashMap::new();
+        let mut layer_params: Vec<Vec<usize>> = Vec::new();
+        let mut slots: Vec<Tensor> = Vec::new();
+        // Lean mode's slots by (tensor name in the layer, shape).
+        let mut slot_of: HashMap<(String, Vec<usize>), usize> = HashMap::new();
         for (name, value) in named {
-            if value.dtype() != DType::F32 {
+            let matrix_16 = lean && value.shape().len() == 2 && value.dtype() != DType::U32;
+            if value.dtype() != DType::F32 && !matrix_16 {
                 return Err(crate::Error::Invalid(format!(
-                    "student parameter '{name}' is {}; the student trains in f32",
-                    value.dtype().name()
+                    "student parameter '{name}' is {}; the student trains in f32{}",
+                    value.dtype().name(),
+                    if lean {
+                        " (lean mode: 16-bit matrices, f32 vectors)"
+                    } else {
+                        ""
+                    }
                 )));
             }
             let shape = value.shape().to_vec();
             let decay = shape.len() >= 2;
+            let layer = name
+                .strip_prefix("layers.")
+                .and_then(|r| r.split_once('.'))
+                .and_then(|(i, _)| i.parse::<usize>().ok());
             let grad = {
                 let _t = gpu.alloc.tagged(super::plan::tag::GRADIENTS);
-                gpu.zeros(&format!("grad.{name}"), &shape, DType::F32)?
+                match (lean, layer) {
+                    (true, Some(l)) => {
+                        let within = name.split_once('.').expect("layers.").1;
+                        let within = within.split_once('.').expect("{i}.").1.to_string();
+                        let key = (within, shape.clone());
+                        let slot = match slot_of.get(&key) {
+                            Some(&i) => i,
+                            None => {
+                                let t =
+                                    gpu.zeros(&format!("grad_slot.{}", key.0), &shape, DType::F32)?;
+                                slots.push(t);
+                                slot_of.insert(key, slots.len() - 1);
+                                slots.len() - 1
+                            }
+                        };
+                        if layer_params.len() <= l {
+                            layer_params.resize(l + 1, Vec::new());
+                        }
+                        layer_params[l].push(params.len());
+                        slots[slot].clone()
+                    }
+                    _ => gpu.zeros(&format!("grad.{name}"), &shape, DType::F32)?,
+                }
             };
-            let _t = gpu.alloc.tagged(super::plan::tag::OPTIMIZER);
-            let m = gpu.zeros(&format!("adam_m.{name}"), &shape, DType::F32)?;
-            let v = gpu.zeros(&format!("adam_v.{name}"), &shape, DType::F32)?;
+            let (m, v) = if lean {
+                (None, None)
+            } else {
+                let _t = gpu.alloc.tagged(super::plan::tag::OPTIMIZER);
+                (
+                    Some(gpu.zeros(&format!("adam_m.{name}"), &shape, DType::F32)?),
+                    Some(gpu.zeros(&format!("adam_v.{name}"), &shape, DType::F32)?),
+                )
+            };
             index.insert(name.clone(), params.len());
             by_tensor.insert(tensor_key(&value), params.len());
             params.push(Param {
@@ -108,18 +177,31 @@ impl StudentParams {
                 grad,
                 m,
                 v,
+                layer,
                 decay,
             });
         }
         Ok(StudentParams {
             params,
+            layer_params,
+            slots,
             index,
             by_tensor,
         })
     }
 
+    /// Whether this is lean mode's layout (shared slots, no GPU moments).
+    pub fn is_lean(&self) -> bool {
+        self.params.iter().all(|p| p.m.is_none())
+    }
+
     pub fn get(&self, name: &str) -> Option<&Param> {
         self.index.get(name).map(|&i| &self.params[i])
+    }
+
+    /// Position of the parameter named `name` in `params`.
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.index.get(name).copied()
     }
 
     /// The parameters by the tensor they belong to, in order: a table in
@@ -140,10 +222,17 @@ impl StudentParams {
         self.params.iter().map(|p| p.value.numel() as u64).sum()
     }
 
-    /// Set every gradient buffer to zero.
+    /// Set every gradient buffer to zero (a shared slot once).
     pub fn zero_grads(&self, rec: &mut Recorder) {
-        for p in &self.params {
+        for p in self
+            .params
+            .iter()
+            .filter(|p| p.layer.is_none() || !self.is_lean())
+        {
             rec.clear(&p.grad);
+        }
+        for s in &self.slots {
+            rec.clear(s);
         }
     }
 }
@@ -188,13 +277,22 @@ pub fn export_named(
     params: &StudentParams,
     which: Which,
 ) -> Result<NamedTensors> {
-    let mut out = BTreeMap::new();
-    let read = |p: &Param| -> Result<Vec<f32>> {
+    export_named_with(cfg, params, |p: &Param| {
         gpu.read_f32(match which {
             Which::Value => &p.value,
             Which::Grad => &p.grad,
         })
-    };
+    })
+}
+
+/// `export_named` with each parameter's values from `read` (lean mode
+/// reads the host's master weights).
+pub fn export_named_with(
+    cfg: &crate::model::ModelConfig,
+    params: &StudentParams,
+    mut read: impl FnMut(&Param) -> Result<Vec<f32>>,
+) -> Result<NamedTensors> {
+    let mut out = BTreeMap::new();
     for (name, group) in params.groups() {
         let hf = if name == "embed" {
             cfg.embed_name().to_string()
@@ -226,7 +324,7 @@ pub fn export_named(
         } else {
             name.to_string()
         };
-        let (shape, values) = group_values(&group, |p| read(p))?;
+        let (shape, values) = group_values(&group, &mut read)?;
         out.insert(hf, (shape, values));
     }
     if cfg.family == Family::GptNeox {
@@ -353,7 +451,10 @@ pub fn forward_checkpointed(
 impl Checkpointed {
     /// Backward from the gradient of the final normed states (the head's
     /// input) and of hidden states (by HF index), adding into the
-    /// parameters' gradient buffers.
+    /// parameters' gradient buffers. `after_layer(rec, i)` runs once layer
+    /// `i`'s backward has been submitted (lean mode takes its gradients
+    /// off the GPU there).
+    #[allow(clippy::too_many_arguments)]
     pub fn backward(
         mut self,
         rec: &mut Recorder,
@@ -362,6 +463,7 @@ impl Checkpointed {
         batch: &Batch,
         d_normed: Tensor,
         hidden_seeds: Vec<(usize, Tensor)>,
+        after_layer: &mut dyn FnMut(&mut Recorder, usize) -> Result<()>,
     ) -> Result<()> {
         let n = self.inputs.len();
         let mut at: Vec<Vec<Tensor>> = vec![Vec::new(); n + 1];
@@ -410,10 +512,118 @@ impl Checkpointed {
             t.backward(rec, vec![(y, g)], 24)?;
             g = gx;
             rec.flush()?;
+            after_layer(rec, i)?;
         }
         for s in at[0].drain(..) {
             g = crate::ops::elementwise::add(rec, &g, &s)?;
         }
         self.embed_tape.backward(rec, vec![(self.x0, g)], 0)
     }
+}
+
+/// Every parameter's values (in `params` order) from a checkpoint: the
+/// inverse of `export_named` (GPT-NeoX's fused query_key_value split into
+/// q, k, v; tables in blocks sliced by rows). `layer_map[i]` is the
+/// checkpoint layer of student layer `i` (the kept teacher layers when the
+/// student is pruned straight from its teacher's files).
+pub fn import_values(
+    cfg: &crate::model::ModelConfig,
+    params: &StudentParams,
+    ckpt: &crate::model::weights::Checkpoint,
+    layer_map: &[usize],
+) -> Result<Vec<Vec<f32>>> {
+    let bad = |m: String| crate::Error::Invalid(m);
+    // The last tensor read, for the blocks of one table.
+    let mut cached: Option<(String, Vec<f32>)> = None;
+    let mut out = Vec::with_capacity(params.params.len());
+    for p in &params.params {
+        let (base, start) = match p.name.split_once('@') {
+            Some((b, s)) => (
+                b,
+                s.parse::<usize>()
+                    .map_err(|e| bad(format!("{}: {e}", p.name)))?,
+            ),
+            None => (p.name.as_str(), 0),
+        };
+        let (hf, part) = if base == "embed" {
+            (cfg.embed_name().to_string(), None)
+        } else if base == "head" {
+            (cfg.head_name().to_string(), None)
+        } else if let Some(rest) = base.strip_prefix("final_norm.") {
+            let norms = cfg.final_norm_names();
+            let i = usize::from(rest != "weight");
+            let n = norms
+                .get(i)
+                .ok_or_else(|| bad(format!("the config has no final norm {rest}")))?;
+            (n.0.clone(), None)
+        } else if let Some(rest) = base.strip_prefix("layers.") {
+            let (i, t) = rest
+                .split_once('.')
+                .ok_or_else(|| bad(format!("parameter name {base}")))?;
+            let i: usize = i.parse().map_err(|e| bad(format!("{base}: {e}")))?;
+            let l = *layer_map.get(i).ok_or_else(|| {
+                bad(format!(
+                    "student layer {i} has no source layer ({layer_map:?})"
+                ))
+            })?;
+            let prefix = cfg.layer_prefix(l);
+            let split = (cfg.family == Family::GptNeox)
+                .then(|| t.strip_prefix("attention."))
+                .flatten()
+                .and_then(|r| r.split_once('.'))
+                .and_then(|(part, kind)| {
+                    ["q", "k", "v"]
+                        .iter()
+                        .position(|x| *x == part)
+                        .map(|i| (i, kind))
+                });
+            match split {
+                Some((i, kind)) => (
+                    format!("{prefix}attention.query_key_value.{kind}"),
+                    Some((i, kind == "weight")),
+                ),
+                None => (format!("{prefix}{t}"), None),
+            }
+        } else {
+            return Err(bad(format!("parameter name {base}")));
+        };
+        if cached.as_ref().is_none_or(|(n, _)| *n != hf) {
+            cached = Some((hf.clone(), ckpt.to_f32(&hf)?));
+        }
+        let full = &cached.as_ref().expect("just read").1;
+        let whole: Vec<f32> = match part {
+            Some((i, is_weight)) => {
+                let (heads, d) = (cfg.num_heads, cfg.head_dim);
+                let row = if is_weight { cfg.hidden_size } else { 1 };
+                let mut v = Vec::with_capacity(heads * d * row);
+                for h in 0..heads {
+                    let at = (h * 3 + i) * d * row;
+                    v.extend_from_slice(full.get(at..at + d * row).ok_or_else(|| {
+                        bad(format!(
+                            "{hf}: {} values, too few for {heads} heads",
+                            full.len()
+                        ))
+                    })?);
+                }
+                v
+            }
+            None => full.clone(),
+        };
+        let n = p.value.numel();
+        let cols = if p.value.shape().len() == 2 {
+            p.value.dim(1)
+        } else {
+            n
+        };
+        let from = start * cols;
+        let vals = whole.get(from..from + n).ok_or_else(|| {
+            bad(format!(
+                "{hf}: {} values; parameter {} needs {n} from {from}",
+                whole.len(),
+                p.name
+            ))
+        })?;
+        out.push(vals.to_vec());
+    }
+    Ok(out)
 }

@@ -389,3 +389,20 @@ pub fn perplexity_of(json_line: &str) -> f64 {
     let v: serde_json::Value = serde_json::from_str(json_line).unwrap();
     v["perplexity"].as_f64().unwrap()
 }
+
+/// (measured, planned) GPU peak bytes from the last line of a distill run:
+/// `GPU peak 2.19 MiB (2297120 bytes); planned 2.19 MiB (2297120 bytes)`.
+#[allow(dead_code)]
+pub fn peaks_of(stdout: &str) -> (u64, u64) {
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("GPU peak"))
+        .unwrap_or_else(|| panic!("no peak line in:\n{stdout}"));
+    let nums: Vec<u64> = line
+        .split('(')
+        .skip(1)
+        .filter_map(|w| w.split(" bytes)").next()?.parse().ok())
+        .collect();
+    assert_eq!(nums.len(), 2, "{line}");
+    (nums[0], nums[1])
+}

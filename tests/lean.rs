@@ -1,0 +1,179 @@
+//! Lean training mode against exact mode: the same loss curve within 1%
+//! over 30 steps on every tiny family, final weights close, the plan equal
+//! to the measured peak, and the choice of mode by the budget.
+
+mod common;
+use common::*;
+
+use std::path::Path;
+
+/// Run distill from the fixture `family` with `extra` flags; returns the
+/// logged losses and the final f32 weights.
+fn run(
+    family: &str,
+    dir: &Path,
+    tag: &str,
+    extra: &[&str],
+) -> (
+    Vec<f64>,
+    std::collections::BTreeMap<String, Vec<f32>>,
+    String,
+) {
+    let out = dir.join(tag);
+    let log = dir.join(format!("{tag}.jsonl"));
+    let teacher = fixture(family);
+    let text = fixture_path("text.txt");
+    let mut args = vec![
+        "distill",
+        "--quiet",
+        "--teacher",
+        teacher.to_str().unwrap(),
+        "--data",
+        text.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--log",
+        log.to_str().unwrap(),
+        "--steps",
+        "30",
+        "--seq-len",
+        "32",
+        "--lr",
+        "1e-3",
+        "--save-dtype",
+        "f32",
+    ];
+    args.extend_from_slice(extra);
+    let stdout = ok(&boomgpu_run(&args));
+    let losses = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"]
+                .as_f64()
+                .unwrap()
+        })
+        .collect();
+    let ck = boomgpu::model::weights::Checkpoint::open(&out).unwrap();
+    let weights = ck
+        .tensors
+        .keys()
+        .map(|n| (n.clone(), ck.to_f32(n).unwrap()))
+        .collect();
+    (losses, weights, stdout)
+}
+
+#[test]
+fn lean_follows_exact_on_every_family() {
+    let dir = tmpdir("lean-follows");
+    for family in ["qwen3", "llama-tied", "neox"] {
+        let (le, we, _) = run(family, &dir, &format!("{family}-exact"), &["--exact"]);
+        let (ll, wl, stdout) = run(family, &dir, &format!("{family}-lean"), &["--lean"]);
+        assert_eq!(le.len(), 30);
+        assert_eq!(ll.len(), 30);
+        let mut worst_loss = 0f64;
+        for (s, (a, b)) in le.iter().zip(&ll).enumerate() {
+            let rel = (a - b).abs() / a.abs();
+            worst_loss = worst_loss.max(rel);
+            assert!(rel <= 0.01, "{family} step {}: exact {a}, lean {b}", s + 1);
+        }
+        // Training moved the weights, and both modes moved them alike:
+        // the difference is small next to how far they moved.
+        let (mut moved, mut apart) = (0f64, 0f64);
+        for (name, a) in &we {
+            let b = &wl[name];
+            assert_eq!(a.len(), b.len(), "{name}");
+            for (x, y) in a.iter().zip(b) {
+                apart = apart.max((x - y).abs() as f64);
+            }
+            moved += a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>();
+        }
+        let rms = (moved / we.values().map(Vec::len).sum::<usize>() as f64).sqrt();
+        assert!(
+            apart <= 0.05 * rms.max(1e-3) + 2e-3,
+            "{family}: weights differ by up to {apart} (weights' rms {rms})"
+        );
+        // Lean mode's plan is the measured peak too.
+        let (measured, planned) = peaks_of(&stdout);
+        assert_eq!(measured, planned, "{family}");
+        eprintln!("{family}: worst loss difference {worst_loss:.2e}, weights {apart:.2e}");
+    }
+}
+
+#[test]
+fn the_budget_chooses_lean_mode() {
+    let teacher = fixture("qwen3");
+    let t = teacher.to_str().unwrap();
+    let plan = |extra: &[&str]| -> serde_json::Value {
+        let mut a = vec![
+            "distill",
+            "--plan",
+            "--json",
+            "--teacher",
+            t,
+            "--seq-len",
+            "64",
+        ];
+        a.extend_from_slice(extra);
+        serde_json::from_str(ok(&boomgpu_run(&a)).trim()).unwrap()
+    };
+    let exact = plan(&["--exact"]);
+    let lean = plan(&["--lean"]);
+    assert_eq!(exact["settings"]["mode"], "exact");
+    assert_eq!(lean["settings"]["mode"], "lean");
+    let (pe, pl) = (
+        exact["gpu_peak_bytes"].as_u64().unwrap(),
+        lean["gpu_peak_bytes"].as_u64().unwrap(),
+    );
+    assert!(pl < pe, "lean {pl} vs exact {pe}");
+    // Lean mode has no moments on the GPU and holds them on the host.
+    assert!(
+        lean["parts"]["optimizer_states"].as_u64().unwrap()
+            < exact["parts"]["optimizer_states"].as_u64().unwrap() / 10
+    );
+    assert!(
+        lean["host_parts"]["masters_moments_gradients"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    // A budget between the two picks lean mode by itself and says why.
+    let between = ((pe + pl) / 2).to_string();
+    let chosen = plan(&["--memory-budget", &between]);
+    assert_eq!(chosen["settings"]["mode"], "lean");
+    assert_eq!(chosen["fits"], true);
+    assert_eq!(chosen["exact_gpu_peak_bytes"].as_u64(), Some(pe));
+    // A budget above exact keeps exact mode.
+    let above = (pe + 1).to_string();
+    assert_eq!(
+        plan(&["--memory-budget", &above])["settings"]["mode"],
+        "exact"
+    );
+    // --exact insists, and is refused over the budget.
+    let dir = tmpdir("lean-budget");
+    let text = fixture_path("text.txt");
+    let e = err(&boomgpu_run(&[
+        "distill",
+        "--exact",
+        "--teacher",
+        t,
+        "--data",
+        text.to_str().unwrap(),
+        "--out",
+        dir.join("o").to_str().unwrap(),
+        "--seq-len",
+        "64",
+        "--memory-budget",
+        &between,
+    ]));
+    assert!(e.contains("planned GPU peak"), "{e}");
+    let e = err(&boomgpu_run(&[
+        "distill",
+        "--plan",
+        "--lean",
+        "--exact",
+        "--teacher",
+        t,
+    ]));
+    assert!(e.contains("--exact") || e.contains("--lean"), "{e}");
+}
