@@ -591,17 +591,7 @@ fn main() -> ExitCode {
             memory_budget,
             lean,
             exact,
-        } => (|| {
-            let memory_budget = memory_budget
-                .map(|s| {
-                    boomgpu::gpu::device::parse_bytes(&s).ok_or_else(|| {
-                        boomgpu::Error::Invalid(format!(
-                            "--memory-budget {s}: expected a size such as 24GiB, 900MiB or a \
-                             number of bytes (at least 1KiB)"
-                        ))
-                    })
-                })
-                .transpose()?;
+        } => {
             let a = boomgpu::commands::distill::DistillArgs {
                 teacher,
                 student,
@@ -635,18 +625,14 @@ fn main() -> ExitCode {
                 save_dtype,
                 quiet,
                 memory_budget,
-                mode: match (lean, exact) {
-                    (true, _) => boomgpu::commands::distill::TrainMode::Lean,
-                    (_, true) => boomgpu::commands::distill::TrainMode::Exact,
-                    _ => boomgpu::commands::distill::TrainMode::Auto,
-                },
+                mode: boomgpu::commands::distill::TrainMode::from_flags(lean, exact),
             };
             if plan {
                 boomgpu::commands::distill::plan_only(&opts, &a, json).map(|s| print!("{s}"))
             } else {
                 boomgpu::commands::distill::run(&opts, &a).map(|s| print!("{s}"))
             }
-        })(),
+        }
         Command::Eval {
             models,
             layers,

@@ -36,10 +36,21 @@ pub struct DistillArgs {
     /// dtype of the written student (f32, bf16, f16); None: the teacher's.
     pub save_dtype: Option<String>,
     pub quiet: bool,
-    /// GPU bytes the run may use (`--memory-budget`); None: the adapter's
-    /// memory less a margin, where known.
-    pub memory_budget: Option<u64>,
+    /// GPU memory the run may use (`--memory-budget`: `24GiB`, `900MiB`,
+    /// bytes); None: the adapter's memory less a margin, where known.
+    pub memory_budget: Option<String>,
     pub mode: TrainMode,
+}
+
+impl TrainMode {
+    /// From the `--lean` and `--exact` switches (clap keeps them apart).
+    pub fn from_flags(lean: bool, exact: bool) -> TrainMode {
+        match (lean, exact) {
+            (true, _) => TrainMode::Lean,
+            (_, true) => TrainMode::Exact,
+            _ => TrainMode::Auto,
+        }
+    }
 }
 
 /// `--exact`, `--lean`, or the plan's choice.
@@ -63,6 +74,7 @@ impl DistillArgs {
     /// The numeric flags, checked before anything is loaded: each error
     /// names the flag, the value and what is expected.
     pub fn validate(&self) -> Result<()> {
+        self.budget_bytes()?;
         let o = &self.opts;
         let bad = |flag: &str, v: String, want: &str| {
             Err(Error::Invalid(format!("--{flag} {v}: expected {want}")))
@@ -110,6 +122,23 @@ impl DistillArgs {
             return bad("temperature", t.to_string(), "a finite number > 0");
         }
         Ok(())
+    }
+}
+
+impl DistillArgs {
+    /// `--memory-budget` in bytes.
+    pub fn budget_bytes(&self) -> Result<Option<u64>> {
+        self.memory_budget
+            .as_deref()
+            .map(|s| {
+                crate::gpu::device::parse_bytes(s).ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "--memory-budget {s}: expected a size such as 24GiB, 900MiB or a number \
+                         of bytes (at least 1KiB)"
+                    ))
+                })
+            })
+            .transpose()
     }
 }
 
@@ -341,7 +370,7 @@ fn choose_plan(
     };
     let lean = mode == TrainMode::Lean;
     let first = memory_plan(gpu_opts, a, configs_only, lean)?;
-    let budget = budget_for(&first, a.memory_budget);
+    let budget = budget_for(&first, a.budget_bytes()?);
     if mode != TrainMode::Auto || first.fits(budget) != Some(false) {
         return Ok((first, budget, None));
     }
