@@ -3,7 +3,9 @@
 
 override TRANS_A: bool = false;
 override TRANS_B: bool = false;
-// 0: f32, 1: bf16 (pairs packed in u32), 2: f16 (pairs packed in u32)
+// 0: f32, 1: bf16 (pairs packed in u32), 2: f16 (pairs packed in u32),
+// 3: q8 (int8 quads packed in u32, then one f32 scale per 32 values from
+// word p.b_scales)
 override B_DTYPE: u32 = 0u;
 
 struct Params {
@@ -23,7 +25,7 @@ struct Params {
     // tensor (a block of vocabulary columns, a chunk of token rows).
     off_a: u32,
     off_c: u32,
-    _pad0: u32,
+    b_scales: u32,
     _pad1: u32,
     _pad2: u32,
 }
@@ -49,6 +51,9 @@ fn load_b(e: u32) -> f32 {
     } else if B_DTYPE == 2u {
         let pair = unpack2x16float(b[e >> 1u]);
         return select(pair.x, pair.y, (e & 1u) == 1u);
+    } else if B_DTYPE == 3u {
+        let q = extractBits(bitcast<i32>(b[e >> 2u]), (e & 3u) * 8u, 8u);
+        return f32(q) * bitcast<f32>(b[p.b_scales + (e >> 5u)]);
     }
     return bitcast<f32>(b[e]);
 }

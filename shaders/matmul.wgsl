@@ -1,7 +1,7 @@
 // C = alpha · op(A) · op(B) + beta · C, batched, any shape.
 //
 // A is f32 [M, K] (or [K, M] when TRANS_A); B is [K, N] (or [N, K] when
-// TRANS_B, the Hugging Face Linear layout) in f32, bf16 or f16, always bound
+// TRANS_B, the Hugging Face Linear layout) in f32, bf16, f16 or q8, always bound
 // as u32 words and decoded by B_DTYPE; C is f32 [M, N]. Transposes are
 // resolved while tiles are staged in workgroup memory, so dA = dC·Bᵀ and
 // dB = Aᵀ·dC need no copies.
@@ -152,6 +152,16 @@ fn load_b4(e: u32) -> vec4<f32> {
     } else if B_DTYPE == 2u {
         let w = b2[e >> 2u];
         return vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y));
+    } else if B_DTYPE == 3u {
+        // Four int8s of one block (e is a multiple of 4, blocks of 32).
+        let w = bitcast<i32>(b[e >> 2u]);
+        let q = vec4<i32>(
+            extractBits(w, 0u, 8u),
+            extractBits(w, 8u, 8u),
+            extractBits(w, 16u, 8u),
+            extractBits(w, 24u, 8u),
+        );
+        return vec4<f32>(q) * bitcast<f32>(b[p.b_scales + (e >> 5u)]);
     }
     return bitcast<vec4<f32>>(b4[e >> 2u]);
 }

@@ -21,6 +21,7 @@ fn st_dtype(d: DType) -> safetensors::Dtype {
         DType::BF16 => safetensors::Dtype::BF16,
         DType::F16 => safetensors::Dtype::F16,
         DType::U32 => safetensors::Dtype::U32,
+        DType::Q8 => panic!("no 8-bit weights in files"),
     }
 }
 

@@ -1359,6 +1359,7 @@ fn distill_args() -> DistillArgs {
         quiet: true,
         memory_budget: None,
         mode: Default::default(),
+        teacher_8bit: false,
     }
 }
 

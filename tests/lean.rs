@@ -34,8 +34,6 @@ fn run(
         out.to_str().unwrap(),
         "--log",
         log.to_str().unwrap(),
-        "--steps",
-        "30",
         "--seq-len",
         "32",
         "--lr",
@@ -43,6 +41,9 @@ fn run(
         "--save-dtype",
         "f32",
     ];
+    if !extra.contains(&"--steps") {
+        args.extend(["--steps", "30"]);
+    }
     args.extend_from_slice(extra);
     let stdout = ok(&boomgpu_run(&args));
     let losses = std::fs::read_to_string(&log)
@@ -69,8 +70,7 @@ fn lean_follows_exact_on_every_family() {
     for family in ["qwen3", "llama-tied", "neox"] {
         let (le, we, _) = run(family, &dir, &format!("{family}-exact"), &["--exact"]);
         let (ll, wl, stdout) = run(family, &dir, &format!("{family}-lean"), &["--lean"]);
-        assert_eq!(le.len(), 30);
-        assert_eq!(ll.len(), 30);
+        assert_eq!((le.len(), ll.len()), (30, 30));
         let mut worst_loss = 0f64;
         for (s, (a, b)) in le.iter().zip(&ll).enumerate() {
             let rel = (a - b).abs() / a.abs();
@@ -176,4 +176,57 @@ fn the_budget_chooses_lean_mode() {
         t,
     ]));
     assert!(e.contains("--exact") || e.contains("--lean"), "{e}");
+}
+
+#[test]
+fn an_8bit_teacher_halves_its_memory_and_barely_moves_the_loss() {
+    let dir = tmpdir("teacher-8bit");
+    for family in ["qwen3", "llama-tied", "neox"] {
+        let (full, _, _) = run(family, &dir, &format!("{family}-16"), &["--steps", "3"]);
+        let (q8, _, stdout) = run(
+            family,
+            &dir,
+            &format!("{family}-8"),
+            &["--steps", "3", "--teacher-8bit"],
+        );
+        let (measured, planned) = peaks_of(&stdout);
+        assert_eq!(measured, planned, "{family}");
+        // Step 1 sees the initial student (lr 0 at the first step): the
+        // teacher's rounding is all that differs.
+        let rel = (full[0] - q8[0]).abs() / full[0];
+        assert!(
+            rel <= 0.01,
+            "{family}: loss {} vs {} with the 8-bit teacher",
+            full[0],
+            q8[0]
+        );
+        eprintln!(
+            "{family}: step-1 loss {:.6} vs {:.6} 8-bit ({rel:.2e})",
+            full[0], q8[0]
+        );
+    }
+    // The plan of a published teacher: its layer matrices at ~1.1 bytes.
+    let q = fixture_path("published").join("Qwen3-4B-Base");
+    let plan = |extra: &[&str]| -> serde_json::Value {
+        let mut a = vec![
+            "distill",
+            "--plan",
+            "--json",
+            "--lean",
+            "--teacher",
+            q.to_str().unwrap(),
+        ];
+        a.extend_from_slice(extra);
+        serde_json::from_str(ok(&boomgpu_run(&a)).trim()).unwrap()
+    };
+    let (t16, t8) = (plan(&[]), plan(&["--teacher-8bit"]));
+    let bytes = |p: &serde_json::Value| p["parts"]["teacher_weights"].as_u64().unwrap();
+    // Layers at 1.125 bytes per value; the tied embedding stays bf16.
+    assert!(
+        bytes(&t8) < bytes(&t16) * 2 / 3,
+        "{} vs {}",
+        bytes(&t8),
+        bytes(&t16)
+    );
+    assert_eq!(t8["settings"]["teacher_8bit"], true);
 }

@@ -22,6 +22,13 @@ fn upload_b(dtype: &str, shape: &[usize], vals: &[f32]) -> (Tensor, Vec<f32>) {
             let r = h.iter().map(|v| v.to_f32()).collect();
             (g.upload_f16("b", shape, &h).unwrap(), r)
         }
+        "q8" => {
+            use boomgpu::gpu::tensor::q8;
+            let bytes = q8::quantize(vals);
+            let r = q8::dequantize(&bytes, vals.len());
+            let t = g.upload_bytes("b", shape, DType::Q8, &bytes).unwrap();
+            (t, r)
+        }
         _ => (g.upload_f32("b", shape, vals).unwrap(), vals.to_vec()),
     }
 }
@@ -56,7 +63,7 @@ fn cases(rng: &mut Rng, shapes: &[(usize, usize, usize)]) -> Vec<Case> {
     for &(m, n, k) in shapes {
         for trans_a in [false, true] {
             for trans_b in [false, true] {
-                for dtype in ["f32", "bf16", "f16"] {
+                for dtype in ["f32", "bf16", "f16", "q8"] {
                     let a = rng.vec(m * k, 1.0);
                     let bv = rng.vec(k * n, 1.0);
                     let a_shape = if trans_a { [k, m] } else { [m, k] };
@@ -614,4 +621,60 @@ fn linear_over_row_blocks_matches_whole_on_the_tape() {
     );
     let joined: Vec<f32> = grads.iter().flat_map(|t| g.read_f32(t).unwrap()).collect();
     assert_close("dW", &joined, &g.read_f32(&gw).unwrap(), 1e-5, 1e-5);
+}
+
+#[test]
+fn q8_weights_match_cpu_on_every_path() {
+    let g = gpu();
+    let mut rng = Rng::new(31);
+    // Linear layers' layout (B [n, k], k a multiple of 32) and awkward ones.
+    let shapes = [&AWKWARD[..], &[(36, 68, 64), (5, 40, 96)]].concat();
+    for cs in cases(&mut rng, &shapes)
+        .into_iter()
+        .filter(|c| c.what.ends_with("q8"))
+    {
+        let want = cpu::matmul(&cs.a, &cs.b_used, cs.m, cs.n, cs.k, cs.trans_a, cs.trans_b);
+        for path in PATHS {
+            let c = g.zeros("c", &[cs.m, cs.n], DType::F32).unwrap();
+            let mut gm = matmul::Gemm::new(cs.trans_a, cs.trans_b);
+            gm.path = Some(path);
+            let mut rec = g.recorder();
+            matmul::matmul_into(&mut rec, &cs.ta, &cs.tb, &c, gm).unwrap();
+            rec.run().unwrap();
+            assert_close(
+                &format!("{} {path:?}", cs.what),
+                &g.read_f32(&c).unwrap(),
+                &want,
+                1e-5 * cs.k as f32,
+                1e-5,
+            );
+        }
+    }
+}
+
+#[test]
+fn q8_blocks_round_to_within_half_a_step() {
+    use boomgpu::gpu::tensor::q8;
+    let mut rng = Rng::new(3);
+    let mut vals = rng.vec(1000, 3.0);
+    vals[40..72].fill(0.0); // an all-zero block
+    vals[100] = 1e-30;
+    let bytes = q8::quantize(&vals);
+    assert_eq!(bytes.len(), q8::storage_bytes(1000));
+    assert_eq!(bytes.len(), 1000 + 4 * 32);
+    let back = q8::dequantize(&bytes, vals.len());
+    for (b, block) in vals.chunks(q8::BLOCK).enumerate() {
+        let step = block.iter().fold(0f32, |m, x| m.max(x.abs())) / 127.0;
+        for (i, (&x, &y)) in block.iter().zip(&back[b * q8::BLOCK..]).enumerate() {
+            assert!(
+                (x - y).abs() <= step * 0.5 + 1e-12,
+                "block {b} value {i}: {x} -> {y}"
+            );
+        }
+    }
+    assert!(back[40..72].iter().all(|&x| x == 0.0));
+    // A tensor's read back is the dequantised values.
+    let g = gpu();
+    let t = g.upload_bytes("q", &[1000], DType::Q8, &bytes).unwrap();
+    assert_eq!(g.read_f32(&t).unwrap(), back);
 }

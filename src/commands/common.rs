@@ -29,7 +29,16 @@ pub fn load_model(gpu: &Gpu, reference: &str, as_f32: bool) -> Result<Loaded> {
     let dir = source::resolve(reference)?;
     let cfg = ModelConfig::from_file(&dir.join("config.json"))?;
     let ckpt = Checkpoint::open(&dir)?;
-    upload(gpu, reference, dir, cfg, &ckpt, as_f32)
+    upload(gpu, reference, dir, cfg, &ckpt, as_f32, false)
+}
+
+/// `load_model` for a frozen teacher whose layer matrices are stored in
+/// the 8-bit block format on the GPU (`Decoder::load_8bit`).
+pub fn load_model_8bit(gpu: &Gpu, reference: &str) -> Result<Loaded> {
+    let dir = source::resolve(reference)?;
+    let cfg = ModelConfig::from_file(&dir.join("config.json"))?;
+    let ckpt = Checkpoint::open(&dir)?;
+    upload(gpu, reference, dir, cfg, &ckpt, false, true)
 }
 
 /// Upload an opened checkpoint and load its tokenizer.
@@ -40,6 +49,7 @@ fn upload(
     cfg: ModelConfig,
     ckpt: &Checkpoint,
     as_f32: bool,
+    q8: bool,
 ) -> Result<Loaded> {
     // Files are checked before anything goes to the GPU.
     ckpt.check(&cfg)?;
@@ -50,7 +60,11 @@ fn upload(
     } else {
         None
     };
-    let decoder = Decoder::load(gpu, &cfg, ckpt, as_f32)?;
+    let decoder = if q8 {
+        Decoder::load_8bit(gpu, &cfg, ckpt)?
+    } else {
+        Decoder::load(gpu, &cfg, ckpt, as_f32)?
+    };
     // Say so when a table is over the binding limit and stored in blocks.
     let blocks = match decoder.embed.blocks().len() {
         1 => String::new(),
@@ -116,6 +130,7 @@ impl Pair {
             files.teacher_cfg,
             &files.teacher_ckpt,
             false,
+            false,
         )?;
         let s = upload(
             gpu,
@@ -123,6 +138,7 @@ impl Pair {
             files.student_dir,
             files.student_cfg,
             &files.student_ckpt,
+            false,
             false,
         )?;
         Ok(Pair {

@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use super::common::{load_model, open_gpu};
+use super::common::{load_model, load_model_8bit, open_gpu};
 use crate::boomerang::patch::check_compatible;
 use crate::boomerang::{reference_alignment, Hidden, PruneParams, PrunePlan, StudentConfig};
 use crate::commands::init_student::{init_student, student_config_json, InitStudentOptions};
@@ -40,6 +40,8 @@ pub struct DistillArgs {
     /// bytes); None: the adapter's memory less a margin, where known.
     pub memory_budget: Option<String>,
     pub mode: TrainMode,
+    /// The teacher's layer matrices in 8-bit blocks on the GPU.
+    pub teacher_8bit: bool,
 }
 
 impl TrainMode {
@@ -338,6 +340,7 @@ pub fn memory_plan(
         opts: a.opts.clone(),
         eval: a.eval_tokens > 0,
         lean,
+        teacher_8bit: a.teacher_8bit,
     };
     rehearse(gpu_opts, &spec)
 }
@@ -450,7 +453,11 @@ pub fn run(gpu_opts: &GpuOptions, a: &DistillArgs) -> Result<String> {
     std::fs::create_dir_all(&out_dir).map_err(|e| Error::io(&out_dir, e))?;
     let teacher = {
         let _t = gpu.alloc.tagged(tag::TEACHER);
-        load_model(&gpu, &a.teacher, false)?
+        if a.teacher_8bit {
+            load_model_8bit(&gpu, &a.teacher)?
+        } else {
+            load_model(&gpu, &a.teacher, false)?
+        }
     };
     let tok = teacher.tokenizer.as_ref().ok_or_else(|| {
         Error::Invalid(format!(

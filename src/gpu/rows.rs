@@ -93,6 +93,11 @@ impl RowBlocks {
             )));
         };
         let row_bytes = cols * dtype.size();
+        if bytes.is_some() && dtype == DType::Q8 {
+            return Err(Error::Shape(format!(
+                "'{name}': 8-bit blocks are quantised block by block (RowBlocks::upload_q8)"
+            )));
+        }
         if let Some(bytes) = bytes.filter(|b| b.len() != rows * row_bytes) {
             return Err(Error::Shape(format!(
                 "'{name}': {} bytes given for shape {shape:?} of {}",
@@ -104,8 +109,7 @@ impl RowBlocks {
             Some(b) => gpu.upload_bytes(name, shape, dtype, &b[range]),
             None => Tensor::empty(gpu, name, shape, dtype),
         };
-        let split_bytes = cols * dtype.size().max(blocks_of.size());
-        let per = Self::rows_per_block(gpu, name, split_bytes as u64)?;
+        let per = Self::rows_per_block(gpu, name, split_row_bytes(cols, dtype, blocks_of))?;
         if per >= rows {
             return Self::whole(part(name, shape, 0..rows * row_bytes)?);
         }
@@ -119,6 +123,44 @@ impl RowBlocks {
                 &[n, cols],
                 start * row_bytes..(start + n) * row_bytes,
             )?);
+            starts.push(start);
+            start += n;
+        }
+        starts.push(rows);
+        Ok(RowBlocks {
+            blocks,
+            starts,
+            cols,
+        })
+    }
+
+    /// `[rows, cols]` f32 values stored in the 8-bit block format (`DType::Q8`),
+    /// each block of rows quantised on its own.
+    pub fn upload_q8(gpu: &Gpu, name: &str, shape: &[usize], values: &[f32]) -> Result<RowBlocks> {
+        let [rows, cols] = *shape else {
+            return Err(Error::Shape(format!(
+                "'{name}': a row-blocked matrix must be 2-D, got {shape:?}"
+            )));
+        };
+        if values.len() != rows * cols {
+            return Err(Error::Shape(format!(
+                "'{name}': {} values for shape {shape:?}",
+                values.len()
+            )));
+        }
+        let per = Self::rows_per_block(gpu, name, split_row_bytes(cols, DType::Q8, DType::Q8))?;
+        let mut blocks = Vec::new();
+        let mut starts = Vec::new();
+        let mut start = 0;
+        while start < rows {
+            let n = per.min(rows - start);
+            let label = if n == rows {
+                name.to_string()
+            } else {
+                format!("{name}[{start}..{}]", start + n)
+            };
+            let bytes = super::tensor::q8::quantize(&values[start * cols..(start + n) * cols]);
+            blocks.push(gpu.upload_bytes(&label, &[n, cols], DType::Q8, &bytes)?);
             starts.push(start);
             start += n;
         }
@@ -193,4 +235,15 @@ impl RowBlocks {
             format!("[{r}, {c}] {}", self.dtype().name())
         }
     }
+}
+
+/// Bytes per row when cutting a `cols`-wide matrix of `dtype` into blocks
+/// that each fit a binding (as a `blocks_of` matrix would need, if more);
+/// Q8 rows count their share of the scales and padding, generously.
+fn split_row_bytes(cols: usize, dtype: DType, blocks_of: DType) -> u64 {
+    let of = |d: DType| match d {
+        DType::Q8 => cols + cols.div_ceil(32) * 4 + 8,
+        d => cols * d.size(),
+    };
+    of(dtype).max(of(blocks_of)) as u64
 }

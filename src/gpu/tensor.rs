@@ -17,13 +17,28 @@ pub enum DType {
     /// and unpack pairs of u32 otherwise.
     F16,
     U32,
+    /// 8-bit blocks (a frozen teacher's matrices): every 32 consecutive
+    /// values share one f32 scale (GGUF's Q8_0 with an f32 scale). The
+    /// int8 values come first, four per u32 word, then the scales
+    /// (`q8::quantize` writes the layout).
+    Q8,
 }
 
 impl DType {
+    /// Bytes per element (Q8: of its values, without the scales; use
+    /// `storage_bytes` for a tensor's size).
     pub fn size(self) -> usize {
         match self {
             DType::F32 | DType::U32 => 4,
             DType::BF16 | DType::F16 => 2,
+            DType::Q8 => 1,
+        }
+    }
+    /// Bytes of `numel` elements as stored.
+    pub fn storage_bytes(self, numel: usize) -> usize {
+        match self {
+            DType::Q8 => q8::storage_bytes(numel),
+            _ => numel * self.size(),
         }
     }
     pub fn name(self) -> &'static str {
@@ -32,7 +47,55 @@ impl DType {
             DType::BF16 => "bf16",
             DType::F16 => "f16",
             DType::U32 => "u32",
+            DType::Q8 => "q8",
         }
+    }
+}
+
+/// The 8-bit block format of `DType::Q8`.
+pub mod q8 {
+    /// Values that share one scale.
+    pub const BLOCK: usize = 32;
+
+    /// Bytes of `n` values: the int8s padded to whole u32 words, then one
+    /// f32 scale per block.
+    pub fn storage_bytes(n: usize) -> usize {
+        n.div_ceil(4) * 4 + 4 * n.div_ceil(BLOCK)
+    }
+
+    /// Word offset of the scales in a tensor of `n` values.
+    pub fn scales_word(n: usize) -> usize {
+        n.div_ceil(4)
+    }
+
+    /// Round-to-nearest quantisation: scale = max|x| / 127 per block.
+    pub fn quantize(values: &[f32]) -> Vec<u8> {
+        let n = values.len();
+        let mut out = vec![0u8; storage_bytes(n)];
+        let at = 4 * scales_word(n);
+        for (b, block) in values.chunks(BLOCK).enumerate() {
+            let amax = block.iter().fold(0f32, |m, x| m.max(x.abs()));
+            let scale = amax / 127.0;
+            let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+            for (i, &x) in block.iter().enumerate() {
+                out[b * BLOCK + i] = ((x * inv).round().clamp(-127.0, 127.0) as i8) as u8;
+            }
+            out[at + 4 * b..at + 4 * b + 4].copy_from_slice(&scale.to_le_bytes());
+        }
+        out
+    }
+
+    /// The values `quantize` stands for.
+    pub fn dequantize(bytes: &[u8], n: usize) -> Vec<f32> {
+        let at = 4 * scales_word(n);
+        (0..n)
+            .map(|i| {
+                let s = at + 4 * (i / BLOCK);
+                let scale =
+                    f32::from_le_bytes([bytes[s], bytes[s + 1], bytes[s + 2], bytes[s + 3]]);
+                bytes[i] as i8 as f32 * scale
+            })
+            .collect()
     }
 }
 
@@ -66,7 +129,7 @@ impl Tensor {
     /// An uninitialised tensor (its contents are whatever the pooled buffer
     /// held): for outputs that a kernel writes in full.
     pub fn empty(gpu: &Gpu, name: &str, shape: &[usize], dtype: DType) -> Result<Tensor> {
-        let bytes = (numel(shape) * dtype.size()) as u64;
+        let bytes = dtype.storage_bytes(numel(shape)) as u64;
         let buf = gpu.alloc.alloc(name, bytes.max(4), BufferKind::Storage)?;
         Ok(Tensor {
             buf: Arc::new(buf),
@@ -92,7 +155,7 @@ impl Tensor {
         self.shape[i as usize]
     }
     pub fn byte_len(&self) -> u64 {
-        (self.numel() * self.dtype.size()) as u64
+        self.dtype.storage_bytes(self.numel()) as u64
     }
     pub fn byte_offset(&self) -> u64 {
         self.offset
@@ -175,7 +238,7 @@ impl Gpu {
         dtype: DType,
         bytes: &[u8],
     ) -> Result<Tensor> {
-        let want = numel(shape) * dtype.size();
+        let want = dtype.storage_bytes(numel(shape));
         if bytes.len() != want {
             return Err(Error::Shape(format!(
                 "'{name}': {} bytes given for shape {shape:?} of {} (needs {want})",
@@ -292,6 +355,9 @@ impl Gpu {
                 "read_f32 of a u32 tensor; use read_u32".into(),
             ));
         }
+        if t.dtype == DType::Q8 {
+            return Ok(q8::dequantize(&bytes, t.numel()));
+        }
         Ok(to_f32(&bytes, t.dtype))
     }
 
@@ -326,5 +392,13 @@ pub fn to_f32(bytes: &[u8], dtype: DType) -> Vec<f32> {
             .chunks_exact(4)
             .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32)
             .collect(),
+        DType::Q8 => {
+            // The most values whose layout fits the bytes.
+            let mut n = bytes.len();
+            while n > 0 && q8::storage_bytes(n) > bytes.len() {
+                n -= 1;
+            }
+            q8::dequantize(bytes, n)
+        }
     }
 }

@@ -159,6 +159,25 @@ impl Decoder {
         as_f32: bool,
         keep: &[usize],
     ) -> Result<Decoder> {
+        Decoder::load_layers_with(gpu, cfg, ckpt, as_f32, keep, false)
+    }
+
+    /// A frozen model (a teacher) with its layers' matrices in the 8-bit
+    /// block format (`DType::Q8`: about 1.1 bytes per value); the
+    /// embedding, head and vectors stay as stored.
+    pub fn load_8bit(gpu: &Gpu, cfg: &ModelConfig, ckpt: &Checkpoint) -> Result<Decoder> {
+        let all: Vec<usize> = (0..cfg.num_layers).collect();
+        Decoder::load_layers_with(gpu, cfg, ckpt, false, &all, true)
+    }
+
+    fn load_layers_with(
+        gpu: &Gpu,
+        cfg: &ModelConfig,
+        ckpt: &Checkpoint,
+        as_f32: bool,
+        keep: &[usize],
+        q8: bool,
+    ) -> Result<Decoder> {
         ckpt.check(cfg)?;
         if let Some(&bad) = keep.iter().find(|&&l| l >= cfg.num_layers) {
             return Err(Error::Invalid(format!(
@@ -199,6 +218,10 @@ impl Decoder {
                         if is_bias {
                             let t = gpu.upload_bytes(&full, &shape, dtype, &data)?;
                             layer.tensors.insert(tname, t);
+                        } else if q8 {
+                            let vals = super::weights::to_f32(&data, dtype);
+                            let t = RowBlocks::upload_q8(gpu, &full, &shape, &vals)?;
+                            layer.insert_rows(tname, t);
                         } else {
                             let t = RowBlocks::upload(gpu, &full, &shape, dtype, &data)?;
                             layer.insert_rows(tname, t);
@@ -207,7 +230,14 @@ impl Decoder {
                     continue;
                 }
                 // Matrices over the binding limit in blocks of rows.
-                if ckpt.tensors[&full].shape.len() == 2 {
+                let shape = &ckpt.tensors[&full].shape;
+                if shape.len() == 2 && q8 {
+                    let vals = ckpt.to_f32(&full)?;
+                    layer.insert_rows(
+                        name.clone(),
+                        RowBlocks::upload_q8(gpu, &full, shape, &vals)?,
+                    );
+                } else if shape.len() == 2 {
                     layer.insert_rows(name.clone(), ckpt.upload_rows(gpu, &full, as_f32)?);
                 } else {
                     layer
@@ -607,6 +637,11 @@ impl Decoder {
         Decoder::synthetic(gpu, cfg, dtype, None, None)
     }
 
+    /// `shaped` as `load_8bit` lays a model out: layer matrices in Q8.
+    pub fn shaped_8bit(gpu: &Gpu, cfg: &ModelConfig, dtype: DType) -> Result<Decoder> {
+        Decoder::synthetic(gpu, cfg, dtype, Some(DType::Q8), None)
+    }
+
     /// Like `shaped`, with matrices (tables included) in `matrices` and
     /// vectors (norm weights, biases) in `vectors`: lean training's compute
     /// copy (16-bit matrices, f32 vectors). Matrices are cut into the
@@ -622,7 +657,8 @@ impl Decoder {
     }
 
     /// Random values from `seed`, or none at all; vectors in `vectors`, or
-    /// as `load` keeps them.
+    /// as `load` keeps them (`Some(Q8)`: layer matrices in Q8, vectors as
+    /// `load` keeps them).
     fn synthetic(
         gpu: &Gpu,
         cfg: &ModelConfig,
@@ -674,6 +710,8 @@ impl Decoder {
             _ => DType::F32,
         };
         // Vectors as `load` keeps them (f16 ones widened).
+        let layer_q8 = vectors == Some(DType::Q8);
+        let vectors = vectors.filter(|_| !layer_q8);
         let vector = match vectors {
             Some(v) => v,
             None if super::weights::widens(stored, 1, false) => DType::F32,
@@ -711,7 +749,13 @@ impl Decoder {
             // Matrices in blocks of rows when over the binding limit.
             let mut add = |name: String, shape: &[usize], norm: bool| -> Result<()> {
                 let label = format!("layer{l}.{name}");
-                if shape.len() == 2 {
+                if shape.len() == 2 && layer_q8 {
+                    let t = match seed {
+                        None => RowBlocks::empty(gpu, &label, shape, DType::Q8)?,
+                        Some(_) => RowBlocks::upload_q8(gpu, &label, shape, &values(shape, false))?,
+                    };
+                    layer.insert_rows(name, t);
+                } else if shape.len() == 2 {
                     layer.insert_rows(name, make_matrix(&label, shape)?);
                 } else {
                     layer.tensors.insert(name, make(&label, shape, norm)?);

@@ -384,6 +384,11 @@ pub fn write_safetensors(
             DType::BF16 => safetensors::Dtype::BF16,
             DType::F16 => safetensors::Dtype::F16,
             DType::U32 => safetensors::Dtype::U32,
+            DType::Q8 => {
+                return Err(Error::Invalid(format!(
+                    "tensor '{name}': the 8-bit block format is not written to safetensors"
+                )))
+            }
         };
         let view = safetensors::tensor::TensorView::new(d, shape.clone(), bytes)
             .map_err(|e| Error::Invalid(format!("tensor '{name}': {e}")))?;

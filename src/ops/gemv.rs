@@ -101,7 +101,7 @@ pub fn gemv_into_with(
         DType::F32 => 0.0,
         DType::BF16 => 1.0,
         DType::F16 => 2.0,
-        DType::U32 => shape_bail!("gemv: W must be f32, bf16 or f16"),
+        DType::U32 | DType::Q8 => shape_bail!("gemv: W must be f32, bf16 or f16"),
     };
     let vec = if w.dtype() == DType::F32 {
         k % 4 == 0

@@ -35,7 +35,9 @@ struct Params {
     beta: f32,
     off_a: u32,
     off_c: u32,
-    _pad: [u32; 3],
+    /// Q8 B: word offset of its scales in B's binding.
+    b_scales: u32,
+    _pad: [u32; 2],
 }
 
 /// How to combine the operands.
@@ -311,7 +313,8 @@ fn dtype_code(d: DType) -> Result<f64> {
         DType::F32 => 0.0,
         DType::BF16 => 1.0,
         DType::F16 => 2.0,
-        DType::U32 => shape_bail!("matmul: B must be f32, bf16 or f16, not u32"),
+        DType::Q8 => 3.0,
+        DType::U32 => shape_bail!("matmul: B must be f32, bf16, f16 or q8, not u32"),
     })
 }
 
@@ -500,7 +503,12 @@ fn launch(
         beta: g.beta,
         off_a: off_a as u32,
         off_c: off_c as u32,
-        _pad: [0; 3],
+        b_scales: if b.dtype() == DType::Q8 {
+            crate::gpu::tensor::q8::scales_word(b.numel()) as u32
+        } else {
+            0
+        },
+        _pad: [0; 2],
     };
     // The vector paths load A four elements at a time from its start.
     let vec4_ok = |pr: &Problem, lda, ldb, g| off_a.is_multiple_of(4) && vec4_ok(pr, lda, ldb, g);

@@ -82,6 +82,8 @@ pub struct PlanSpec {
     /// Lean mode: bf16 compute weights on the GPU, f32 masters and AdamW
     /// moments on the host, gradients leaving the GPU layer by layer.
     pub lean: bool,
+    /// The teacher's layer matrices in 8-bit blocks (`Decoder::load_8bit`).
+    pub teacher_8bit: bool,
 }
 
 impl PlanSpec {
@@ -102,6 +104,7 @@ impl PlanSpec {
             "tokens_per_step": self.seq_len * self.opts.batch * self.opts.grad_accum,
             "recompute": self.opts.recompute || self.lean,
             "teacher_dtype": self.teacher_dtype.name(),
+            "teacher_8bit": self.teacher_8bit,
             "student_dtype": if self.lean {
                 "bf16 matrices and f32 vectors on the GPU, f32 masters on the host"
             } else {
@@ -146,7 +149,11 @@ pub fn rehearse(gpu_opts: &GpuOptions, spec: &PlanSpec) -> Result<MemoryPlan> {
     let gpu = Gpu::open_dry(gpu_opts)?;
     let teacher = {
         let _t = gpu.alloc.tagged(tag::TEACHER);
-        Decoder::shaped(&gpu, &spec.teacher, spec.teacher_dtype)?
+        if spec.teacher_8bit {
+            Decoder::shaped_8bit(&gpu, &spec.teacher, spec.teacher_dtype)?
+        } else {
+            Decoder::shaped(&gpu, &spec.teacher, spec.teacher_dtype)?
+        }
     };
     let student = {
         let _t = gpu.alloc.tagged(tag::STUDENT);
@@ -262,12 +269,17 @@ impl MemoryPlan {
         let s = &self.spec;
         let mut out = format!(
             "memory plan ({} mode, rehearsed on {}): teacher {} layers, {:.2}B parameters in \
-             {}; student {} layers, {:.2}B parameters{}; {} × {} tokens × {} micro-batches{}\n",
+             {}{}; student {} layers, {:.2}B parameters{}; {} × {} tokens × {} micro-batches{}\n",
             s.mode(),
             self.adapter,
             s.teacher.num_layers,
             self.teacher_params as f64 / 1e9,
             s.teacher_dtype.name(),
+            if s.teacher_8bit {
+                " (layer matrices in 8-bit blocks)"
+            } else {
+                ""
+            },
             s.student.num_layers,
             self.student_params as f64 / 1e9,
             if s.lean {
@@ -360,6 +372,18 @@ pub fn suggestions(gpu_opts: &GpuOptions, spec: &PlanSpec, budget: u64) -> Resul
                     String::new()
                 },
                 s.seq_len,
+                format_bytes(peak)
+            ));
+            return Ok(out);
+        }
+    }
+    if !spec.teacher_8bit {
+        let mut q = base.clone();
+        q.teacher_8bit = true;
+        if let Some(peak) = fits(&q)? {
+            out.push(format!(
+                "{recompute}--teacher-8bit (the teacher's layer matrices in 8-bit blocks; \
+                 peak {})",
                 format_bytes(peak)
             ));
             return Ok(out);

@@ -463,10 +463,11 @@ impl<'a> Trainer<'a> {
                     let h: Vec<half::f16> = v.iter().map(|&x| half::f16::from_f32(x)).collect();
                     bytemuck::cast_slice(&h).to_vec()
                 }
-                DType::U32 => {
-                    return Err(Error::Invalid(
-                        "weights are saved as f32, bf16 or f16, not u32".into(),
-                    ))
+                DType::U32 | DType::Q8 => {
+                    return Err(Error::Invalid(format!(
+                        "weights are saved as f32, bf16 or f16, not {}",
+                        dtype.name()
+                    )))
                 }
             };
             tensors.insert(n, (dtype, shape, bytes));

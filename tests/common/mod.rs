@@ -284,7 +284,7 @@ pub fn write_seeded_model(
         DType::F32 => safetensors::Dtype::F32,
         DType::BF16 => safetensors::Dtype::BF16,
         DType::F16 => safetensors::Dtype::F16,
-        DType::U32 => panic!("weights are floats"),
+        DType::U32 | DType::Q8 => panic!("weights are f32, bf16 or f16 here"),
     };
     let tensors = cfg
         .expected_tensors()

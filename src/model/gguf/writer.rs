@@ -152,7 +152,9 @@ fn encode(v: &[f32], dtype: DType) -> std::result::Result<Vec<u8>, String> {
                 out.extend_from_slice(&h.to_le_bytes());
             }
         }
-        DType::U32 => return Err("weights cannot be written as u32".into()),
+        DType::U32 | DType::Q8 => {
+            return Err(format!("weights cannot be written as {}", dtype.name()))
+        }
     }
     Ok(out)
 }
