@@ -399,3 +399,78 @@ pub fn write_safetensors(
         .map_err(|e| Error::Invalid(format!("{}: {e}", tmp.display())))?;
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
+
+/// Write a safetensors file one tensor at a time: `tensors` gives each
+/// tensor's name, dtype and shape up front (the header), `bytes(i)` its
+/// data when it is written, so at most one tensor's bytes are in memory.
+/// Atomic like `write_safetensors`.
+pub fn write_safetensors_streamed(
+    path: &Path,
+    tensors: &[(String, DType, Vec<usize>)],
+    mut bytes: impl FnMut(usize) -> Result<Vec<u8>>,
+) -> Result<()> {
+    let mut header = serde_json::Map::new();
+    let mut at = 0usize;
+    for (name, dtype, shape) in tensors {
+        let d = match dtype {
+            DType::F32 => "F32",
+            DType::BF16 => "BF16",
+            DType::F16 => "F16",
+            DType::U32 => "U32",
+            DType::Q8 => {
+                return Err(Error::Invalid(format!(
+                    "tensor '{name}': the 8-bit block format is not written to safetensors"
+                )))
+            }
+        };
+        let len = dtype.storage_bytes(shape.iter().product());
+        header.insert(
+            name.clone(),
+            serde_json::json!({"dtype": d, "shape": shape, "data_offsets": [at, at + len]}),
+        );
+        at += len;
+    }
+    let mut text = serde_json::to_string(&serde_json::Value::Object(header)).expect("json");
+    // The data starts on an 8-byte boundary.
+    while !text.len().is_multiple_of(8) {
+        text.push(' ');
+    }
+    let tmp = path.with_extension("safetensors.tmp");
+    let written = write_streamed(&tmp, &text, tensors, &mut bytes);
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+fn write_streamed(
+    tmp: &Path,
+    header: &str,
+    tensors: &[(String, DType, Vec<usize>)],
+    bytes: &mut impl FnMut(usize) -> Result<Vec<u8>>,
+) -> Result<()> {
+    use std::io::Write;
+    let text = header;
+    let file = std::fs::File::create(tmp).map_err(|e| Error::io(tmp, e))?;
+    let mut w = std::io::BufWriter::new(file);
+    let io = |e| Error::io(tmp, e);
+    w.write_all(&(text.len() as u64).to_le_bytes())
+        .map_err(io)?;
+    w.write_all(text.as_bytes()).map_err(io)?;
+    for (i, (name, dtype, shape)) in tensors.iter().enumerate() {
+        let data = bytes(i)?;
+        let want = dtype.storage_bytes(shape.iter().product());
+        if data.len() != want {
+            return Err(Error::Invalid(format!(
+                "tensor '{name}': {} bytes for {want}",
+                data.len()
+            )));
+        }
+        w.write_all(&data).map_err(io)?;
+    }
+    w.into_inner()
+        .map_err(|e| Error::io(tmp, e.into_error()))?
+        .sync_all()
+        .map_err(io)
+}

@@ -216,20 +216,17 @@ pub fn rehearse(gpu_opts: &GpuOptions, spec: &PlanSpec) -> Result<MemoryPlan> {
     })
 }
 
-/// Host memory of the exact mode beyond the program itself. The teacher's
-/// safetensors are mapped, not copied (the page cache holds them and can
-/// drop them), so what counts is the largest transient: a checkpoint holds
-/// the student's weights as f32 with their serialised bytes (8 bytes per
-/// parameter), then the moments' bytes with one tensor's f32 values.
+/// Host memory beyond the program itself. The teacher's safetensors are
+/// mapped, not copied (the page cache holds them and can drop them). Lean
+/// mode holds masters, moments and gradient sums; checkpoints are written
+/// one tensor at a time (its f32 values, a copy, and its bytes).
 fn host_parts(student_params: u64, largest_tensor: u64, lean: bool) -> Vec<(&'static str, u64)> {
-    let weights = 8 * student_params;
-    let moments = 8 * student_params + 4 * largest_tensor;
     let mut parts = Vec::new();
     if lean {
         // Masters, m, v and the gradient sums, f32 each.
         parts.push(("masters_moments_gradients", 16 * student_params));
     }
-    parts.push(("checkpoint_writing", weights.max(moments)));
+    parts.push(("checkpoint_writing", 12 * largest_tensor));
     parts
 }
 

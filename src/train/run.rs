@@ -3,7 +3,6 @@
 //! linear warm-up, held-out evaluation, and checkpoints that resume to the
 //! exact weights of an uninterrupted run.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -13,11 +12,11 @@ use super::data::{permutation, Corpus, DataPosition};
 use super::loss::{micro_step, LossParts, LossWeights, MicroBatch};
 use super::offload::HostState;
 use super::plan::tag;
-use super::student::{export_named, export_named_with, group_values, StudentParams, Which};
+use super::student::{export_plan, group_values, StudentParams};
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu};
 use crate::model::decoder::Decoder;
-use crate::model::weights::{write_safetensors, Checkpoint};
+use crate::model::weights::{write_safetensors_streamed, Checkpoint};
 use crate::model::ModelConfig;
 use crate::ops::adamw::{adamw_step, AdamW, GradNorm};
 
@@ -440,39 +439,28 @@ impl<'a> Trainer<'a> {
     /// Write the student's weights (Hugging Face names) in `dtype`: f32
     /// as trained, or rounded to nearest-even bf16 / f16.
     pub fn write_weights(&self, cfg: &ModelConfig, path: &Path, dtype: DType) -> Result<()> {
-        let named = match &self.host {
-            Some(h) => {
-                export_named_with(cfg, &self.params, |p| Ok(h.masters[self.index(p)?].clone()))?
-            }
-            None => export_named(self.gpu, cfg, &self.params, Which::Value)?,
-        };
-        let mut tensors: BTreeMap<String, (DType, Vec<usize>, Vec<u8>)> = BTreeMap::new();
-        for (n, (shape, v)) in named {
-            let bytes = match dtype {
-                DType::F32 => bytemuck::cast_slice(&v).to_vec(),
-                DType::BF16 => {
-                    let h: Vec<half::bf16> = v.iter().map(|&x| half::bf16::from_f32(x)).collect();
-                    bytemuck::cast_slice(&h).to_vec()
-                }
-                DType::F16 => {
-                    if let Some(x) = v.iter().find(|x| x.abs() > 65504.0) {
-                        return Err(Error::Invalid(format!(
-                            "tensor '{n}' holds {x}, beyond the range of f16; save in bf16 or f32"
-                        )));
-                    }
-                    let h: Vec<half::f16> = v.iter().map(|&x| half::f16::from_f32(x)).collect();
-                    bytemuck::cast_slice(&h).to_vec()
-                }
-                DType::U32 | DType::Q8 => {
-                    return Err(Error::Invalid(format!(
-                        "weights are saved as f32, bf16 or f16, not {}",
-                        dtype.name()
-                    )))
-                }
-            };
-            tensors.insert(n, (dtype, shape, bytes));
+        if !matches!(dtype, DType::F32 | DType::BF16 | DType::F16) {
+            return Err(Error::Invalid(format!(
+                "weights are saved as f32, bf16 or f16, not {}",
+                dtype.name()
+            )));
         }
-        write_safetensors(path, &tensors, None)
+        // One tensor at a time: the host never holds the whole student.
+        let plan = export_plan(cfg, &self.params)?;
+        let items: Vec<(String, DType, Vec<usize>)> = plan
+            .iter()
+            .map(|e| (e.name.clone(), dtype, e.shape.clone()))
+            .collect();
+        write_safetensors_streamed(path, &items, |i| {
+            let e = &plan[i];
+            let v = match &self.host {
+                Some(h) => {
+                    e.values(&self.params, &mut |p| Ok(h.masters[self.index(p)?].clone()))?
+                }
+                None => e.values(&self.params, &mut |p| self.gpu.read_f32(&p.value))?,
+            };
+            encode(&e.name, &v, dtype)
+        })
     }
 
     /// The GPU side of `save_checkpoint` without the files: every value
@@ -524,19 +512,24 @@ impl<'a> Trainer<'a> {
         std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
         // Master weights in f32, so that --resume continues exactly.
         self.write_weights(cfg, &tmp.join("model.safetensors"), DType::F32)?;
-        let mut opt: BTreeMap<String, (DType, Vec<usize>, Vec<u8>)> = BTreeMap::new();
         // One entry per tensor (a table in blocks is joined), so that a
-        // run resumes on an adapter that splits it differently.
-        for (name, group) in self.params.groups() {
+        // run resumes on an adapter that splits it differently; written one
+        // tensor at a time.
+        let groups = self.params.groups();
+        let mut items = Vec::new();
+        for (name, group) in &groups {
+            let mut shape = group[0].value.shape().to_vec();
+            shape[0] = group.iter().map(|p| p.value.dim(0)).sum();
             for kind in ["m", "v"] {
-                let (shape, v) = group_values(&group, |p| self.moment(p, kind))?;
-                opt.insert(
-                    format!("{kind}.{name}"),
-                    (DType::F32, shape, bytemuck::cast_slice(&v).to_vec()),
-                );
+                items.push((format!("{kind}.{name}"), DType::F32, shape.clone()));
             }
         }
-        write_safetensors(&tmp.join("optimizer.safetensors"), &opt, None)?;
+        write_safetensors_streamed(&tmp.join("optimizer.safetensors"), &items, |i| {
+            let (_, group) = &groups[i / 2];
+            let kind = if i % 2 == 0 { "m" } else { "v" };
+            let (_, v) = group_values(group, |p| self.moment(p, kind))?;
+            Ok(bytemuck::cast_slice(&v).to_vec())
+        })?;
         let state = json!({
             "step": self.step,
             "data": {"seed": self.pos.seed, "epoch": self.pos.epoch, "index": self.pos.index},
@@ -635,6 +628,27 @@ impl<'a> Trainer<'a> {
         }
         Ok(())
     }
+}
+
+/// `v` as little-endian bytes of `dtype` (f32, or rounded to nearest-even
+/// bf16 / f16; f16 refuses values beyond its range).
+fn encode(name: &str, v: &[f32], dtype: DType) -> Result<Vec<u8>> {
+    Ok(match dtype {
+        DType::BF16 => {
+            let h: Vec<half::bf16> = v.iter().map(|&x| half::bf16::from_f32(x)).collect();
+            bytemuck::cast_slice(&h).to_vec()
+        }
+        DType::F16 => {
+            if let Some(x) = v.iter().find(|x| x.abs() > 65504.0) {
+                return Err(Error::Invalid(format!(
+                    "tensor '{name}' holds {x}, beyond the range of f16; save in bf16 or f32"
+                )));
+            }
+            let h: Vec<half::f16> = v.iter().map(|&x| half::f16::from_f32(x)).collect();
+            bytemuck::cast_slice(&h).to_vec()
+        }
+        _ => bytemuck::cast_slice(v).to_vec(),
+    })
 }
 
 /// A gradient's values on the host; on a dry-run GPU only the readback is

@@ -293,6 +293,76 @@ pub fn export_named_with(
     mut read: impl FnMut(&Param) -> Result<Vec<f32>>,
 ) -> Result<NamedTensors> {
     let mut out = BTreeMap::new();
+    for e in export_plan(cfg, params)? {
+        let values = e.values(params, &mut read)?;
+        out.insert(e.name, (e.shape, values));
+    }
+    Ok(out)
+}
+
+/// One tensor of the student under its Hugging Face name: which
+/// parameters make it and how, known before any value is read (so that a
+/// file can be written one tensor at a time).
+pub struct Export {
+    pub name: String,
+    pub shape: Vec<usize>,
+    how: How,
+}
+
+enum How {
+    /// Parameters (indices) joined along the rows: a table in blocks.
+    Rows(Vec<usize>),
+    /// GPT-NeoX's query_key_value: per head, q, k and v rows of
+    /// `head_dim × row` values each.
+    NeoxFused {
+        parts: [usize; 3],
+        heads: usize,
+        head_dim: usize,
+        row: usize,
+    },
+}
+
+impl Export {
+    /// The tensor's values, from each parameter's through `read`.
+    pub fn values(
+        &self,
+        params: &StudentParams,
+        read: &mut impl FnMut(&Param) -> Result<Vec<f32>>,
+    ) -> Result<Vec<f32>> {
+        match &self.how {
+            How::Rows(ids) => {
+                let mut v = Vec::with_capacity(self.shape.iter().product());
+                for &i in ids {
+                    v.extend(read(&params.params[i])?);
+                }
+                Ok(v)
+            }
+            How::NeoxFused {
+                parts,
+                heads,
+                head_dim,
+                row,
+            } => {
+                let parts: Vec<Vec<f32>> = parts
+                    .iter()
+                    .map(|&i| read(&params.params[i]))
+                    .collect::<Result<_>>()?;
+                let n = head_dim * row;
+                let mut fused = Vec::with_capacity(3 * parts[0].len());
+                for head in 0..*heads {
+                    for part in &parts {
+                        fused.extend_from_slice(&part[head * n..(head + 1) * n]);
+                    }
+                }
+                Ok(fused)
+            }
+        }
+    }
+}
+
+/// The student's tensors under their Hugging Face names, in file order.
+pub fn export_plan(cfg: &crate::model::ModelConfig, params: &StudentParams) -> Result<Vec<Export>> {
+    let mut out = Vec::new();
     for (name, group) in params.groups() {
         let hf = if name == "embed" {
             cfg.embed_name().to_string()
@@ -308,58 +378,57 @@ pub fn export_named_with(
         } else if let Some(rest) = name.strip_prefix("layers.") {
             let (i, t) = rest.split_once('.').expect("layers.{i}.{name}");
             let i: usize = i.parse().expect("layer index");
-            if cfg.family == Family::GptNeox && t.starts_with("attention.") && t.len() > 12 {
-                let part = &t["attention.".len()..];
-                if let Some(kind) = part
-                    .strip_prefix("q.")
-                    .or_else(|| part.strip_prefix("k."))
-                    .or_else(|| part.strip_prefix("v."))
-                {
-                    // Fused below, once all three parts are read.
-                    let _ = kind;
-                    continue;
-                }
+            let neox_part = cfg.family == Family::GptNeox
+                && ["attention.q.", "attention.k.", "attention.v."]
+                    .iter()
+                    .any(|p| t.starts_with(p));
+            if neox_part {
+                continue; // fused below, from its three parts
             }
             format!("{}{t}", cfg.layer_prefix(i))
         } else {
             name.to_string()
         };
-        let (shape, values) = group_values(&group, &mut read)?;
-        out.insert(hf, (shape, values));
+        let mut shape = group[0].value.shape().to_vec();
+        shape[0] = group.iter().map(|p| p.value.dim(0)).sum();
+        let ids = group
+            .iter()
+            .map(|p| params.index_of(&p.name).expect("own parameter"))
+            .collect();
+        out.push(Export {
+            name: hf,
+            shape,
+            how: How::Rows(ids),
+        });
     }
     if cfg.family == Family::GptNeox {
         let (heads, d, h) = (cfg.num_heads, cfg.head_dim, cfg.hidden_size);
         for i in 0..cfg.num_layers {
             for kind in ["weight", "bias"] {
-                let parts: Vec<Vec<f32>> = ["q", "k", "v"]
-                    .iter()
-                    .map(|part| {
-                        let p = params
-                            .get(&format!("layers.{i}.attention.{part}.{kind}"))
-                            .ok_or_else(|| {
-                                crate::Error::Invalid(format!(
-                                    "student lacks layer {i} attention.{part}.{kind}"
-                                ))
-                            })?;
-                        read(p)
-                    })
-                    .collect::<Result<_>>()?;
-                let row = if kind == "weight" { h } else { 1 };
-                let mut fused = Vec::with_capacity(3 * parts[0].len());
-                for head in 0..heads {
-                    for part in &parts {
-                        fused.extend_from_slice(&part[head * d * row..(head + 1) * d * row]);
-                    }
+                let mut parts = [0usize; 3];
+                for (slot, part) in parts.iter_mut().zip(["q", "k", "v"]) {
+                    let n = format!("layers.{i}.attention.{part}.{kind}");
+                    *slot = params.index_of(&n).ok_or_else(|| {
+                        crate::Error::Invalid(format!(
+                            "student lacks layer {i} attention.{part}.{kind}"
+                        ))
+                    })?;
                 }
-                let shape = if kind == "weight" {
-                    vec![3 * h, h]
+                let (row, shape) = if kind == "weight" {
+                    (h, vec![3 * h, h])
                 } else {
-                    vec![3 * h]
+                    (1, vec![3 * h])
                 };
-                out.insert(
-                    format!("{}attention.query_key_value.{kind}", cfg.layer_prefix(i)),
-                    (shape, fused),
-                );
+                out.push(Export {
+                    name: format!("{}attention.query_key_value.{kind}", cfg.layer_prefix(i)),
+                    shape,
+                    how: How::NeoxFused {
+                        parts,
+                        heads,
+                        head_dim: d,
+                        row,
+                    },
+                });
             }
         }
     }
