@@ -118,6 +118,11 @@ pub struct DistillCli {
     /// scale) on the GPU: about half its memory, a little accuracy.
     #[arg(long)]
     teacher_8bit: bool,
+    /// AdamW moments in 8-bit blocks on the host (256 values per scale, a
+    /// small float code): 10 instead of 16 bytes per student parameter of
+    /// host memory. Implies lean mode.
+    #[arg(long, conflicts_with = "exact")]
+    adam_8bit: bool,
 }
 
 impl DistillCli {
@@ -155,6 +160,7 @@ impl DistillCli {
             lean,
             exact,
             teacher_8bit,
+            adam_8bit,
         } = self;
         let a = boomgpu::commands::distill::DistillArgs {
             teacher,
@@ -177,6 +183,7 @@ impl DistillCli {
                 max_grad_norm,
                 seed,
                 recompute,
+                adam_8bit,
                 ..Default::default()
             },
             prune: prune.params(),
@@ -189,7 +196,7 @@ impl DistillCli {
             save_dtype,
             quiet,
             memory_budget,
-            mode: boomgpu::commands::distill::TrainMode::from_flags(lean, exact),
+            mode: boomgpu::commands::distill::TrainMode::from_flags(lean || adam_8bit, exact),
             teacher_8bit,
         };
         if plan {

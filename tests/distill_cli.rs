@@ -97,6 +97,13 @@ fn lean_sigkill_then_resume_is_bit_identical() {
     sigkill_then_resume("resume-lean", &["--lean"]);
 }
 
+/// With 8-bit moments: a checkpoint holds them decoded to f32, and
+/// encoding them again gives the same codes.
+#[test]
+fn lean_8bit_adam_sigkill_then_resume_is_bit_identical() {
+    sigkill_then_resume("resume-lean8", &["--lean", "--adam-8bit"]);
+}
+
 fn sigkill_then_resume(tag: &str, mode: &[&str]) {
     let dir = tmpdir(tag);
     let data = fixture_path("text.txt");

@@ -159,6 +159,17 @@ fn plans_of_the_published_pairs_from_config_alone() {
     }
     // What fits 24 GiB in lean mode today: the three smaller pairs.
     assert_eq!(lean_fits, [true, true, true, false, false]);
+    // 8-bit moments: 10 bytes per student parameter on the host, which
+    // brings the largest pair under 64 GiB.
+    let q8 = published("Qwen3-8B-Base");
+    let l = plan_json(&["--teacher", &q8, "--adam-8bit"]);
+    assert_eq!(l["settings"]["mode"], "lean");
+    let sp = l["student_params"].as_u64().unwrap();
+    let mm = l["host_parts"]["masters_moments_gradients"]
+        .as_u64()
+        .unwrap();
+    assert!(mm > 10 * sp && mm < 10 * sp + sp / 10, "{mm} for {sp}");
+    assert!(l["host_peak_bytes"].as_u64().unwrap() < 64 << 30);
     // Bigger teachers plan bigger peaks.
     assert!(peaks[3] > peaks[2] && peaks[4] > peaks[0]);
     // Activation checkpointing lowers the peak.

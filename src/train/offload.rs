@@ -44,12 +44,231 @@ fn par_each<T: Send>(jobs: Vec<T>, f: impl Fn(T) + Sync) {
     });
 }
 
+/// Values per 8-bit moment block (one f32 scale each).
+pub const MOMENT_BLOCK: usize = 256;
+
+/// The magnitudes an 8-bit moment code stands for, relative to its block's
+/// largest magnitude, ascending: code 0 is 0, the others a small float
+/// (`e` exponent bits, 3 mantissa bits) scaled so that the top code is
+/// exactly 1. Unsigned (v ≥ 0): 8 bits, 5 exponent bits, down to 2^-31;
+/// signed (m): 7 bits and a sign, 4 exponent bits, down to 2^-15. Like
+/// bitsandbytes' dynamic map, small values keep their relative precision,
+/// which a linear code would round to zero.
+fn code_table(signed: bool) -> &'static [f32] {
+    static TABLES: std::sync::OnceLock<[Vec<f32>; 2]> = std::sync::OnceLock::new();
+    let t = TABLES.get_or_init(|| {
+        let make = |codes: u32, top_exp: i32| -> Vec<f32> {
+            (0..codes)
+                .map(|c| {
+                    if c == 0 {
+                        return 0.0;
+                    }
+                    let (e, m) = ((c >> 3) as i32, (c & 7) as f64);
+                    (2f64.powi(e - top_exp) * (1.0 + m / 8.0) / 1.875) as f32
+                })
+                .collect()
+        };
+        [make(256, 31), make(128, 15)]
+    });
+    &t[signed as usize]
+}
+
+/// The code of `x` (already divided by its block's scale) in `table`:
+/// the nearest magnitude, ties to the smaller; the sign in bit 7 when
+/// signed.
+fn encode(x: f32, table: &[f32], signed: bool) -> u8 {
+    let a = x.abs().min(1.0);
+    let hi = table.partition_point(|&t| t < a).min(table.len() - 1);
+    let c = if hi > 0 && a - table[hi - 1] <= table[hi] - a {
+        hi - 1
+    } else {
+        hi
+    } as u8;
+    if signed && x < 0.0 && c != 0 {
+        c | 0x80
+    } else {
+        c
+    }
+}
+
+fn decode(c: u8, table: &[f32], signed: bool) -> f32 {
+    if signed {
+        let v = table[(c & 0x7f) as usize];
+        if c & 0x80 != 0 {
+            -v
+        } else {
+            v
+        }
+    } else {
+        table[c as usize]
+    }
+}
+
+/// Quantise `x` into `codes` and one scale per `MOMENT_BLOCK` values.
+fn quantize_moments(x: &[f32], codes: &mut [u8], scales: &mut [f32], signed: bool) {
+    let table = code_table(signed);
+    for ((xb, cb), s) in x
+        .chunks(MOMENT_BLOCK)
+        .zip(codes.chunks_mut(MOMENT_BLOCK))
+        .zip(scales.iter_mut())
+    {
+        let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+        *s = amax;
+        for (c, &v) in cb.iter_mut().zip(xb) {
+            *c = if amax > 0.0 {
+                encode(v / amax, table, signed)
+            } else {
+                0
+            };
+        }
+    }
+}
+
+fn dequantize_moments(codes: &[u8], scales: &[f32], signed: bool, out: &mut [f32]) {
+    let table = code_table(signed);
+    for ((cb, &s), ob) in codes
+        .chunks(MOMENT_BLOCK)
+        .zip(scales)
+        .zip(out.chunks_mut(MOMENT_BLOCK))
+    {
+        for (o, &c) in ob.iter_mut().zip(cb) {
+            *o = decode(c, table, signed) * s;
+        }
+    }
+}
+
+/// One AdamW moment of every parameter: f32, or 8-bit blocks.
+enum Moments {
+    F32(Vec<Vec<f32>>),
+    Q8 {
+        signed: bool,
+        codes: Vec<Vec<u8>>,
+        scales: Vec<Vec<f32>>,
+    },
+}
+
+impl Moments {
+    fn zeros(sizes: &[usize], eight_bit: bool, signed: bool) -> Moments {
+        if eight_bit {
+            Moments::Q8 {
+                signed,
+                codes: sizes.iter().map(|&n| vec![0u8; n]).collect(),
+                scales: sizes
+                    .iter()
+                    .map(|&n| vec![0f32; n.div_ceil(MOMENT_BLOCK)])
+                    .collect(),
+            }
+        } else {
+            Moments::F32(sizes.iter().map(|&n| vec![0f32; n]).collect())
+        }
+    }
+
+    fn get(&self, i: usize) -> Vec<f32> {
+        match self {
+            Moments::F32(v) => v[i].clone(),
+            Moments::Q8 {
+                signed,
+                codes,
+                scales,
+            } => {
+                let mut out = vec![0f32; codes[i].len()];
+                dequantize_moments(&codes[i], &scales[i], *signed, &mut out);
+                out
+            }
+        }
+    }
+
+    fn set(&mut self, i: usize, x: &[f32]) {
+        match self {
+            Moments::F32(v) => v[i].copy_from_slice(x),
+            Moments::Q8 {
+                signed,
+                codes,
+                scales,
+            } => quantize_moments(x, &mut codes[i], &mut scales[i], *signed),
+        }
+    }
+
+    fn bytes_per_value(&self) -> f64 {
+        match self {
+            Moments::F32(_) => 4.0,
+            Moments::Q8 { .. } => 1.0 + 4.0 / MOMENT_BLOCK as f64,
+        }
+    }
+}
+
+/// One unit of AdamW work over a chunk of one parameter: its moments in
+/// place (f32) or as 8-bit blocks to decode and encode again.
+enum MomentChunk<'a> {
+    F32(&'a mut [f32]),
+    Q8 {
+        codes: &'a mut [u8],
+        scales: &'a mut [f32],
+        signed: bool,
+    },
+}
+
+impl Moments {
+    /// The moments cut like `CHUNK`-sized chunks of parameter `i`.
+    fn chunks(&mut self) -> Vec<Vec<MomentChunk<'_>>> {
+        match self {
+            Moments::F32(v) => v
+                .iter_mut()
+                .map(|x| x.chunks_mut(CHUNK).map(MomentChunk::F32).collect())
+                .collect(),
+            Moments::Q8 {
+                signed,
+                codes,
+                scales,
+            } => codes
+                .iter_mut()
+                .zip(scales.iter_mut())
+                .map(|(c, s)| {
+                    c.chunks_mut(CHUNK)
+                        .zip(s.chunks_mut(CHUNK / MOMENT_BLOCK))
+                        .map(|(codes, scales)| MomentChunk::Q8 {
+                            codes,
+                            scales,
+                            signed: *signed,
+                        })
+                        .collect()
+                })
+                .collect(),
+        }
+    }
+}
+
+impl MomentChunk<'_> {
+    fn load(&self, out: &mut Vec<f32>) {
+        if let MomentChunk::Q8 {
+            codes,
+            scales,
+            signed,
+        } = self
+        {
+            out.resize(codes.len(), 0.0);
+            dequantize_moments(codes, scales, *signed, out);
+        }
+    }
+
+    fn store(&mut self, x: &[f32]) {
+        if let MomentChunk::Q8 {
+            codes,
+            scales,
+            signed,
+        } = self
+        {
+            quantize_moments(x, codes, scales, *signed);
+        }
+    }
+}
+
 /// Masters, moments and gradient sums of every parameter, in
 /// `StudentParams` order.
 pub struct HostState {
     pub masters: Vec<Vec<f32>>,
-    pub m: Vec<Vec<f32>>,
-    pub v: Vec<Vec<f32>>,
+    m: Moments,
+    v: Moments,
     pub grads: Vec<Vec<f32>>,
     /// A memory plan's rehearsal: the vectors are never written, so their
     /// pages are never touched (a plan of a 5B student costs no memory).
@@ -57,15 +276,34 @@ pub struct HostState {
 }
 
 impl HostState {
-    /// Zero moments and gradients beside `masters`.
-    pub fn new(masters: Vec<Vec<f32>>) -> HostState {
-        let zeros = |m: &Vec<Vec<f32>>| m.iter().map(|x| vec![0.0f32; x.len()]).collect();
+    /// Zero moments and gradients beside `masters`; the moments in 8-bit
+    /// blocks with `adam_8bit`.
+    pub fn new(masters: Vec<Vec<f32>>, adam_8bit: bool) -> HostState {
+        let sizes: Vec<usize> = masters.iter().map(Vec::len).collect();
         HostState {
-            m: zeros(&masters),
-            v: zeros(&masters),
-            grads: zeros(&masters),
+            m: Moments::zeros(&sizes, adam_8bit, true),
+            v: Moments::zeros(&sizes, adam_8bit, false),
+            grads: sizes.iter().map(|&n| vec![0f32; n]).collect(),
             masters,
             dry: false,
+        }
+    }
+
+    /// Parameter `i`'s moment `kind` ("m" or "v") as f32.
+    pub fn moment(&self, i: usize, kind: &str) -> Vec<f32> {
+        if kind == "m" {
+            self.m.get(i)
+        } else {
+            self.v.get(i)
+        }
+    }
+
+    /// Set parameter `i`'s moment `kind` (a checkpoint being restored).
+    pub fn set_moment(&mut self, i: usize, kind: &str, x: &[f32]) {
+        if kind == "m" {
+            self.m.set(i, x)
+        } else {
+            self.v.set(i, x)
         }
     }
 
@@ -75,10 +313,12 @@ impl HostState {
         self
     }
 
-    /// Host bytes held (4 × 4 bytes per parameter).
+    /// Host bytes held: masters and gradient sums (4 bytes each per
+    /// parameter) and the moments (4 each, or 8-bit blocks).
     pub fn bytes(&self) -> u64 {
         let n: usize = self.masters.iter().map(Vec::len).sum();
-        16 * n as u64
+        let per = 8.0 + self.m.bytes_per_value() + self.v.bytes_per_value();
+        (per * n as f64).ceil() as u64
     }
 
     /// grads[i] += g.
@@ -128,25 +368,31 @@ impl HostState {
             return;
         }
         let mut jobs = Vec::new();
+        let (mc, vc) = (self.m.chunks(), self.v.chunks());
         for ((((p, m), v), g), cfg) in self
             .masters
             .iter_mut()
-            .zip(self.m.iter_mut())
-            .zip(self.v.iter_mut())
+            .zip(mc)
+            .zip(vc)
             .zip(self.grads.iter())
             .zip(cfgs)
         {
-            for (((p, m), v), g) in p
-                .chunks_mut(CHUNK)
-                .zip(m.chunks_mut(CHUNK))
-                .zip(v.chunks_mut(CHUNK))
-                .zip(g.chunks(CHUNK))
-            {
+            for (((p, m), v), g) in p.chunks_mut(CHUNK).zip(m).zip(v).zip(g.chunks(CHUNK)) {
                 jobs.push((p, m, v, g, cfg));
             }
         }
-        par_each(jobs, |(p, m, v, g, cfg)| {
-            cpu::adamw_step(p, g, m, v, cfg, step, scale)
+        par_each(jobs, |(p, mut m, mut v, g, cfg)| match (&mut m, &mut v) {
+            (MomentChunk::F32(m), MomentChunk::F32(v)) => {
+                cpu::adamw_step(p, g, m, v, cfg, step, scale)
+            }
+            _ => {
+                let (mut mf, mut vf) = (Vec::new(), Vec::new());
+                m.load(&mut mf);
+                v.load(&mut vf);
+                cpu::adamw_step(p, g, &mut mf, &mut vf, cfg, step, scale);
+                m.store(&mf);
+                v.store(&vf);
+            }
         });
     }
 
@@ -188,7 +434,7 @@ mod tests {
                 .collect()
         };
         let masters: Vec<Vec<f32>> = n.iter().enumerate().map(|(i, &l)| vals(i, l)).collect();
-        let mut h = HostState::new(masters.clone());
+        let mut h = HostState::new(masters.clone(), false);
         for (i, g) in h.grads.iter_mut().enumerate() {
             *g = vals(i + 10, g.len());
         }
@@ -211,9 +457,80 @@ mod tests {
             let (mut p, mut m, mut v) = (masters[i].clone(), vec![0.0; n[i]], vec![0.0; n[i]]);
             cpu::adamw_step(&mut p, &grads[i], &mut m, &mut v, &cfgs[i], 3, scale);
             assert_eq!(h.masters[i], p, "parameter {i}");
-            assert_eq!(h.m[i], m);
-            assert_eq!(h.v[i], v);
+            assert_eq!(h.moment(i, "m"), m);
+            assert_eq!(h.moment(i, "v"), v);
         }
         assert_eq!(h.bytes(), 16 * n.iter().sum::<usize>() as u64);
+    }
+
+    #[test]
+    fn eight_bit_moments_round_trip_and_follow_f32_adamw() {
+        for signed in [false, true] {
+            let t = code_table(signed);
+            assert!(t.windows(2).all(|w| w[0] < w[1]), "ascending");
+            assert_eq!(*t.last().unwrap(), 1.0);
+        }
+        // Values over many magnitudes, and their relative error.
+        let n = 3 * MOMENT_BLOCK + 17;
+        let x: Vec<f32> = (0..n)
+            .map(|i| {
+                let mag = 10f32.powi(-((i % 9) as i32));
+                if i % 3 == 0 {
+                    -mag
+                } else {
+                    mag * 0.7
+                }
+            })
+            .collect();
+        for signed in [true, false] {
+            let x: Vec<f32> = x
+                .iter()
+                .map(|&v| if signed { v } else { v.abs() })
+                .collect();
+            let mut codes = vec![0u8; n];
+            let mut scales = vec![0f32; n.div_ceil(MOMENT_BLOCK)];
+            quantize_moments(&x, &mut codes, &mut scales, signed);
+            let mut back = vec![0f32; n];
+            dequantize_moments(&codes, &scales, signed, &mut back);
+            for (a, b) in x.iter().zip(&back) {
+                let floor = if signed {
+                    2f32.powi(-15)
+                } else {
+                    2f32.powi(-31)
+                };
+                if a.abs() > floor {
+                    assert!((a - b).abs() <= 0.07 * a.abs(), "{a} -> {b}");
+                }
+            }
+            // Encoding what was decoded gives the same codes (resumes are exact).
+            let (mut c2, mut s2) = (vec![0u8; n], vec![0f32; scales.len()]);
+            quantize_moments(&back, &mut c2, &mut s2, signed);
+            assert_eq!(c2, codes);
+            assert_eq!(s2, scales);
+        }
+        // Ten AdamW steps with 8-bit moments stay close to f32 moments.
+        let len = CHUNK + 300;
+        let masters: Vec<Vec<f32>> =
+            vec![(0..len).map(|i| ((i % 97) as f32 - 48.0) / 100.0).collect()];
+        let (mut a, mut b) = (
+            HostState::new(masters.clone(), false),
+            HostState::new(masters, true),
+        );
+        for step in 1..=10u64 {
+            for h in [&mut a, &mut b] {
+                h.grads[0] = (0..len)
+                    .map(|i| (((i * 31 + step as usize * 7) % 101) as f32 - 50.0) / 500.0)
+                    .collect();
+                h.adamw(&[AdamW::default()], step, 1.0);
+            }
+        }
+        let moved: f32 = a.masters[0].iter().map(|x| x.abs()).fold(0.0, f32::max);
+        let apart = a.masters[0]
+            .iter()
+            .zip(&b.masters[0])
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max);
+        assert!(apart < 1e-3 * moved.max(1.0), "apart {apart}");
+        assert!(b.bytes() < a.bytes() * 2 / 3);
     }
 }

@@ -13,6 +13,7 @@
 use serde_json::{json, Value};
 
 use super::data::Corpus;
+use super::offload::MOMENT_BLOCK;
 use super::run::{DistillOptions, Trainer};
 use crate::error::{format_bytes, Error, Result};
 use crate::gpu::{DType, Gpu, GpuOptions, MemoryTag, TaggedBytes};
@@ -110,7 +111,9 @@ impl PlanSpec {
             } else {
                 "f32"
             },
-            "optimizer": if self.lean {
+            "optimizer": if self.lean && self.opts.adam_8bit {
+                "AdamW on the host (all threads), moments in 8-bit blocks"
+            } else if self.lean {
                 "AdamW on the host (all threads), f32 moments"
             } else {
                 "AdamW on the GPU, f32 moments"
@@ -202,7 +205,7 @@ pub fn rehearse(gpu_opts: &GpuOptions, spec: &PlanSpec) -> Result<MemoryPlan> {
         .map(|(_, g)| g.iter().map(|p| p.value.numel() as u64).sum::<u64>())
         .max()
         .unwrap_or(0);
-    let host_parts = host_parts(student_params, largest, spec.lean);
+    let host_parts = host_parts(student_params, largest, spec.lean, spec.opts.adam_8bit);
     Ok(MemoryPlan {
         spec: spec.clone(),
         adapter: gpu.describe(),
@@ -220,11 +223,22 @@ pub fn rehearse(gpu_opts: &GpuOptions, spec: &PlanSpec) -> Result<MemoryPlan> {
 /// mapped, not copied (the page cache holds them and can drop them). Lean
 /// mode holds masters, moments and gradient sums; checkpoints are written
 /// one tensor at a time (its f32 values, a copy, and its bytes).
-fn host_parts(student_params: u64, largest_tensor: u64, lean: bool) -> Vec<(&'static str, u64)> {
+fn host_parts(
+    student_params: u64,
+    largest_tensor: u64,
+    lean: bool,
+    adam_8bit: bool,
+) -> Vec<(&'static str, u64)> {
     let mut parts = Vec::new();
     if lean {
-        // Masters, m, v and the gradient sums, f32 each.
-        parts.push(("masters_moments_gradients", 16 * student_params));
+        // Masters and gradient sums in f32; m and v in f32, or one byte
+        // each plus an f32 scale per block.
+        let moments = if adam_8bit {
+            2 * (student_params + 4 * student_params.div_ceil(MOMENT_BLOCK as u64))
+        } else {
+            8 * student_params
+        };
+        parts.push(("masters_moments_gradients", 8 * student_params + moments));
     }
     parts.push(("checkpoint_writing", 12 * largest_tensor));
     parts

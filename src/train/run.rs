@@ -37,6 +37,8 @@ pub struct DistillOptions {
     pub seed: u64,
     /// Activation checkpointing: recompute each student layer in backward.
     pub recompute: bool,
+    /// AdamW moments in 8-bit blocks (lean mode, where they are on the host).
+    pub adam_8bit: bool,
 }
 
 impl Default for DistillOptions {
@@ -54,6 +56,7 @@ impl Default for DistillOptions {
             max_grad_norm: 1.0,
             seed: 0,
             recompute: false,
+            adam_8bit: false,
         }
     }
 }
@@ -138,6 +141,13 @@ impl<'a> Trainer<'a> {
                 "--batch and --grad-accum must be at least 1".into(),
             ));
         }
+        if opts.adam_8bit {
+            return Err(Error::Invalid(
+                "--adam-8bit stores the AdamW moments on the host in 8 bits: it needs lean mode \
+                 (--lean), not exact mode"
+                    .into(),
+            ));
+        }
         let params = StudentParams::new(gpu, &student)?;
         Trainer::with_params(gpu, teacher, student, params, pairs, corpus, opts, None)
     }
@@ -181,7 +191,7 @@ impl<'a> Trainer<'a> {
                 )));
             }
         }
-        let mut host = HostState::new(values);
+        let mut host = HostState::new(values, opts.adam_8bit);
         if gpu.is_dry() {
             host = host.dry();
         }
@@ -492,7 +502,7 @@ impl<'a> Trainer<'a> {
         match &self.host {
             Some(h) => {
                 let i = self.index(p)?;
-                Ok(if kind == "m" { &h.m[i] } else { &h.v[i] }.clone())
+                Ok(h.moment(i, kind))
             }
             None => {
                 let t = if kind == "m" { &p.m } else { &p.v };
@@ -610,12 +620,7 @@ impl<'a> Trainer<'a> {
                     match &mut self.host {
                         Some(h) => {
                             let i = self.params.index_of(&p.name).expect("own parameter");
-                            let dst = if kind == "m" {
-                                &mut h.m[i]
-                            } else {
-                                &mut h.v[i]
-                            };
-                            dst.copy_from_slice(part);
+                            h.set_moment(i, kind, part);
                         }
                         None => {
                             let t = if kind == "m" { &p.m } else { &p.v };
