@@ -105,24 +105,33 @@ impl RowBlocks {
                 dtype.name()
             )));
         }
-        let part = |name: &str, shape: &[usize], range: std::ops::Range<usize>| match bytes {
-            Some(b) => gpu.upload_bytes(name, shape, dtype, &b[range]),
-            None => Tensor::empty(gpu, name, shape, dtype),
-        };
         let per = Self::rows_per_block(gpu, name, split_row_bytes(cols, dtype, blocks_of))?;
+        Self::by_rows(name, [rows, cols], per, |label, start, n| match bytes {
+            Some(b) => {
+                let range = start * row_bytes..(start + n) * row_bytes;
+                gpu.upload_bytes(label, &[n, cols], dtype, &b[range])
+            }
+            None => Tensor::empty(gpu, label, &[n, cols], dtype),
+        })
+    }
+
+    /// Blocks of at most `per` rows of a `[rows, cols]` matrix, each made
+    /// by `block(label, first row, rows)` (labelled `name` when there is one).
+    fn by_rows(
+        name: &str,
+        [rows, cols]: [usize; 2],
+        per: usize,
+        mut block: impl FnMut(&str, usize, usize) -> Result<Tensor>,
+    ) -> Result<RowBlocks> {
         if per >= rows {
-            return Self::whole(part(name, shape, 0..rows * row_bytes)?);
+            return Self::whole(block(name, 0, rows)?);
         }
         let mut blocks = Vec::new();
         let mut starts = Vec::new();
         let mut start = 0;
         while start < rows {
             let n = per.min(rows - start);
-            blocks.push(part(
-                &format!("{name}[{start}..{}]", start + n),
-                &[n, cols],
-                start * row_bytes..(start + n) * row_bytes,
-            )?);
+            blocks.push(block(&format!("{name}[{start}..{}]", start + n), start, n)?);
             starts.push(start);
             start += n;
         }
@@ -149,26 +158,9 @@ impl RowBlocks {
             )));
         }
         let per = Self::rows_per_block(gpu, name, split_row_bytes(cols, DType::Q8, DType::Q8))?;
-        let mut blocks = Vec::new();
-        let mut starts = Vec::new();
-        let mut start = 0;
-        while start < rows {
-            let n = per.min(rows - start);
-            let label = if n == rows {
-                name.to_string()
-            } else {
-                format!("{name}[{start}..{}]", start + n)
-            };
+        Self::by_rows(name, [rows, cols], per, |label, start, n| {
             let bytes = super::tensor::q8::quantize(&values[start * cols..(start + n) * cols]);
-            blocks.push(gpu.upload_bytes(&label, &[n, cols], DType::Q8, &bytes)?);
-            starts.push(start);
-            start += n;
-        }
-        starts.push(rows);
-        Ok(RowBlocks {
-            blocks,
-            starts,
-            cols,
+            gpu.upload_bytes(label, &[n, cols], DType::Q8, &bytes)
         })
     }
 
