@@ -627,19 +627,23 @@ impl Decoder {
     /// speed measurements at real model sizes without downloading them.
     /// Values are small and deterministic; nothing is read back.
     pub fn random(gpu: &Gpu, cfg: &ModelConfig, dtype: DType, seed: u64) -> Result<Decoder> {
-        Decoder::synthetic(gpu, cfg, dtype, None, Some(seed))
+        Decoder::synthetic(gpu, cfg, Layout::as_loaded(dtype), Some(seed))
     }
 
     /// `cfg`'s tensors in `dtype`, laid out and split exactly as `load`
     /// lays out a checkpoint, with uninitialised contents: what memory
     /// plans rehearse on a dry-run GPU (nothing is computed on the host).
     pub fn shaped(gpu: &Gpu, cfg: &ModelConfig, dtype: DType) -> Result<Decoder> {
-        Decoder::synthetic(gpu, cfg, dtype, None, None)
+        Decoder::synthetic(gpu, cfg, Layout::as_loaded(dtype), None)
     }
 
     /// `shaped` as `load_8bit` lays a model out: layer matrices in Q8.
     pub fn shaped_8bit(gpu: &Gpu, cfg: &ModelConfig, dtype: DType) -> Result<Decoder> {
-        Decoder::synthetic(gpu, cfg, dtype, Some(DType::Q8), None)
+        let layout = Layout {
+            layer_q8: true,
+            ..Layout::as_loaded(dtype)
+        };
+        Decoder::synthetic(gpu, cfg, layout, None)
     }
 
     /// Like `shaped`, with matrices (tables included) in `matrices` and
@@ -653,17 +657,21 @@ impl Decoder {
         matrices: DType,
         vectors: DType,
     ) -> Result<Decoder> {
-        Decoder::synthetic(gpu, cfg, matrices, Some(vectors), None)
+        let layout = Layout {
+            matrices,
+            vectors,
+            layer_q8: false,
+            blocks_of: DType::F32,
+        };
+        Decoder::synthetic(gpu, cfg, layout, None)
     }
 
-    /// Random values from `seed`, or none at all; vectors in `vectors`, or
-    /// as `load` keeps them (`Some(Q8)`: layer matrices in Q8, vectors as
-    /// `load` keeps them).
+    /// `cfg`'s tensors stored as `layout` says, with random values from
+    /// `seed`, or none at all.
     fn synthetic(
         gpu: &Gpu,
         cfg: &ModelConfig,
-        dtype: DType,
-        vectors: Option<DType>,
+        layout: Layout,
         seed: Option<u64>,
     ) -> Result<Decoder> {
         let state = std::cell::Cell::new(seed.unwrap_or(0).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
@@ -691,54 +699,34 @@ impl Decoder {
                 .collect();
             vals
         };
-        let bytes = |vals: Vec<f32>| -> (DType, Vec<u8>) {
+        // Values in a float dtype, as stored.
+        let bytes = |vals: Vec<f32>, dtype: DType| -> Vec<u8> {
             match dtype {
                 DType::BF16 => {
                     let h: Vec<half::bf16> =
                         vals.iter().map(|&v| half::bf16::from_f32(v)).collect();
-                    (DType::BF16, bytemuck::cast_slice(&h).to_vec())
+                    bytemuck::cast_slice(&h).to_vec()
                 }
                 DType::F16 => {
                     let h: Vec<half::f16> = vals.iter().map(|&v| half::f16::from_f32(v)).collect();
-                    (DType::F16, bytemuck::cast_slice(&h).to_vec())
+                    bytemuck::cast_slice(&h).to_vec()
                 }
-                _ => (DType::F32, bytemuck::cast_slice(&vals).to_vec()),
+                _ => bytemuck::cast_slice(&vals).to_vec(),
             }
-        };
-        let stored = match dtype {
-            DType::BF16 | DType::F16 => dtype,
-            _ => DType::F32,
-        };
-        // Vectors as `load` keeps them (f16 ones widened).
-        let layer_q8 = vectors == Some(DType::Q8);
-        let vectors = vectors.filter(|_| !layer_q8);
-        let vector = match vectors {
-            Some(v) => v,
-            None if super::weights::widens(stored, 1, false) => DType::F32,
-            None => stored,
         };
         let make = |name: &str, shape: &[usize], norm: bool| -> Result<Tensor> {
-            if seed.is_none() {
-                return Tensor::empty(gpu, name, shape, vector);
+            let d = layout.vectors;
+            match seed {
+                None => Tensor::empty(gpu, name, shape, d),
+                Some(_) => gpu.upload_bytes(name, shape, d, &bytes(values(shape, norm), d)),
             }
-            let vals = values(shape, norm);
-            if vector == DType::F32 {
-                return gpu.upload_f32(name, shape, &vals);
-            }
-            let (d, b) = bytes(vals);
-            gpu.upload_bytes(name, shape, d, &b)
-        };
-        let blocks_of = if vectors.is_some() {
-            DType::F32
-        } else {
-            stored
         };
         let make_matrix = |name: &str, shape: &[usize]| -> Result<RowBlocks> {
-            if seed.is_none() {
-                return RowBlocks::empty_blocked_as(gpu, name, shape, stored, blocks_of);
+            let d = layout.matrices;
+            match seed {
+                None => RowBlocks::empty_blocked_as(gpu, name, shape, d, layout.blocks_of),
+                Some(_) => RowBlocks::upload(gpu, name, shape, d, &bytes(values(shape, false), d)),
             }
-            let (d, b) = bytes(values(shape, false));
-            RowBlocks::upload(gpu, name, shape, d, &b)
         };
         let vocab = [cfg.vocab_size, cfg.hidden_size];
         let make_rows = |name: &str| make_matrix(name, &vocab);
@@ -749,7 +737,7 @@ impl Decoder {
             // Matrices in blocks of rows when over the binding limit.
             let mut add = |name: String, shape: &[usize], norm: bool| -> Result<()> {
                 let label = format!("layer{l}.{name}");
-                if shape.len() == 2 && layer_q8 {
+                if shape.len() == 2 && layout.layer_q8 {
                     let t = match seed {
                         None => RowBlocks::empty(gpu, &label, shape, DType::Q8)?,
                         Some(_) => RowBlocks::upload_q8(gpu, &label, shape, &values(shape, false))?,
@@ -795,5 +783,41 @@ impl Decoder {
             make_rows("head")?
         };
         Ok(Decoder::from_parts(cfg, embed, layers, final_norm, head))
+    }
+}
+
+/// How `Decoder::synthetic` stores a model's tensors.
+#[derive(Clone, Copy)]
+struct Layout {
+    /// Embedding, head and (unless `layer_q8`) layer matrices.
+    matrices: DType,
+    /// Norm weights and biases.
+    vectors: DType,
+    /// Layer matrices in 8-bit blocks (as `Decoder::load_8bit` stores them).
+    layer_q8: bool,
+    /// Matrices are cut into the blocks of rows a matrix of this dtype
+    /// would need.
+    blocks_of: DType,
+}
+
+impl Layout {
+    /// As `Decoder::load` keeps a checkpoint stored in `dtype` (f16
+    /// vectors widened to f32).
+    fn as_loaded(dtype: DType) -> Layout {
+        let matrices = match dtype {
+            DType::BF16 | DType::F16 => dtype,
+            _ => DType::F32,
+        };
+        let vectors = if super::weights::widens(matrices, 1, false) {
+            DType::F32
+        } else {
+            matrices
+        };
+        Layout {
+            matrices,
+            vectors,
+            layer_q8: false,
+            blocks_of: matrices,
+        }
     }
 }
