@@ -62,8 +62,6 @@ pub struct TaggedBytes {
     pub by_tag: [u64; MEMORY_TAGS],
     /// Bytes added by rounding requests up to pooled sizes.
     pub rounding: u64,
-    /// Freed buffers the pool keeps on the device for reuse.
-    pub pooled: u64,
 }
 
 /// Byte counters. `device_*` counts every buffer the allocator holds on the
@@ -91,10 +89,7 @@ impl MemoryStats {
         self.peak_device_bytes = self.peak_device_bytes.max(self.device_bytes);
         if self.live_bytes >= self.peak_live_bytes {
             self.peak_live_bytes = self.live_bytes;
-            self.at_peak = TaggedBytes {
-                pooled: self.device_bytes - self.live_bytes,
-                ..self.live
-            };
+            self.at_peak = self.live;
         }
     }
 }
