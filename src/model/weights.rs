@@ -377,39 +377,31 @@ pub fn write_safetensors(
     tensors: &BTreeMap<String, (DType, Vec<usize>, Vec<u8>)>,
     metadata: Option<HashMap<String, String>>,
 ) -> Result<()> {
-    let mut views = Vec::new();
-    for (name, (dtype, shape, bytes)) in tensors {
-        let d = match dtype {
-            DType::F32 => safetensors::Dtype::F32,
-            DType::BF16 => safetensors::Dtype::BF16,
-            DType::F16 => safetensors::Dtype::F16,
-            DType::U32 => safetensors::Dtype::U32,
-            DType::Q8 => {
-                return Err(Error::Invalid(format!(
-                    "tensor '{name}': the 8-bit block format is not written to safetensors"
-                )))
-            }
-        };
-        let view = safetensors::tensor::TensorView::new(d, shape.clone(), bytes)
-            .map_err(|e| Error::Invalid(format!("tensor '{name}': {e}")))?;
-        views.push((name.clone(), view));
-    }
-    let tmp = path.with_extension("safetensors.tmp");
-    safetensors::serialize_to_file(views, metadata, &tmp)
-        .map_err(|e| Error::Invalid(format!("{}: {e}", tmp.display())))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    let items: Vec<(String, DType, Vec<usize>)> = tensors
+        .iter()
+        .map(|(name, (dtype, shape, _))| (name.clone(), *dtype, shape.clone()))
+        .collect();
+    let data: Vec<&[u8]> = tensors.values().map(|t| t.2.as_slice()).collect();
+    write_safetensors_streamed(path, &items, metadata.as_ref(), |i| {
+        Ok(std::borrow::Cow::Borrowed(data[i]))
+    })
 }
 
 /// Write a safetensors file one tensor at a time: `tensors` gives each
 /// tensor's name, dtype and shape up front (the header), `bytes(i)` its
 /// data when it is written, so at most one tensor's bytes are in memory.
-/// Atomic like `write_safetensors`.
-pub fn write_safetensors_streamed(
+/// Atomic: written under a temporary name (removed on any error), then
+/// renamed.
+pub fn write_safetensors_streamed<'a>(
     path: &Path,
     tensors: &[(String, DType, Vec<usize>)],
-    mut bytes: impl FnMut(usize) -> Result<Vec<u8>>,
+    metadata: Option<&HashMap<String, String>>,
+    mut bytes: impl FnMut(usize) -> Result<std::borrow::Cow<'a, [u8]>>,
 ) -> Result<()> {
     let mut header = serde_json::Map::new();
+    if let Some(m) = metadata {
+        header.insert("__metadata__".into(), serde_json::json!(m));
+    }
     let mut at = 0usize;
     for (name, dtype, shape) in tensors {
         let d = match dtype {
@@ -444,14 +436,13 @@ pub fn write_safetensors_streamed(
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
 
-fn write_streamed(
+fn write_streamed<'a>(
     tmp: &Path,
-    header: &str,
+    text: &str,
     tensors: &[(String, DType, Vec<usize>)],
-    bytes: &mut impl FnMut(usize) -> Result<Vec<u8>>,
+    bytes: &mut impl FnMut(usize) -> Result<std::borrow::Cow<'a, [u8]>>,
 ) -> Result<()> {
     use std::io::Write;
-    let text = header;
     let file = std::fs::File::create(tmp).map_err(|e| Error::io(tmp, e))?;
     let mut w = std::io::BufWriter::new(file);
     let io = |e| Error::io(tmp, e);

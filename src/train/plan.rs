@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 use super::data::Corpus;
 use super::offload::MOMENT_BLOCK;
 use super::run::{DistillOptions, Trainer};
+use super::student::group_shape;
 use crate::error::{format_bytes, Error, Result};
 use crate::gpu::{DType, Gpu, GpuOptions, MemoryTag, TaggedBytes};
 use crate::model::decoder::Decoder;
@@ -202,7 +203,7 @@ pub fn rehearse(gpu_opts: &GpuOptions, spec: &PlanSpec) -> Result<MemoryPlan> {
         .params
         .groups()
         .iter()
-        .map(|(_, g)| g.iter().map(|p| p.value.numel() as u64).sum::<u64>())
+        .map(|(_, g)| group_shape(g).iter().product::<usize>() as u64)
         .max()
         .unwrap_or(0);
     let host_parts = host_parts(student_params, largest, spec.lean, spec.opts.adam_8bit);

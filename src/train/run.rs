@@ -12,7 +12,7 @@ use super::data::{permutation, Corpus, DataPosition};
 use super::loss::{micro_step, LossParts, LossWeights, MicroBatch};
 use super::offload::HostState;
 use super::plan::tag;
-use super::student::{export_plan, group_values, StudentParams};
+use super::student::{export_plan, group_shape, group_values, StudentParams};
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu};
 use crate::model::decoder::Decoder;
@@ -120,7 +120,9 @@ pub struct Trainer<'a> {
     perm: Vec<usize>,
     /// Optimiser steps completed.
     pub step: usize,
-    norm: GradNorm,
+    /// The gradient norm on the GPU (exact mode; lean mode sums it on the
+    /// host).
+    norm: Option<GradNorm>,
     /// Lean mode: masters, moments and gradient sums on the host.
     pub host: Option<HostState>,
     /// Small files written into every checkpoint (e.g. student_config.json).
@@ -219,10 +221,12 @@ impl<'a> Trainer<'a> {
         opts: DistillOptions,
         host: Option<HostState>,
     ) -> Result<Trainer<'a>> {
-        let sizes: Vec<usize> = params.params.iter().map(|p| p.grad.numel()).collect();
-        let norm = {
+        let norm = if host.is_some() {
+            None
+        } else {
+            let sizes: Vec<usize> = params.params.iter().map(|p| p.grad.numel()).collect();
             let _t = gpu.alloc.tagged(tag::OPTIMIZER);
-            GradNorm::new(gpu, &sizes)?
+            Some(GradNorm::new(gpu, &sizes)?)
         };
         let pos = DataPosition {
             seed: opts.seed,
@@ -294,13 +298,13 @@ impl<'a> Trainer<'a> {
                 (n as f32, c)
             }
             None => {
+                let norm = self.norm.as_ref().expect("exact mode has a GPU norm");
                 let mut rec = gpu.recorder();
                 let grads: Vec<&crate::gpu::Tensor> =
                     self.params.params.iter().map(|p| &p.grad).collect();
-                self.norm
-                    .record(&mut rec, &grads, self.opts.max_grad_norm)?;
+                norm.record(&mut rec, &grads, self.opts.max_grad_norm)?;
                 rec.run()?;
-                let norm = gpu.read_f32(self.norm.out())?;
+                let norm = gpu.read_f32(norm.out())?;
                 (norm[1], norm[0])
             }
         };
@@ -330,6 +334,7 @@ impl<'a> Trainer<'a> {
             h.adamw(&cfgs, self.step as u64 + 1, clip);
             h.upload(gpu, &self.params)?;
         } else {
+            let norm = self.norm.as_ref().expect("exact mode has a GPU norm");
             let mut rec = gpu.recorder();
             for (p, cfg) in self.params.params.iter().zip(&cfgs) {
                 let (m, v) = (p.m.as_ref(), p.v.as_ref());
@@ -341,7 +346,7 @@ impl<'a> Trainer<'a> {
                     v.expect("exact mode"),
                     cfg,
                     self.step as u64 + 1,
-                    Some(self.norm.out()),
+                    Some(norm.out()),
                 )?;
             }
             rec.run()?;
@@ -461,7 +466,7 @@ impl<'a> Trainer<'a> {
             .iter()
             .map(|e| (e.name.clone(), dtype, e.shape.clone()))
             .collect();
-        write_safetensors_streamed(path, &items, |i| {
+        write_safetensors_streamed(path, &items, None, |i| {
             let e = &plan[i];
             let v = match &self.host {
                 Some(h) => {
@@ -469,7 +474,7 @@ impl<'a> Trainer<'a> {
                 }
                 None => e.values(&self.params, &mut |p| self.gpu.read_f32(&p.value))?,
             };
-            encode(&e.name, &v, dtype)
+            encode(&e.name, &v, dtype).map(std::borrow::Cow::Owned)
         })
     }
 
@@ -528,17 +533,15 @@ impl<'a> Trainer<'a> {
         let groups = self.params.groups();
         let mut items = Vec::new();
         for (name, group) in &groups {
-            let mut shape = group[0].value.shape().to_vec();
-            shape[0] = group.iter().map(|p| p.value.dim(0)).sum();
             for kind in ["m", "v"] {
-                items.push((format!("{kind}.{name}"), DType::F32, shape.clone()));
+                items.push((format!("{kind}.{name}"), DType::F32, group_shape(group)));
             }
         }
-        write_safetensors_streamed(&tmp.join("optimizer.safetensors"), &items, |i| {
+        write_safetensors_streamed(&tmp.join("optimizer.safetensors"), &items, None, |i| {
             let (_, group) = &groups[i / 2];
             let kind = if i % 2 == 0 { "m" } else { "v" };
-            let (_, v) = group_values(group, |p| self.moment(p, kind))?;
-            Ok(bytemuck::cast_slice(&v).to_vec())
+            let v = group_values(group, |p| self.moment(p, kind))?;
+            Ok(std::borrow::Cow::Owned(bytemuck::cast_slice(&v).to_vec()))
         })?;
         let state = json!({
             "step": self.step,

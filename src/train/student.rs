@@ -389,8 +389,7 @@ pub fn export_plan(cfg: &crate::model::ModelConfig, params: &StudentParams) -> R
         } else {
             name.to_string()
         };
-        let mut shape = group[0].value.shape().to_vec();
-        shape[0] = group.iter().map(|p| p.value.dim(0)).sum();
+        let shape = group_shape(&group);
         let ids = group
             .iter()
             .map(|p| params.index_of(&p.name).expect("own parameter"))
@@ -435,18 +434,23 @@ pub fn export_plan(cfg: &crate::model::ModelConfig, params: &StudentParams) -> R
     Ok(out)
 }
 
-/// A group's tensors joined along the rows: its shape and values.
+/// A group's tensors joined along the rows: their values.
 pub fn group_values(
     group: &[&Param],
     mut read: impl FnMut(&Param) -> Result<Vec<f32>>,
-) -> Result<(Vec<usize>, Vec<f32>)> {
-    let mut shape = group[0].value.shape().to_vec();
-    shape[0] = group.iter().map(|p| p.value.dim(0)).sum();
-    let mut values = Vec::with_capacity(shape.iter().product());
+) -> Result<Vec<f32>> {
+    let mut values = Vec::with_capacity(group_shape(group).iter().product());
     for p in group {
         values.extend(read(p)?);
     }
-    Ok((shape, values))
+    Ok(values)
+}
+
+/// The shape of a group's tensors joined along the rows.
+pub fn group_shape(group: &[&Param]) -> Vec<usize> {
+    let mut shape = group[0].value.shape().to_vec();
+    shape[0] = group.iter().map(|p| p.value.dim(0)).sum();
+    shape
 }
 
 /// The student's forward pass with activation checkpointing: only each
