@@ -14,7 +14,7 @@ use crate::model::weights::Checkpoint;
 use crate::model::ModelConfig;
 use crate::progress::Progress;
 use crate::train::data::{token_stream, Corpus};
-use crate::train::plan::{over_budget, rehearse, suggestions, tag, MemoryPlan, PlanSpec};
+use crate::train::plan::{over_budget, rehearse, suggestion, tag, MemoryPlan, PlanSpec};
 use crate::train::run::{write_student_folder, DistillOptions, StepLog, Trainer};
 use crate::train::student::import_values;
 
@@ -316,14 +316,9 @@ fn teacher_dtype(dir: &Path, cfg: &ModelConfig) -> Result<DType> {
     })
 }
 
-/// The memory plan of the run `a` describes in exact or lean mode, from
-/// config files alone.
-pub fn memory_plan(
-    gpu_opts: &GpuOptions,
-    a: &DistillArgs,
-    configs_only: bool,
-    lean: bool,
-) -> Result<MemoryPlan> {
+/// What a memory plan of the run `a` describes is made of (exact mode),
+/// from config files alone.
+fn plan_spec(a: &DistillArgs, configs_only: bool) -> Result<PlanSpec> {
     let dir = if configs_only {
         crate::model::source::resolve_config(&a.teacher)?
     } else {
@@ -331,7 +326,7 @@ pub fn memory_plan(
     };
     let tcfg = ModelConfig::from_file(&dir.join("config.json"))?;
     let choice = choose_student(a, &tcfg, configs_only)?;
-    let spec = PlanSpec {
+    Ok(PlanSpec {
         teacher_dtype: teacher_dtype(&dir, &tcfg)?,
         pairs: pairs_for(&choice.plan, a.prune.unwrap_or_default()),
         teacher: tcfg,
@@ -339,10 +334,9 @@ pub fn memory_plan(
         seq_len: a.seq_len,
         opts: a.opts.clone(),
         eval: a.eval_tokens > 0,
-        lean,
+        lean: false,
         teacher_8bit: a.teacher_8bit,
-    };
-    rehearse(gpu_opts, &spec)
+    })
 }
 
 /// The plan the run will follow: `--exact` or `--lean` as asked; else
@@ -371,13 +365,15 @@ fn choose_plan(
         }
         (m, _) => m,
     };
-    let lean = mode == TrainMode::Lean;
-    let first = memory_plan(gpu_opts, a, configs_only, lean)?;
+    let mut spec = plan_spec(a, configs_only)?;
+    spec.lean = mode == TrainMode::Lean;
+    let first = rehearse(gpu_opts, &spec)?;
     let budget = budget_for(&first, a.budget_bytes()?);
     if mode != TrainMode::Auto || first.fits(budget) != Some(false) {
         return Ok((first, budget, None));
     }
-    let lean_plan = memory_plan(gpu_opts, a, configs_only, true)?;
+    spec.lean = true;
+    let lean_plan = rehearse(gpu_opts, &spec)?;
     Ok((lean_plan, budget, Some(first)))
 }
 
@@ -417,8 +413,8 @@ pub fn plan_only(gpu_opts: &GpuOptions, a: &DistillArgs, json: bool) -> Result<S
     out.push_str(&plan.describe(budget));
     if plan.fits(budget) == Some(false) {
         let spec = plan.spec.clone();
-        let tips = suggestions(gpu_opts, &spec, budget.expect("a budget"))?;
-        out.push_str(&format!("  would fit: {}\n", tips.join("; ")));
+        let tip = suggestion(gpu_opts, &spec, budget.expect("a budget"))?;
+        out.push_str(&format!("  would fit: {tip}\n"));
     }
     Ok(out)
 }
@@ -445,8 +441,8 @@ pub fn run(gpu_opts: &GpuOptions, a: &DistillArgs) -> Result<String> {
     );
     let lean = mplan.spec.lean;
     if let (Some(false), Some(b)) = (mplan.fits(budget), budget) {
-        let tips = suggestions(gpu_opts, &mplan.spec, b)?;
-        return Err(over_budget(&mplan, b, &tips));
+        let tip = suggestion(gpu_opts, &mplan.spec, b)?;
+        return Err(over_budget(&mplan, b, &tip));
     }
     let gpu = open_gpu(gpu_opts)?;
     gpu.alloc.set_budget(budget);

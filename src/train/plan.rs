@@ -339,11 +339,10 @@ impl MemoryPlan {
     }
 }
 
-/// Changes that would make a plan fit `budget`, each checked by its own
+/// A change that would make a plan fit `budget`, checked by its own
 /// rehearsal: `--recompute`, `--grad-accum` in place of `--batch`, and
 /// the longest `--seq-len` (halving) that fits.
-pub fn suggestions(gpu_opts: &GpuOptions, spec: &PlanSpec, budget: u64) -> Result<Vec<String>> {
-    let mut out = Vec::new();
+pub fn suggestion(gpu_opts: &GpuOptions, spec: &PlanSpec, budget: u64) -> Result<String> {
     let fits = |s: &PlanSpec| -> Result<Option<u64>> {
         let p = rehearse(gpu_opts, s)?;
         Ok((p.gpu_peak_bytes <= budget).then_some(p.gpu_peak_bytes))
@@ -354,8 +353,7 @@ pub fn suggestions(gpu_opts: &GpuOptions, spec: &PlanSpec, budget: u64) -> Resul
     if !base.opts.recompute && !base.lean {
         base.opts.recompute = true;
         if let Some(peak) = fits(&base)? {
-            out.push(format!("--recompute (peak {})", format_bytes(peak)));
-            return Ok(out);
+            return Ok(format!("--recompute (peak {})", format_bytes(peak)));
         }
     }
     if base.opts.batch > 1 {
@@ -363,20 +361,24 @@ pub fn suggestions(gpu_opts: &GpuOptions, spec: &PlanSpec, budget: u64) -> Resul
         s.opts.grad_accum *= s.opts.batch;
         s.opts.batch = 1;
         if let Some(peak) = fits(&s)? {
-            out.push(format!(
+            return Ok(format!(
                 "{recompute}--batch 1 --grad-accum {} (same tokens per step; peak {})",
                 s.opts.grad_accum,
                 format_bytes(peak)
             ));
-            return Ok(out);
         }
         base = s;
     }
     let mut s = base.clone();
+    // The plan of `s` as last rehearsed, for the message when nothing fits.
+    let mut last = None;
     while s.seq_len > 64 {
         s.seq_len /= 2;
-        if let Some(peak) = fits(&s)? {
-            out.push(format!(
+        let p = rehearse(gpu_opts, &s)?;
+        let peak = p.gpu_peak_bytes;
+        last = Some(p);
+        if peak <= budget {
+            return Ok(format!(
                 "{recompute}{}--seq-len {} (peak {})",
                 if s.opts.batch == 1 && spec.opts.batch > 1 {
                     format!("--batch 1 --grad-accum {} ", s.opts.grad_accum)
@@ -386,34 +388,34 @@ pub fn suggestions(gpu_opts: &GpuOptions, spec: &PlanSpec, budget: u64) -> Resul
                 s.seq_len,
                 format_bytes(peak)
             ));
-            return Ok(out);
         }
     }
     if !spec.teacher_8bit {
         let mut q = base.clone();
         q.teacher_8bit = true;
         if let Some(peak) = fits(&q)? {
-            out.push(format!(
+            return Ok(format!(
                 "{recompute}--teacher-8bit (the teacher's layer matrices in 8-bit blocks; \
                  peak {})",
                 format_bytes(peak)
             ));
-            return Ok(out);
         }
     }
-    let weights = rehearse(gpu_opts, &s)?;
+    let weights = match last {
+        Some(p) => p,
+        None => rehearse(gpu_opts, &s)?,
+    };
     let fixed: u64 = weights.gpu_parts[..4].iter().sum();
-    out.push(format!(
+    Ok(format!(
         "none of --recompute, --grad-accum or a shorter --seq-len: the weights, gradients and \
          optimiser states alone take {} in {} mode",
         format_bytes(fixed),
         spec.mode()
-    ));
-    Ok(out)
+    ))
 }
 
 /// The refusal of a plan over its budget: the numbers, and what would fit.
-pub fn over_budget(plan: &MemoryPlan, budget: u64, suggestions: &[String]) -> Error {
+pub fn over_budget(plan: &MemoryPlan, budget: u64, suggestion: &str) -> Error {
     Error::Invalid(format!(
         "the planned GPU peak is {} ({} bytes), over the budget of {} ({} bytes): {}. Nothing \
          was loaded. What would fit: {}",
@@ -428,6 +430,6 @@ pub fn over_budget(plan: &MemoryPlan, budget: u64, suggestions: &[String]) -> Er
             .map(|((k, _), b)| format!("{k} {}", format_bytes(*b)))
             .collect::<Vec<_>>()
             .join(", "),
-        suggestions.join("; ")
+        suggestion
     ))
 }
