@@ -131,7 +131,12 @@ pub trait KvStore {
 
 /// Split GPT-NeoX's fused query_key_value rows (per head: q, k, v of
 /// head_dim rows each) into separate q, k, v row blocks.
-fn split_neox_qkv(bytes: &[u8], heads: usize, head_dim: usize, row_bytes: usize) -> [Vec<u8>; 3] {
+pub(crate) fn split_neox_qkv(
+    bytes: &[u8],
+    heads: usize,
+    head_dim: usize,
+    row_bytes: usize,
+) -> [Vec<u8>; 3] {
     let mut out = [Vec::new(), Vec::new(), Vec::new()];
     for h in 0..heads {
         for (part, o) in out.iter_mut().enumerate() {

@@ -224,11 +224,9 @@ impl StudentParams {
 
     /// Set every gradient buffer to zero (a shared slot once).
     pub fn zero_grads(&self, rec: &mut Recorder) {
-        for p in self
-            .params
-            .iter()
-            .filter(|p| p.layer.is_none() || !self.is_lean())
-        {
+        // Lean mode's layer gradients are the shared slots, cleared below.
+        let lean = self.is_lean();
+        for p in self.params.iter().filter(|p| p.layer.is_none() || !lean) {
             rec.clear(&p.grad);
         }
         for s in &self.slots {
@@ -605,6 +603,9 @@ pub fn import_values(
     ckpt: &crate::model::weights::Checkpoint,
     layer_map: &[usize],
 ) -> Result<Vec<Vec<f32>>> {
+    // Every tensor the config implies, with its shape: what follows slices
+    // them without further checks.
+    ckpt.check(cfg)?;
     let bad = |m: String| crate::Error::Invalid(m);
     // The last tensor read, for the blocks of one table.
     let mut cached: Option<(String, Vec<f32>)> = None;
@@ -666,19 +667,14 @@ pub fn import_values(
         let full = &cached.as_ref().expect("just read").1;
         let whole: Vec<f32> = match part {
             Some((i, is_weight)) => {
-                let (heads, d) = (cfg.num_heads, cfg.head_dim);
                 let row = if is_weight { cfg.hidden_size } else { 1 };
-                let mut v = Vec::with_capacity(heads * d * row);
-                for h in 0..heads {
-                    let at = (h * 3 + i) * d * row;
-                    v.extend_from_slice(full.get(at..at + d * row).ok_or_else(|| {
-                        bad(format!(
-                            "{hf}: {} values, too few for {heads} heads",
-                            full.len()
-                        ))
-                    })?);
-                }
-                v
+                let parts = crate::model::decoder::split_neox_qkv(
+                    bytemuck::cast_slice(full),
+                    cfg.num_heads,
+                    cfg.head_dim,
+                    row * 4,
+                );
+                bytemuck::pod_collect_to_vec(&parts[i])
             }
             None => full.clone(),
         };
