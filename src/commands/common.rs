@@ -24,21 +24,13 @@ pub struct Loaded {
     pub tokenizer: Option<Tokenizer>,
 }
 
-/// Resolve, check and upload a model. `as_f32` widens 16-bit weights.
-pub fn load_model(gpu: &Gpu, reference: &str, as_f32: bool) -> Result<Loaded> {
+/// Resolve, check and upload a model in its stored dtypes; with `q8`, a
+/// frozen teacher's layer matrices in 8-bit blocks (`Decoder::load_8bit`).
+pub fn load_model(gpu: &Gpu, reference: &str, q8: bool) -> Result<Loaded> {
     let dir = source::resolve(reference)?;
     let cfg = ModelConfig::from_file(&dir.join("config.json"))?;
     let ckpt = Checkpoint::open(&dir)?;
-    upload(gpu, reference, dir, cfg, &ckpt, as_f32, false)
-}
-
-/// `load_model` for a frozen teacher whose layer matrices are stored in
-/// the 8-bit block format on the GPU (`Decoder::load_8bit`).
-pub fn load_model_8bit(gpu: &Gpu, reference: &str) -> Result<Loaded> {
-    let dir = source::resolve(reference)?;
-    let cfg = ModelConfig::from_file(&dir.join("config.json"))?;
-    let ckpt = Checkpoint::open(&dir)?;
-    upload(gpu, reference, dir, cfg, &ckpt, false, true)
+    upload(gpu, reference, dir, cfg, &ckpt, q8)
 }
 
 /// Upload an opened checkpoint and load its tokenizer.
@@ -48,7 +40,6 @@ fn upload(
     dir: PathBuf,
     cfg: ModelConfig,
     ckpt: &Checkpoint,
-    as_f32: bool,
     q8: bool,
 ) -> Result<Loaded> {
     // Files are checked before anything goes to the GPU.
@@ -63,7 +54,7 @@ fn upload(
     let decoder = if q8 {
         Decoder::load_8bit(gpu, &cfg, ckpt)?
     } else {
-        Decoder::load(gpu, &cfg, ckpt, as_f32)?
+        Decoder::load(gpu, &cfg, ckpt, false)?
     };
     // Say so when a table is over the binding limit and stored in blocks.
     let blocks = match decoder.embed.blocks().len() {
@@ -130,7 +121,6 @@ impl Pair {
             files.teacher_cfg,
             &files.teacher_ckpt,
             false,
-            false,
         )?;
         let s = upload(
             gpu,
@@ -138,7 +128,6 @@ impl Pair {
             files.student_dir,
             files.student_cfg,
             &files.student_ckpt,
-            false,
             false,
         )?;
         Ok(Pair {

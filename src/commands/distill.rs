@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use super::common::{load_model, load_model_8bit, open_gpu};
+use super::common::{load_model, open_gpu};
 use crate::boomerang::patch::check_compatible;
 use crate::boomerang::{reference_alignment, Hidden, PruneParams, PrunePlan, StudentConfig};
 use crate::commands::init_student::{init_student, student_config_json, InitStudentOptions};
@@ -449,11 +449,7 @@ pub fn run(gpu_opts: &GpuOptions, a: &DistillArgs) -> Result<String> {
     std::fs::create_dir_all(&out_dir).map_err(|e| Error::io(&out_dir, e))?;
     let teacher = {
         let _t = gpu.alloc.tagged(tag::TEACHER);
-        if a.teacher_8bit {
-            load_model_8bit(&gpu, &a.teacher)?
-        } else {
-            load_model(&gpu, &a.teacher, false)?
-        }
+        load_model(&gpu, &a.teacher, a.teacher_8bit)?
     };
     let tok = teacher.tokenizer.as_ref().ok_or_else(|| {
         Error::Invalid(format!(
