@@ -17,6 +17,12 @@
 //
 // Targets >= cols (u32::MAX marks "no target") contribute no CE and no
 // CE gradient on that row.
+//
+// The in-place variant also stores each row's softmax statistics (five
+// f32: student max, log sums at 1 and at tau, teacher max, teacher log
+// sum), from which `distill_grad_cols` recomputes the gradient of any
+// block of vocabulary columns from those columns' logits alone: the
+// gradient of an LM head block can then be finished block by block.
 
 struct Params {
     rows: u32,
@@ -26,8 +32,15 @@ struct Params {
     tau_is_one: u32,
     ce_scale: f32,
     kl_scale: f32,
+    // distill_grad_cols: vocabulary index of the block's first column,
+    // the vocabulary size (targets at or past it are "no target") and the
+    // row of stats and targets the block's first row reads.
+    col0: u32,
+    vocab: u32,
+    row0: u32,
     _pad0: u32,
     _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -39,10 +52,13 @@ struct Params {
 @group(0) @binding(6) var<storage, read_write> ds: array<f32>;
 // In-place variant: student logits in, gradient out, one binding.
 @group(0) @binding(7) var<storage, read_write> sg: array<f32>;
+// Per-row statistics (STATS f32 a row), written by the in-place variant.
+@group(0) @binding(8) var<storage, read_write> stats: array<f32>;
 
 //#include _common
 
 const WG: u32 = 256u;
+const STATS: u32 = 5u;
 // A finite "minus infinity": exp(NEG - x) is 0 and NEG - NEG is 0, never NaN.
 const NEG: f32 = -3.0e38;
 
@@ -314,6 +330,14 @@ fn distill_fwd_bwd_inplace(
     storageBarrier();
     let f = finish(reduce_state(st, lid));
     store_losses(row, lid, f, s_y, y);
+    if lid == 0u {
+        let o = row * STATS;
+        stats[o] = f.m;
+        stats[o + 1u] = f.lz1;
+        stats[o + 2u] = f.lz2;
+        stats[o + 3u] = f.mt;
+        stats[o + 4u] = f.lzt;
+    }
     let cs = select(0.0, p.ce_scale, y < p.cols);
     var i = lid;
     for (; i + 3u * WG < p.cols; i += 4u * WG) {
@@ -327,6 +351,34 @@ fn distill_fwd_bwd_inplace(
     for (; i < p.cols; i += WG) {
         sg[base + i] = grad1(f, sg[base + i], t[base + i], i, y, cs);
     }
+}
+
+// The gradient over a block of vocabulary columns, from the rows' stats:
+// s (in sg, overwritten by the gradient) and t are [rows, cols] logits of
+// vocabulary columns col0.. of rows row0..; one invocation per element.
+// The same arithmetic as the in-place pass 2 (grad1).
+@compute @workgroup_size(256)
+fn distill_grad_cols(
+    @builtin(global_invocation_id) gid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let i = folded_index(gid, nwg, WG);
+    if i >= p.rows * p.cols {
+        return;
+    }
+    let r = i / p.cols;
+    let row = p.row0 + r;
+    let o = row * STATS;
+    var f: Fin;
+    f.m = stats[o];
+    f.lz1 = stats[o + 1u];
+    f.lz2 = stats[o + 2u];
+    f.mt = stats[o + 3u];
+    f.lzt = stats[o + 4u];
+    let y = targets[row];
+    let cs = select(0.0, p.ce_scale, y < p.vocab);
+    let col = p.col0 + i % p.cols;
+    sg[i] = grad1(f, sg[i], t[i], col, y, cs);
 }
 
 // CE + KL per row, no gradient (evaluation with a teacher).

@@ -45,17 +45,7 @@ fn loss_parts_and_gradients_match_pytorch() {
             params.zero_grads(&mut rec);
             rec.run().unwrap();
             micro_step(
-                g,
-                &teacher,
-                &student,
-                &params,
-                &mb,
-                &pairs,
-                &w,
-                1,
-                true,
-                ckpt,
-                &mut |_, _| Ok(()),
+                g, &teacher, &student, &params, &mb, &pairs, &w, 1, true, ckpt, None,
             )
             .unwrap()
         };

@@ -83,7 +83,7 @@ fn check_distill(rows: usize, cols: usize, tau: f32, seed: u64, near: bool) {
     let (out, ds) = distill_loss::distill_loss(&mut rec, &ts, &tt, &ty, &cfg).unwrap();
     let fwd = distill_loss::distill_forward(&mut rec, &ts, &tt, &ty, &cfg).unwrap();
     let nll = distill_loss::cross_entropy(&mut rec, &ts, &ty).unwrap();
-    let inpl = distill_loss::distill_loss_inplace(&mut rec, &ts2, &tt, &ty, &cfg).unwrap();
+    let (inpl, stats) = distill_loss::distill_loss_inplace(&mut rec, &ts2, &tt, &ty, &cfg).unwrap();
     rec.run().unwrap();
 
     let what = format!("{rows}x{cols} tau={tau} near={near}");
@@ -130,6 +130,37 @@ fn check_distill(rows: usize, cols: usize, tau: f32, seed: u64, near: bool) {
         1e-8,
         1e-4,
     );
+    // The gradient block by block of columns (rows from row 1 on, as a
+    // later chunk of rows reads them) from the rows' statistics.
+    let r0 = rows.min(1);
+    let n = rows - r0;
+    let width = (cols / 3).max(1);
+    for c0 in (0..cols).step_by(width) {
+        let w = width.min(cols - c0);
+        let block = |x: &[f32]| -> Vec<f32> {
+            (r0..rows)
+                .flat_map(|r| x[r * cols + c0..r * cols + c0 + w].to_vec())
+                .collect()
+        };
+        let bs = g.upload_f32("bs", &[n, w], &block(&s)).unwrap();
+        let bt = g.upload_f32("bt", &[n, w], &block(&t)).unwrap();
+        let at = distill_loss::ColBlock {
+            row0: r0,
+            col0: c0,
+            vocab: cols,
+        };
+        let mut rec = g.recorder();
+        distill_loss::distill_grad_cols(&mut rec, (&bs, &bt), (&stats, &ty), at, &cfg).unwrap();
+        rec.run().unwrap();
+        let what = format!("{what} columns {c0}..{}", c0 + w);
+        assert_close(
+            &what,
+            &g.read_f32(&bs).unwrap(),
+            &block(&want_ds),
+            1e-8,
+            1e-4,
+        );
+    }
 }
 
 #[test]
@@ -164,6 +195,18 @@ fn distill_rejects_bad_inputs() {
     let bad = DistillLoss { tau: 0.0, ..cfg };
     assert!(distill_loss::distill_loss_inplace(&mut rec, &s, &s, &y, &bad).is_err());
     assert!(distill_loss::cross_entropy(&mut rec, &s, &y3).is_err());
+    // A column block past the vocabulary, or rows past the statistics.
+    let (_, stats) = distill_loss::distill_loss_inplace(&mut rec, &s, &s, &y, &cfg).unwrap();
+    let b = g.upload_f32("b", &[2, 2], &[0.0; 4]).unwrap();
+    for (row0, col0) in [(0, 2), (1, 0)] {
+        let at = distill_loss::ColBlock {
+            row0,
+            col0,
+            vocab: 3,
+        };
+        let r = distill_loss::distill_grad_cols(&mut rec, (&b, &b), (&stats, &y), at, &cfg);
+        assert!(r.is_err(), "{at:?}");
+    }
 }
 
 #[test]

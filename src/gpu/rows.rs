@@ -6,6 +6,10 @@
 use super::{format_bytes, DType, Gpu, Tensor};
 use crate::error::{Error, Result};
 
+/// The most bytes of one block of a `blocks_of` matrix made by
+/// `RowBlocks::empty_blocked_as`.
+pub const GRAD_BLOCK_BYTES: u64 = 256 << 20;
+
 #[derive(Clone, Debug)]
 pub struct RowBlocks {
     blocks: Vec<Tensor>,
@@ -67,8 +71,9 @@ impl RowBlocks {
     }
 
     /// Like `empty`, cut into the blocks a `[rows, cols]` matrix of
-    /// `blocks_of` would need (at least as small as its own): a 16-bit
-    /// copy whose f32 gradients must fit a binding block by block.
+    /// `blocks_of` would need (at least as small as its own), each of at
+    /// most `GRAD_BLOCK_BYTES` as `blocks_of`: a 16-bit copy whose f32
+    /// gradients must fit a binding block by block.
     pub fn empty_blocked_as(
         gpu: &Gpu,
         name: &str,
@@ -105,7 +110,14 @@ impl RowBlocks {
                 dtype.name()
             )));
         }
-        let per = Self::rows_per_block(gpu, name, split_row_bytes(cols, dtype, blocks_of))?;
+        let mut per = Self::rows_per_block(gpu, name, split_row_bytes(cols, dtype, blocks_of))?;
+        if blocks_of != dtype {
+            // A copy whose f32 gradients leave the GPU block by block
+            // through one slot (lean training): bounded blocks on any
+            // adapter, however much one binding may hold.
+            per = per
+                .min((GRAD_BLOCK_BYTES / (cols * blocks_of.size()).max(1) as u64).max(1) as usize);
+        }
         Self::by_rows(name, [rows, cols], per, |label, start, n| match bytes {
             Some(b) => {
                 let range = start * row_bytes..(start + n) * row_bytes;

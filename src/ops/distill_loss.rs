@@ -101,8 +101,10 @@ struct Params {
     tau_is_one: u32,
     ce_scale: f32,
     kl_scale: f32,
-    _pad0: u32,
-    _pad1: u32,
+    col0: u32,
+    vocab: u32,
+    row0: u32,
+    _pad: [u32; 3],
 }
 
 fn check_rows(op: &str, s: &Tensor, targets: &Tensor) -> Result<(usize, usize)> {
@@ -141,8 +143,10 @@ fn params(rows: usize, cols: usize, cfg: &DistillLoss) -> Result<Params> {
         tau_is_one: (cfg.tau == 1.0) as u32,
         ce_scale: cfg.ce_scale(),
         kl_scale: cfg.kl_scale(),
-        _pad0: 0,
-        _pad1: 0,
+        col0: 0,
+        vocab: cols as u32,
+        row0: 0,
+        _pad: [0; 3],
     })
 }
 
@@ -172,7 +176,7 @@ enum Gradient {
 
 /// The checks, per-row outputs and launch of the three entry points that
 /// compare the student with the teacher; returns the new gradient tensor
-/// for `Gradient::New`.
+/// for `Gradient::New`, the rows' statistics for `Gradient::InPlace`.
 fn with_teacher(
     rec: &mut Recorder,
     op: &str,
@@ -191,7 +195,13 @@ fn with_teacher(
             s.shape(),
             DType::F32,
         )?),
-        Gradient::None | Gradient::InPlace => None,
+        Gradient::InPlace => Some(Tensor::empty(
+            rec.gpu(),
+            "distill_loss.stats",
+            &[rows, ROW_STATS],
+            DType::F32,
+        )?),
+        Gradient::None => None,
     };
     let (entry, s_name) = match grad {
         Gradient::None => ("distill_fwd", "s"),
@@ -205,8 +215,8 @@ fn with_teacher(
         ("ce", &out.ce),
         ("kl", &out.kl),
     ];
-    if let Some(ds) = &ds {
-        args.push(("ds", ds));
+    if let Some(x) = &ds {
+        args.push((if s_name == "sg" { "stats" } else { "ds" }, x));
     }
     launch(rec, entry, &args, &p)?;
     Ok((out, ds))
@@ -227,16 +237,71 @@ pub fn distill_loss(
 }
 
 /// Like `distill_loss`, but the gradient overwrites the student logits
-/// `s` (saves a vocabulary-sized buffer per row).
+/// `s` (saves a vocabulary-sized buffer per row). Also returns each
+/// row's softmax statistics (f32 `[rows, ROW_STATS]`), from which
+/// [`distill_grad_cols`] recomputes the gradient of any block of columns.
 pub fn distill_loss_inplace(
     rec: &mut Recorder,
     s: &Tensor,
     t: &Tensor,
     targets: &Tensor,
     cfg: &DistillLoss,
-) -> Result<LossRows> {
+) -> Result<(LossRows, Tensor)> {
     let op = "distill_loss_inplace";
-    Ok(with_teacher(rec, op, (s, t, targets), cfg, Gradient::InPlace)?.0)
+    let (rows, stats) = with_teacher(rec, op, (s, t, targets), cfg, Gradient::InPlace)?;
+    Ok((rows, stats.expect("Gradient::InPlace makes row statistics")))
+}
+
+/// f32 values per row of the statistics `distill_loss_inplace` returns.
+pub const ROW_STATS: usize = 5;
+
+/// Where a block of vocabulary columns sits: rows `row0..` of the
+/// statistics and targets, columns `col0..` of a `vocab`-wide row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ColBlock {
+    pub row0: usize,
+    pub col0: usize,
+    pub vocab: usize,
+}
+
+/// The gradient of the loss w.r.t. a block of the student's logits,
+/// written over them: `s` and `t` are `[rows, cols]` logits of vocabulary
+/// columns `at.col0..at.col0 + cols` for rows `at.row0..` of the rows
+/// whose `stats` (from [`distill_loss_inplace`] over whole rows, with the
+/// same `cfg`) and `targets` are given. Equal to those columns of the
+/// in-place gradient: the LM head's gradient can be finished one block of
+/// vocabulary rows at a time without whole rows of logits.
+pub fn distill_grad_cols(
+    rec: &mut Recorder,
+    (s, t): (&Tensor, &Tensor),
+    (stats, targets): (&Tensor, &Tensor),
+    at: ColBlock,
+    cfg: &DistillLoss,
+) -> Result<()> {
+    let op = "distill_grad_cols";
+    if s.dtype() != DType::F32 || s.shape().len() != 2 {
+        shape_bail!("{op}: student logits must be f32 [rows, cols], got {s:?}");
+    }
+    check_teacher(op, s, t)?;
+    let (rows, cols) = (s.dim(0), s.dim(1));
+    let all = targets.numel();
+    if targets.dtype() != DType::U32
+        || stats.dtype() != DType::F32
+        || stats.numel() != all * ROW_STATS
+        || at.row0 + rows > all
+        || at.col0 + cols > at.vocab
+        || rows * cols > u32::MAX as usize
+    {
+        shape_bail!(
+            "{op}: a {rows}×{cols} block at {at:?} of stats {stats:?} and targets {targets:?}"
+        );
+    }
+    let mut p = params(rows, cols, cfg)?;
+    p.col0 = at.col0 as u32;
+    p.vocab = at.vocab as u32;
+    p.row0 = at.row0 as u32;
+    let args = [("sg", s), ("t", t), ("targets", targets), ("stats", stats)];
+    launch::per_item(rec, "distill_loss", op, &args, &p, rows * cols)
 }
 
 /// Per-row CE and KL without a gradient (evaluation against a teacher).
@@ -264,8 +329,10 @@ pub fn cross_entropy(rec: &mut Recorder, s: &Tensor, targets: &Tensor) -> Result
         tau_is_one: 1,
         ce_scale: 0.0,
         kl_scale: 0.0,
-        _pad0: 0,
-        _pad1: 0,
+        col0: 0,
+        vocab: cols as u32,
+        row0: 0,
+        _pad: [0; 3],
     };
     let nll = Tensor::empty(rec.gpu(), "cross_entropy.nll", &[rows], DType::F32)?;
     launch(

@@ -10,7 +10,7 @@ use super::head_loss::{distill_head, HeadInputs};
 use super::student::{self, StudentParams};
 use crate::autodiff::Tape;
 use crate::error::{Error, Result};
-use crate::gpu::{Gpu, Tensor};
+use crate::gpu::{Gpu, Recorder, Tensor};
 use crate::model::decoder::{Batch, Decoder};
 use crate::ops::{cosine, distill_loss};
 
@@ -56,6 +56,20 @@ impl LossParts {
     }
 }
 
+/// Where lean mode's gradients go as the GPU finishes them (the host's
+/// sums, `train::offload`): none of them is ever whole on the GPU.
+pub trait GradSink {
+    /// Layer `layer`'s backward has been submitted: its gradients are in
+    /// the shared slots, which the sink empties.
+    fn layer_done(&mut self, rec: &mut Recorder, layer: usize) -> Result<()>;
+    /// Parameter `param`'s gradient (a block of the head) is complete in
+    /// its slot, submitted.
+    fn param_done(&mut self, rec: &mut Recorder, param: usize) -> Result<()>;
+    /// The gradient of the embedding's output: `d` holds one row of
+    /// `hidden` values per token of `ids`.
+    fn embedding_rows(&mut self, ids: &[u32], d: &[f32]) -> Result<()>;
+}
+
 /// Token ids of a micro-batch: `batch` packed sequences of `seq` tokens.
 pub struct MicroBatch<'a> {
     pub ids: &'a [u32],
@@ -67,8 +81,9 @@ pub struct MicroBatch<'a> {
 /// `accum` (the number of micro-batches in the optimiser step) are added
 /// into the student's gradient buffers; with `recompute`, the student keeps
 /// only each layer's input and recomputes layers during backward
-/// (activation checkpointing: less memory, one more student forward), and
-/// `after_layer(rec, i)` runs once layer `i`'s backward is submitted.
+/// (activation checkpointing: less memory, one more student forward).
+/// Lean mode's parameters need `sink` (and recompute): their gradients
+/// leave the GPU through it during the backward.
 /// `pairs` are (student, teacher) indices into the Hugging Face
 /// hidden-state lists.
 #[allow(clippy::too_many_arguments)]
@@ -83,7 +98,7 @@ pub fn micro_step(
     accum: usize,
     backward: bool,
     recompute: bool,
-    after_layer: &mut dyn FnMut(&mut crate::gpu::Recorder, usize) -> Result<()>,
+    mut sink: Option<&mut dyn GradSink>,
 ) -> Result<LossParts> {
     let (b, t) = (mb.batch, mb.seq);
     let n = b * t;
@@ -119,6 +134,7 @@ pub fn micro_step(
         n_kl: n as f32 * accum_f,
     };
     let n_pairs = pairs.len().max(1) as f32;
+    let lean = params.is_lean();
 
     let mut rec = gpu.recorder();
     let t_out = teacher.forward(&mut rec, &batch, false, !pairs.is_empty())?;
@@ -159,7 +175,8 @@ pub fn micro_step(
     };
     let (rows, d_normed) = {
         let _t = gpu.alloc.tagged(super::plan::tag::LOGITS);
-        distill_head(&mut rec, &inputs, &cfg, backward.then_some(params))?
+        let sink = sink.as_mut().map(|s| &mut **s as &mut dyn GradSink);
+        distill_head(&mut rec, &inputs, &cfg, backward.then_some(params), sink)?
     };
     let mut hidden_grads: Vec<(usize, Tensor)> = Vec::with_capacity(pairs.len());
     let mut cos_vals = Vec::with_capacity(pairs.len());
@@ -173,10 +190,27 @@ pub fn micro_step(
             n as f32 * accum_f,
         )?;
         cos_vals.push(val);
+        // Lean mode keeps the hidden states' gradients until backward
+        // reaches their layer in bf16 (the precision of the reference's
+        // bf16 autocast activations): half the bytes of one hidden state
+        // per aligned pair (288 MiB for pythia-6.9b at seq 2048). Each is
+        // submitted before the next so that its f32 form is reused.
+        let grad = if lean && backward {
+            let g = crate::ops::cast::cast(&mut rec, &grad, crate::gpu::DType::BF16)?;
+            rec.flush()?;
+            g
+        } else {
+            grad
+        };
         hidden_grads.push((si, grad));
     }
     drop(s_hidden);
     drop(t_out);
+    // Submit: the recorded work holds the teacher's hidden states (and
+    // the head's workspace) until then, and backward should not start
+    // with them still on the GPU.
+    rec.flush()?;
+    let mut d_embedded = None;
     if let Some(d_normed) = d_normed {
         match run {
             Run::Tape(mut tape, out) => {
@@ -185,18 +219,32 @@ pub fn micro_step(
                 seeds.extend(hidden_grads.into_iter().map(|(h, g)| (out.hidden[h], g)));
                 tape.backward(&mut rec, seeds, 24)?;
             }
-            Run::Checkpointed(ck) => ck.backward(
-                &mut rec,
-                student,
-                params,
-                &batch,
-                d_normed,
-                hidden_grads,
-                after_layer,
-            )?,
+            Run::Checkpointed(ck) => {
+                let sink = sink.as_mut().map(|s| &mut **s as &mut dyn GradSink);
+                d_embedded = ck.backward(
+                    &mut rec,
+                    student,
+                    params,
+                    &batch,
+                    d_normed,
+                    hidden_grads,
+                    sink,
+                )?;
+            }
         }
     }
     rec.run()?;
+    if let (Some(d), Some(sink)) = (d_embedded, sink) {
+        // Lean mode: the embedding's gradient is its output's gradient
+        // added into the rows of the tokens, on the host.
+        let rows = if gpu.is_dry() {
+            gpu.read_bytes(&d)?;
+            Vec::new()
+        } else {
+            gpu.read_f32(&d)?
+        };
+        sink.embedding_rows(mb.ids, &rows)?;
+    }
 
     let sum = |t: &Tensor| -> Result<f64> { Ok(gpu.read_f32(t)?.iter().map(|&x| x as f64).sum()) };
     let ce = sum(&rows.ce)? / n_ce as f64;

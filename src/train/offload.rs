@@ -331,6 +331,17 @@ impl HostState {
         }
     }
 
+    /// Add `g` into parameter `i`'s gradient from element `at` on (rows
+    /// of a table).
+    pub fn add_grad_at(&mut self, i: usize, at: usize, g: &[f32]) {
+        if self.dry {
+            return;
+        }
+        for (a, b) in self.grads[i][at..at + g.len()].iter_mut().zip(g) {
+            *a += b;
+        }
+    }
+
     pub fn zero_grads(&mut self) {
         if self.dry {
             return;

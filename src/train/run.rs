@@ -9,7 +9,7 @@ use std::time::Instant;
 use serde_json::json;
 
 use super::data::{permutation, Corpus, DataPosition};
-use super::loss::{micro_step, LossParts, LossWeights, MicroBatch};
+use super::loss::{micro_step, GradSink, LossParts, LossWeights, MicroBatch};
 use super::offload::HostState;
 use super::plan::tag;
 use super::student::{export_plan, group_shape, group_values, StudentParams};
@@ -287,12 +287,10 @@ impl<'a> Trainer<'a> {
         let lr = self.opts.lr_at(self.step);
         let (grad_norm, clip) = match &mut self.host {
             Some(h) => {
-                // The gradients of the embedding, head and final norm are
-                // whole on the GPU; add them to the layers' on the host.
-                for (i, p) in self.params.params.iter().enumerate() {
-                    if p.layer.is_none() {
-                        h.add_grad(i, &read_grad(gpu, &p.grad)?);
-                    }
+                // The final norm's gradients are whole on the GPU; add
+                // them to the others' on the host.
+                for (i, p) in self.params.own_grads() {
+                    h.add_grad(i, &read_grad(gpu, &p.grad)?);
                 }
                 let (n, c) = h.grad_norm(self.opts.max_grad_norm);
                 (n as f32, c)
@@ -398,24 +396,10 @@ impl<'a> Trainer<'a> {
         mb: &MicroBatch,
         accum: usize,
         backward: bool,
-        mut host: Option<&mut HostState>,
+        host: Option<&mut HostState>,
     ) -> Result<LossParts> {
-        let (gpu, params) = (self.gpu, &self.params);
-        let mut after_layer = |rec: &mut crate::gpu::Recorder, layer: usize| -> Result<()> {
-            let Some(h) = host.as_deref_mut() else {
-                return Ok(());
-            };
-            let Some(own) = params.layer_params.get(layer) else {
-                return Ok(());
-            };
-            for &i in own {
-                h.add_grad(i, &read_grad(gpu, &params.params[i].grad)?);
-            }
-            for s in &params.slots {
-                rec.clear(s);
-            }
-            Ok(())
-        };
+        let sink = host.map(|host| HostSink::new(self.gpu, &self.params, host));
+        let mut sink = sink.transpose()?;
         micro_step(
             self.gpu,
             self.teacher,
@@ -427,7 +411,7 @@ impl<'a> Trainer<'a> {
             accum,
             backward,
             backward && self.opts.recompute,
-            &mut after_layer,
+            sink.as_mut().map(|s| s as &mut dyn GradSink),
         )
     }
 
@@ -657,6 +641,91 @@ fn encode(name: &str, v: &[f32], dtype: DType) -> Result<Vec<u8>> {
         }
         _ => bytemuck::cast_slice(v).to_vec(),
     })
+}
+
+/// Lean mode's gradients leaving the GPU into the host's sums.
+struct HostSink<'s> {
+    gpu: &'s Gpu,
+    params: &'s StudentParams,
+    host: &'s mut HostState,
+    /// The embedding's blocks: first row and parameter index, in order.
+    embed: Vec<(usize, usize)>,
+}
+
+impl<'s> HostSink<'s> {
+    fn new(gpu: &'s Gpu, params: &'s StudentParams, host: &'s mut HostState) -> Result<Self> {
+        let mut embed = Vec::new();
+        for &i in &params.table_params {
+            let name = &params.params[i].name;
+            let first = match name.split_once('@') {
+                None if name == "embed" => 0,
+                Some(("embed", r)) => r
+                    .parse()
+                    .map_err(|e| Error::Invalid(format!("parameter {name}: {e}")))?,
+                _ => continue,
+            };
+            embed.push((first, i));
+        }
+        embed.sort_unstable();
+        Ok(HostSink {
+            gpu,
+            params,
+            host,
+            embed,
+        })
+    }
+}
+
+impl GradSink for HostSink<'_> {
+    fn layer_done(&mut self, rec: &mut crate::gpu::Recorder, layer: usize) -> Result<()> {
+        let Some(own) = self.params.layer_params.get(layer) else {
+            return Ok(());
+        };
+        for &i in own {
+            let g = read_grad(self.gpu, &self.params.params[i].grad)?;
+            self.host.add_grad(i, &g);
+        }
+        for s in &self.params.slots {
+            rec.clear(s);
+        }
+        Ok(())
+    }
+
+    fn param_done(&mut self, _rec: &mut crate::gpu::Recorder, param: usize) -> Result<()> {
+        let g = read_grad(self.gpu, &self.params.params[param].grad)?;
+        self.host.add_grad(param, &g);
+        Ok(())
+    }
+
+    fn embedding_rows(&mut self, ids: &[u32], d: &[f32]) -> Result<()> {
+        if self.gpu.is_dry() {
+            return Ok(());
+        }
+        let hidden = d.len() / ids.len().max(1);
+        if hidden * ids.len() != d.len() || self.embed.is_empty() {
+            return Err(Error::Shape(format!(
+                "embedding gradient: {} values for {} tokens",
+                d.len(),
+                ids.len()
+            )));
+        }
+        let (last, li) = *self.embed.last().expect("checked above");
+        let vocab = last + self.params.params[li].value.dim(0);
+        // Tokens in order: the sums do not depend on threads.
+        for (k, &id) in ids.iter().enumerate() {
+            let id = id as usize;
+            if id >= vocab {
+                return Err(Error::Invalid(format!(
+                    "token id {id} is outside the vocabulary of {vocab}"
+                )));
+            }
+            let b = self.embed.partition_point(|&(first, _)| first <= id) - 1;
+            let (first, i) = self.embed[b];
+            let row = &d[k * hidden..(k + 1) * hidden];
+            self.host.add_grad_at(i, (id - first) * hidden, row);
+        }
+        Ok(())
+    }
 }
 
 /// A gradient's values on the host; on a dry-run GPU only the readback is

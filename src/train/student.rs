@@ -42,6 +42,11 @@ pub struct StudentParams {
     /// Lean mode: per decoder layer, its parameters (indices) whose
     /// gradients are in shared slots. Empty in exact mode.
     pub layer_params: Vec<Vec<usize>>,
+    /// Lean mode: the blocks of the embedding and the head (indices),
+    /// whose gradients reach the host during the micro-step (the head's
+    /// block by block through shared slots, the embedding's as the rows
+    /// of its output's gradient). Empty in exact mode.
+    pub table_params: Vec<usize>,
     /// The shared gradient slots (lean mode).
     pub slots: Vec<Tensor>,
     index: BTreeMap<String, usize>,
@@ -112,6 +117,7 @@ impl StudentParams {
         let mut index = BTreeMap::new();
         let mut by_tensor = HashMap::new();
         let mut layer_params: Vec<Vec<usize>> = Vec::new();
+        let mut table_params: Vec<usize> = Vec::new();
         let mut slots: Vec<Tensor> = Vec::new();
         // Lean mode's slots by (tensor name in the layer, shape).
         let mut slot_of: HashMap<(String, Vec<usize>), usize> = HashMap::new();
@@ -134,12 +140,23 @@ impl StudentParams {
                 .strip_prefix("layers.")
                 .and_then(|r| r.split_once('.'))
                 .and_then(|(i, _)| i.parse::<usize>().ok());
+            let base = name.split('@').next().expect("split yields one item");
+            let table = base == "embed" || base == "head";
             let grad = {
                 let _t = gpu.alloc.tagged(super::plan::tag::GRADIENTS);
-                match (lean, layer) {
-                    (true, Some(l)) => {
+                // Lean mode: a layer's tensor shares a slot with the same
+                // tensor of the other layers; the blocks of the embedding
+                // and the head share one slot per block shape.
+                let slot_key = match (lean, layer) {
+                    (true, Some(_)) => {
                         let within = name.split_once('.').expect("layers.").1;
-                        let within = within.split_once('.').expect("{i}.").1.to_string();
+                        Some(within.split_once('.').expect("{i}.").1.to_string())
+                    }
+                    (true, None) if table => Some("table".to_string()),
+                    _ => None,
+                };
+                match slot_key {
+                    Some(within) => {
                         let key = (within, shape.clone());
                         let slot = match slot_of.get(&key) {
                             Some(&i) => i,
@@ -151,13 +168,18 @@ impl StudentParams {
                                 slots.len() - 1
                             }
                         };
-                        if layer_params.len() <= l {
-                            layer_params.resize(l + 1, Vec::new());
+                        match layer {
+                            Some(l) => {
+                                if layer_params.len() <= l {
+                                    layer_params.resize(l + 1, Vec::new());
+                                }
+                                layer_params[l].push(params.len());
+                            }
+                            None => table_params.push(params.len()),
                         }
-                        layer_params[l].push(params.len());
                         slots[slot].clone()
                     }
-                    _ => gpu.zeros(&format!("grad.{name}"), &shape, DType::F32)?,
+                    None => gpu.zeros(&format!("grad.{name}"), &shape, DType::F32)?,
                 }
             };
             let (m, v) = if lean {
@@ -184,10 +206,16 @@ impl StudentParams {
         Ok(StudentParams {
             params,
             layer_params,
+            table_params,
             slots,
             index,
             by_tensor,
         })
+    }
+
+    /// The parameter whose value `value` is.
+    pub fn param_of(&self, value: &Tensor) -> Option<usize> {
+        self.by_tensor.get(&tensor_key(value)).copied()
     }
 
     /// Whether this is lean mode's layout (shared slots, no GPU moments).
@@ -222,11 +250,20 @@ impl StudentParams {
         self.params.iter().map(|p| p.value.numel() as u64).sum()
     }
 
+    /// The parameters (with their index) whose gradient buffer is their
+    /// own: all in exact mode; in lean mode the final norm's (the others
+    /// are shared slots).
+    pub fn own_grads(&self) -> impl Iterator<Item = (usize, &Param)> {
+        let lean = self.is_lean();
+        self.params
+            .iter()
+            .enumerate()
+            .filter(move |(i, p)| !lean || (p.layer.is_none() && !self.table_params.contains(i)))
+    }
+
     /// Set every gradient buffer to zero (a shared slot once).
     pub fn zero_grads(&self, rec: &mut Recorder) {
-        // Lean mode's layer gradients are the shared slots, cleared below.
-        let lean = self.is_lean();
-        for p in self.params.iter().filter(|p| p.layer.is_none() || !lean) {
+        for (_, p) in self.own_grads() {
             rec.clear(&p.grad);
         }
         for s in &self.slots {
@@ -522,9 +559,10 @@ pub fn forward_checkpointed(
 impl Checkpointed {
     /// Backward from the gradient of the final normed states (the head's
     /// input) and of hidden states (by HF index), adding into the
-    /// parameters' gradient buffers. `after_layer(rec, i)` runs once layer
-    /// `i`'s backward has been submitted (lean mode takes its gradients
-    /// off the GPU there).
+    /// parameters' gradient buffers. With a `sink` (lean mode), each
+    /// layer's gradients are handed to it once that layer's backward is
+    /// submitted, and the embedding's output gradient is returned instead
+    /// of being added into the table on the GPU.
     #[allow(clippy::too_many_arguments)]
     pub fn backward(
         mut self,
@@ -534,8 +572,8 @@ impl Checkpointed {
         batch: &Batch,
         d_normed: Tensor,
         hidden_seeds: Vec<(usize, Tensor)>,
-        after_layer: &mut dyn FnMut(&mut Recorder, usize) -> Result<()>,
-    ) -> Result<()> {
+        mut sink: Option<&mut dyn crate::train::loss::GradSink>,
+    ) -> Result<Option<Tensor>> {
         let n = self.inputs.len();
         let mut at: Vec<Vec<Tensor>> = vec![Vec::new(); n + 1];
         for (h, g) in hidden_seeds {
@@ -548,7 +586,10 @@ impl Checkpointed {
         }
         let mut seeds = vec![(self.normed_var, d_normed)];
         for g in at[n].drain(..) {
-            seeds.push((self.normed_var, g));
+            seeds.push((
+                self.normed_var,
+                crate::ops::cast::cast(rec, &g, DType::F32)?,
+            ));
         }
         self.head_tape.backward(rec, seeds, 0)?;
         let attend = student.dense_attend(batch);
@@ -561,7 +602,7 @@ impl Checkpointed {
         for i in (0..n).rev() {
             if i + 1 < n {
                 for s in at[i + 1].drain(..) {
-                    g = crate::ops::elementwise::add(rec, &g, &s)?;
+                    g = add_seed(rec, &g, &s)?;
                 }
             }
             let gx = Tensor::empty(
@@ -583,13 +624,25 @@ impl Checkpointed {
             t.backward(rec, vec![(y, g)], 24)?;
             g = gx;
             rec.flush()?;
-            after_layer(rec, i)?;
+            if let Some(sink) = sink.as_mut() {
+                sink.layer_done(rec, i)?;
+            }
         }
         for s in at[0].drain(..) {
-            g = crate::ops::elementwise::add(rec, &g, &s)?;
+            g = add_seed(rec, &g, &s)?;
         }
-        self.embed_tape.backward(rec, vec![(self.x0, g)], 0)
+        if sink.is_some() {
+            return Ok(Some(g));
+        }
+        self.embed_tape.backward(rec, vec![(self.x0, g)], 0)?;
+        Ok(None)
     }
+}
+
+/// `g + seed`, f32, for a seed gradient kept in f32 or (lean mode) bf16.
+fn add_seed(rec: &mut Recorder, g: &Tensor, seed: &Tensor) -> Result<Tensor> {
+    let seed = crate::ops::cast::cast(rec, seed, DType::F32)?;
+    crate::ops::elementwise::add(rec, g, &seed)
 }
 
 /// Every parameter's values (in `params` order) from a checkpoint: the
