@@ -14,7 +14,9 @@ use crate::model::weights::Checkpoint;
 use crate::model::ModelConfig;
 use crate::progress::Progress;
 use crate::train::data::{token_stream, Corpus};
-use crate::train::plan::{over_budget, rehearse, suggestion, tag, MemoryPlan, PlanSpec};
+use crate::train::plan::{
+    over_budget, plan_within, rehearse, suggestion, tag, within_budget, MemoryPlan, PlanSpec,
+};
 use crate::train::run::{write_student_folder, DistillOptions, StepLog, Trainer};
 use crate::train::student::import_values;
 
@@ -369,11 +371,12 @@ fn choose_plan(
     spec.lean = mode == TrainMode::Lean;
     let first = rehearse(gpu_opts, &spec)?;
     let budget = budget_for(&first, a.budget_bytes()?);
+    let first = within_budget(gpu_opts, first, budget)?;
     if mode != TrainMode::Auto || first.fits(budget) != Some(false) {
         return Ok((first, budget, None));
     }
     spec.lean = true;
-    let lean_plan = rehearse(gpu_opts, &spec)?;
+    let lean_plan = plan_within(gpu_opts, &spec, budget)?;
     Ok((lean_plan, budget, Some(first)))
 }
 

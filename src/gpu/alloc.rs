@@ -35,6 +35,9 @@ impl BufferKind {
     }
 }
 
+/// `Error::OverLimit`'s `what` for an allocation the budget refused.
+pub const BUDGET_LIMIT: &str = "GPU memory budget";
+
 /// How many memory tags there are (see `MemoryTag`).
 pub const MEMORY_TAGS: usize = 12;
 
@@ -76,6 +79,8 @@ pub struct MemoryStats {
     pub buffers_created: u64,
     /// Requests served from the pool.
     pub reuses: u64,
+    /// Bytes of pooled buffers released to stay within the budget.
+    pub released: u64,
     /// Live bytes by tag now.
     pub live: TaggedBytes,
     /// Live bytes by tag when `peak_live_bytes` was reached: what the
@@ -173,6 +178,39 @@ impl Drop for GpuBuffer {
             .entry(self.size)
             .or_default()
             .push((self.id, buf));
+    }
+}
+
+impl Pool {
+    /// Destroy pooled buffers, largest first, until at least `bytes` are
+    /// released or the pool is empty; returns the bytes released.
+    fn release(&mut self, bytes: u64) -> u64 {
+        let mut freed = 0;
+        while freed < bytes {
+            let largest = self
+                .free
+                .iter()
+                .filter_map(|(k, sizes)| {
+                    let (s, _) = sizes.iter().rev().find(|(_, v)| !v.is_empty())?;
+                    Some((*s, *k))
+                })
+                .max_by_key(|&(s, _)| s);
+            let Some((size, kind)) = largest else {
+                break;
+            };
+            let sizes = self.free.get_mut(&kind).expect("found above");
+            let bufs = sizes.get_mut(&size).expect("found above");
+            if let Some((_, b)) = bufs.pop() {
+                if let Some(b) = b {
+                    b.destroy();
+                }
+                freed += size;
+            }
+            if bufs.is_empty() {
+                sizes.remove(&size);
+            }
+        }
+        freed
     }
 }
 
@@ -374,15 +412,19 @@ impl Allocator {
             }
             let budget = shared.budget.load(Ordering::Relaxed);
             if pool.stats.device_bytes + size > budget {
-                drop(pool);
-                self.trim();
-                let pool = shared.pool.lock().unwrap_or_else(|e| e.into_inner());
+                // Release pooled buffers (largest first) until this one
+                // fits: under a tight budget the pool gives up reuse for
+                // room; under a loose one it keeps every buffer.
+                let over = pool.stats.device_bytes + size - budget;
+                let freed = pool.release(over);
+                pool.stats.device_bytes -= freed;
+                pool.stats.released += freed;
                 if pool.stats.device_bytes + size > budget {
                     return Err(Error::OverLimit {
                         tensor: name.to_string(),
                         requested: pool.stats.device_bytes + size,
                         limit: budget,
-                        what: "GPU memory budget",
+                        what: BUDGET_LIMIT,
                         hint: "Lower the batch or sequence length, or raise the budget.",
                     });
                 }

@@ -140,6 +140,9 @@ pub struct MemoryPlan {
     /// The adapter's largest device-local heap, where the driver says.
     pub adapter_memory: Option<u64>,
     pub gpu_peak_bytes: u64,
+    /// Bytes of pooled buffers the allocator released to stay within the
+    /// budget (0 when the run is planned without one).
+    pub pool_released: u64,
     /// Bytes of each of `GPU_PARTS` at the peak; they sum to the peak.
     pub gpu_parts: Vec<u64>,
     pub host_peak_bytes: u64,
@@ -150,7 +153,50 @@ pub struct MemoryPlan {
 
 /// Rehearse a run on a dry-run GPU of the adapter `gpu_opts` picks.
 pub fn rehearse(gpu_opts: &GpuOptions, spec: &PlanSpec) -> Result<MemoryPlan> {
+    rehearse_under(gpu_opts, spec, None)
+}
+
+/// The plan of a run under `budget`: as `rehearse`, and when that peak is
+/// over the budget, rehearsed again with the budget set. The allocator
+/// then releases buffers it pools for reuse (largest first) whenever a
+/// new one would cross the budget, as the run will: a run whose live
+/// bytes fit is planned at or under its budget, at the cost of creating
+/// again, in later steps, some buffers it released. When even that fails,
+/// the unconstrained plan (over the budget).
+pub fn plan_within(
+    gpu_opts: &GpuOptions,
+    spec: &PlanSpec,
+    budget: Option<u64>,
+) -> Result<MemoryPlan> {
+    within_budget(gpu_opts, rehearse(gpu_opts, spec)?, budget)
+}
+
+/// `plan_within` from the plan rehearsed without a budget.
+pub fn within_budget(
+    gpu_opts: &GpuOptions,
+    free: MemoryPlan,
+    budget: Option<u64>,
+) -> Result<MemoryPlan> {
+    let Some(b) = budget.filter(|&b| free.gpu_peak_bytes > b) else {
+        return Ok(free);
+    };
+    match rehearse_under(gpu_opts, &free.spec, Some(b)) {
+        Ok(p) => Ok(p),
+        Err(Error::OverLimit { what, .. }) if what == BUDGET_LIMIT => Ok(free),
+        Err(e) => Err(e),
+    }
+}
+
+/// What `Error::OverLimit` names when an allocation crossed the budget.
+const BUDGET_LIMIT: &str = crate::gpu::alloc::BUDGET_LIMIT;
+
+fn rehearse_under(
+    gpu_opts: &GpuOptions,
+    spec: &PlanSpec,
+    budget: Option<u64>,
+) -> Result<MemoryPlan> {
     let gpu = Gpu::open_dry(gpu_opts)?;
+    gpu.alloc.set_budget(budget);
     let teacher = {
         let _t = gpu.alloc.tagged(tag::TEACHER);
         if spec.teacher_8bit {
@@ -212,6 +258,7 @@ pub fn rehearse(gpu_opts: &GpuOptions, spec: &PlanSpec) -> Result<MemoryPlan> {
         adapter: gpu.describe(),
         adapter_memory: crate::gpu::device::device_memory_bytes(&gpu.adapter),
         gpu_peak_bytes: stats.peak_device_bytes,
+        pool_released: stats.released,
         gpu_parts: gpu_parts(&stats.at_peak, stats.peak_device_bytes),
         host_peak_bytes: host_parts.iter().map(|p| p.1).sum(),
         host_parts,
@@ -267,6 +314,7 @@ impl MemoryPlan {
             "teacher_params": self.teacher_params,
             "student_params": self.student_params,
             "gpu_peak_bytes": self.gpu_peak_bytes,
+            "pool_released_bytes": self.pool_released,
             "host_peak_bytes": self.host_peak_bytes,
             "budget_bytes": budget,
             "fits": self.fits(budget),
@@ -312,8 +360,13 @@ impl MemoryPlan {
             out.push_str(&format!("  {:>10}  {what}\n", format_bytes(*bytes)));
         }
         out.push_str(&format!(
-            "  {:>10}  GPU peak\n",
-            format_bytes(self.gpu_peak_bytes)
+            "  {:>10}  GPU peak{}\n",
+            format_bytes(self.gpu_peak_bytes),
+            if self.pool_released > 0 {
+                " (within the budget: pooled buffers are released and made again as it requires)"
+            } else {
+                ""
+            }
         ));
         out.push_str(&format!(
             "  {:>10}  host peak ({})\n",
@@ -344,7 +397,7 @@ impl MemoryPlan {
 /// the longest `--seq-len` (halving) that fits.
 pub fn suggestion(gpu_opts: &GpuOptions, spec: &PlanSpec, budget: u64) -> Result<String> {
     let fits = |s: &PlanSpec| -> Result<Option<u64>> {
-        let p = rehearse(gpu_opts, s)?;
+        let p = plan_within(gpu_opts, s, Some(budget))?;
         Ok((p.gpu_peak_bytes <= budget).then_some(p.gpu_peak_bytes))
     };
     let mut base = spec.clone();
@@ -374,7 +427,7 @@ pub fn suggestion(gpu_opts: &GpuOptions, spec: &PlanSpec, budget: u64) -> Result
     let mut last = None;
     while s.seq_len > 64 {
         s.seq_len /= 2;
-        let p = rehearse(gpu_opts, &s)?;
+        let p = plan_within(gpu_opts, &s, Some(budget))?;
         let peak = p.gpu_peak_bytes;
         last = Some(p);
         if peak <= budget {
