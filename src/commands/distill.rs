@@ -630,7 +630,7 @@ pub fn run(gpu_opts: &GpuOptions, a: &DistillArgs) -> Result<String> {
         None => stored_dtype(&teacher.dir)?,
     };
     write_student_folder(
-        &tr,
+        &mut tr,
         &scfg,
         &teacher.dir,
         &sc.to_json(),

@@ -59,6 +59,9 @@ impl LossParts {
 /// Where lean mode's gradients go as the GPU finishes them (the host's
 /// sums, `train::offload`): none of them is ever whole on the GPU.
 pub trait GradSink {
+    /// The teacher's forward is recorded; the student's weights are read
+    /// next (lean mode waits here for the last step's update).
+    fn student_turn(&mut self, rec: &mut Recorder) -> Result<()>;
     /// Layer `layer`'s backward has been submitted: its gradients are in
     /// the shared slots, which the sink empties.
     fn layer_done(&mut self, rec: &mut Recorder, layer: usize) -> Result<()>;
@@ -138,6 +141,12 @@ pub fn micro_step(
 
     let mut rec = gpu.recorder();
     let t_out = teacher.forward(&mut rec, &batch, false, !pairs.is_empty())?;
+    if let Some(s) = sink.as_mut() {
+        // The teacher's forward runs on the GPU while the host finishes
+        // the last update.
+        rec.flush()?;
+        s.student_turn(&mut rec)?;
+    }
     // The student: on one tape, or with activation checkpointing.
     enum Run {
         Tape(Tape, student::TapeOut),

@@ -125,6 +125,11 @@ pub struct Trainer<'a> {
     norm: Option<GradNorm>,
     /// Lean mode: masters, moments and gradient sums on the host.
     pub host: Option<HostState>,
+    /// Lean mode: the last step's update, not yet run. It runs on host
+    /// threads while the GPU computes the next micro-batch's teacher
+    /// forward (which reads no student weight), and at once before
+    /// anything else reads the weights (`settle`).
+    pending: Option<PendingUpdate>,
     /// Small files written into every checkpoint (e.g. student_config.json).
     pub checkpoint_files: Vec<(String, String)>,
 }
@@ -247,6 +252,7 @@ impl<'a> Trainer<'a> {
             step: 0,
             norm,
             host,
+            pending: None,
             checkpoint_files: Vec::new(),
         })
     }
@@ -278,7 +284,8 @@ impl<'a> Trainer<'a> {
         let accum = self.opts.grad_accum;
         let mut sum = LossParts::default();
         let mut host = self.host.take();
-        if let Some(h) = &mut host {
+        // A pending update empties the sums once it has used them.
+        if let (Some(h), None) = (&mut host, &self.pending) {
             h.zero_grads();
         }
         let result = self.accumulate(accum, &mut host, &mut sum);
@@ -328,9 +335,12 @@ impl<'a> Trainer<'a> {
             .iter()
             .map(|p| self.adamw_for(p, lr))
             .collect();
-        if let Some(h) = &mut self.host {
-            h.adamw(&cfgs, self.step as u64 + 1, clip);
-            h.upload(gpu, &self.params)?;
+        if self.host.is_some() {
+            self.pending = Some(PendingUpdate {
+                cfgs,
+                step: self.step as u64 + 1,
+                clip,
+            });
         } else {
             let norm = self.norm.as_ref().expect("exact mode has a GPU norm");
             let mut rec = gpu.recorder();
@@ -382,44 +392,85 @@ impl<'a> Trainer<'a> {
                 batch: self.opts.batch,
                 seq: self.corpus.seq_len,
             };
-            let p = self.micro_step(&mb, accum, true, host.as_mut())?;
+            // The last step's update overlaps the first micro-batch's
+            // teacher forward.
+            let pending = self.pending.take();
+            let p = self.micro_step(&mb, accum, true, host, pending)?;
             sum.add_mean(&p, accum as f64);
+        }
+        Ok(())
+    }
+
+    /// Run the last step's update now if it has not run (lean mode): the
+    /// weights on the host and the GPU are then those of `self.step`.
+    pub fn settle(&mut self) -> Result<()> {
+        if let (Some(p), Some(h)) = (self.pending.take(), self.host.as_mut()) {
+            p.run(h, self.gpu, &self.params)?;
         }
         Ok(())
     }
 
     /// The loss of one micro-batch, and with `backward` its gradients
     /// (scaled by 1/`accum`) added into the parameters' buffers; in lean
-    /// mode each layer's into `host` as soon as its backward is done.
+    /// mode each layer's into `host` as soon as its backward is done,
+    /// after `pending` has run on host threads beside the teacher's
+    /// forward.
     fn micro_step(
         &self,
         mb: &MicroBatch,
         accum: usize,
         backward: bool,
-        host: Option<&mut HostState>,
+        host: &mut Option<HostState>,
+        pending: Option<PendingUpdate>,
     ) -> Result<LossParts> {
-        let sink = host.map(|host| HostSink::new(self.gpu, &self.params, host));
-        let mut sink = sink.transpose()?;
-        micro_step(
-            self.gpu,
-            self.teacher,
-            &self.student,
-            &self.params,
-            mb,
-            &self.pairs,
-            &self.opts.weights,
-            accum,
-            backward,
-            backward && self.opts.recompute,
-            sink.as_mut().map(|s| s as &mut dyn GradSink),
-        )
+        let run = |sink: Option<&mut dyn GradSink>| {
+            micro_step(
+                self.gpu,
+                self.teacher,
+                &self.student,
+                &self.params,
+                mb,
+                &self.pairs,
+                &self.opts.weights,
+                accum,
+                backward,
+                backward && self.opts.recompute,
+                sink,
+            )
+        };
+        let Some(h) = host.take() else {
+            return run(None);
+        };
+        let (gpu, params) = (self.gpu, &self.params);
+        let embed = embed_blocks(params)?;
+        let (parts, back) = std::thread::scope(|s| {
+            let slot = match pending {
+                Some(p) => HostSlot::Updating(s.spawn(move || {
+                    let mut h = h;
+                    p.run(&mut h, gpu, params)?;
+                    Ok(h)
+                })),
+                None => HostSlot::Ready(h),
+            };
+            let mut sink = HostSink {
+                gpu,
+                params,
+                slot,
+                embed,
+            };
+            let parts = run(Some(&mut sink));
+            (parts, sink.into_host())
+        });
+        *host = Some(back?);
+        parts
     }
 
     /// Mean loss parts over the held-out sequences (no gradients).
-    pub fn evaluate(&self) -> Result<Option<LossParts>> {
+    pub fn evaluate(&mut self) -> Result<Option<LossParts>> {
         if self.corpus.eval.is_empty() {
             return Ok(None);
         }
+        self.settle()?;
         let _t = self.gpu.alloc.tagged(tag::ACTIVATIONS);
         let mut sum = LossParts::default();
         let n = self.corpus.eval.len() as f64;
@@ -429,7 +480,7 @@ impl<'a> Trainer<'a> {
                 batch: 1,
                 seq: self.corpus.seq_len,
             };
-            let p = self.micro_step(&mb, 1, false, None)?;
+            let p = self.micro_step(&mb, 1, false, &mut None, None)?;
             sum.add_mean(&p, n);
         }
         Ok(Some(sum))
@@ -437,7 +488,8 @@ impl<'a> Trainer<'a> {
 
     /// Write the student's weights (Hugging Face names) in `dtype`: f32
     /// as trained, or rounded to nearest-even bf16 / f16.
-    pub fn write_weights(&self, cfg: &ModelConfig, path: &Path, dtype: DType) -> Result<()> {
+    pub fn write_weights(&mut self, cfg: &ModelConfig, path: &Path, dtype: DType) -> Result<()> {
+        self.settle()?;
         if !matches!(dtype, DType::F32 | DType::BF16 | DType::F16) {
             return Err(Error::Invalid(format!(
                 "weights are saved as f32, bf16 or f16, not {}",
@@ -464,7 +516,8 @@ impl<'a> Trainer<'a> {
 
     /// The GPU side of `save_checkpoint` without the files: every value
     /// and moment read back, for memory plans on a dry-run GPU.
-    pub fn rehearse_checkpoint_reads(&self) -> Result<()> {
+    pub fn rehearse_checkpoint_reads(&mut self) -> Result<()> {
+        self.settle()?;
         if self.is_lean() {
             // Lean checkpoints are written from the host.
             return Ok(());
@@ -502,7 +555,8 @@ impl<'a> Trainer<'a> {
 
     /// A checkpoint in `dir/checkpoint`: weights, AdamW states, data
     /// position and step, replaced atomically.
-    pub fn save_checkpoint(&self, cfg: &ModelConfig, dir: &Path) -> Result<()> {
+    pub fn save_checkpoint(&mut self, cfg: &ModelConfig, dir: &Path) -> Result<()> {
+        self.settle()?;
         let final_dir = dir.join("checkpoint");
         let tmp = dir.join("checkpoint.tmp");
         if tmp.exists() {
@@ -643,47 +697,100 @@ fn encode(name: &str, v: &[f32], dtype: DType) -> Result<Vec<u8>> {
     })
 }
 
+/// Lean mode's update of one step: AdamW of every parameter with the
+/// clip factor, then the masters written into the GPU's copy.
+struct PendingUpdate {
+    cfgs: Vec<AdamW>,
+    step: u64,
+    clip: f32,
+}
+
+impl PendingUpdate {
+    fn run(self, h: &mut HostState, gpu: &Gpu, params: &StudentParams) -> Result<()> {
+        h.adamw(&self.cfgs, self.step, self.clip);
+        h.zero_grads();
+        h.upload(gpu, params)
+    }
+}
+
+/// The host's state during a micro-batch: still being updated by the
+/// last step's AdamW on other threads, or ready for gradients.
+enum HostSlot<'scope> {
+    Updating(std::thread::ScopedJoinHandle<'scope, Result<HostState>>),
+    Ready(HostState),
+    /// Only while being taken out.
+    Taken,
+}
+
+/// The embedding's blocks among the lean parameters: first row and
+/// parameter index, in order.
+fn embed_blocks(params: &StudentParams) -> Result<Vec<(usize, usize)>> {
+    let mut embed = Vec::new();
+    for &i in &params.table_params {
+        let name = &params.params[i].name;
+        let first = match name.split_once('@') {
+            None if name == "embed" => 0,
+            Some(("embed", r)) => r
+                .parse()
+                .map_err(|e| Error::Invalid(format!("parameter {name}: {e}")))?,
+            _ => continue,
+        };
+        embed.push((first, i));
+    }
+    embed.sort_unstable();
+    Ok(embed)
+}
+
 /// Lean mode's gradients leaving the GPU into the host's sums.
-struct HostSink<'s> {
+struct HostSink<'s, 'scope> {
     gpu: &'s Gpu,
     params: &'s StudentParams,
-    host: &'s mut HostState,
+    slot: HostSlot<'scope>,
     /// The embedding's blocks: first row and parameter index, in order.
     embed: Vec<(usize, usize)>,
 }
 
-impl<'s> HostSink<'s> {
-    fn new(gpu: &'s Gpu, params: &'s StudentParams, host: &'s mut HostState) -> Result<Self> {
-        let mut embed = Vec::new();
-        for &i in &params.table_params {
-            let name = &params.params[i].name;
-            let first = match name.split_once('@') {
-                None if name == "embed" => 0,
-                Some(("embed", r)) => r
-                    .parse()
-                    .map_err(|e| Error::Invalid(format!("parameter {name}: {e}")))?,
-                _ => continue,
+impl HostSink<'_, '_> {
+    /// The host's state, once the update running on it is done.
+    fn host(&mut self) -> Result<&mut HostState> {
+        if let HostSlot::Updating(_) = self.slot {
+            let HostSlot::Updating(job) = std::mem::replace(&mut self.slot, HostSlot::Taken) else {
+                unreachable!("matched above")
             };
-            embed.push((first, i));
+            let h = job
+                .join()
+                .map_err(|_| Error::Invalid("the host's AdamW update panicked".into()))??;
+            self.slot = HostSlot::Ready(h);
         }
-        embed.sort_unstable();
-        Ok(HostSink {
-            gpu,
-            params,
-            host,
-            embed,
-        })
+        match &mut self.slot {
+            HostSlot::Ready(h) => Ok(h),
+            _ => Err(Error::Invalid(
+                "the host's state was lost to a failed update".into(),
+            )),
+        }
+    }
+
+    fn into_host(mut self) -> Result<HostState> {
+        self.host()?;
+        match std::mem::replace(&mut self.slot, HostSlot::Taken) {
+            HostSlot::Ready(h) => Ok(h),
+            _ => unreachable!("host() made it ready"),
+        }
     }
 }
 
-impl GradSink for HostSink<'_> {
+impl GradSink for HostSink<'_, '_> {
+    fn student_turn(&mut self, _rec: &mut crate::gpu::Recorder) -> Result<()> {
+        self.host().map(|_| ())
+    }
+
     fn layer_done(&mut self, rec: &mut crate::gpu::Recorder, layer: usize) -> Result<()> {
         let Some(own) = self.params.layer_params.get(layer) else {
             return Ok(());
         };
         for &i in own {
             let g = read_grad(self.gpu, &self.params.params[i].grad)?;
-            self.host.add_grad(i, &g);
+            self.host()?.add_grad(i, &g);
         }
         for s in &self.params.slots {
             rec.clear(s);
@@ -693,7 +800,7 @@ impl GradSink for HostSink<'_> {
 
     fn param_done(&mut self, _rec: &mut crate::gpu::Recorder, param: usize) -> Result<()> {
         let g = read_grad(self.gpu, &self.params.params[param].grad)?;
-        self.host.add_grad(param, &g);
+        self.host()?.add_grad(param, &g);
         Ok(())
     }
 
@@ -722,7 +829,7 @@ impl GradSink for HostSink<'_> {
             let b = self.embed.partition_point(|&(first, _)| first <= id) - 1;
             let (first, i) = self.embed[b];
             let row = &d[k * hidden..(k + 1) * hidden];
-            self.host.add_grad_at(i, (id - first) * hidden, row);
+            self.host()?.add_grad_at(i, (id - first) * hidden, row);
         }
         Ok(())
     }
@@ -750,7 +857,7 @@ pub const SIDE_FILES: &[&str] = &[
 /// Write the final student folder atomically: config.json, weights in
 /// `dtype`, tokenizer files and student_config.json.
 pub fn write_student_folder(
-    trainer: &Trainer,
+    trainer: &mut Trainer,
     cfg: &ModelConfig,
     teacher_dir: &Path,
     student_config: &serde_json::Value,
