@@ -104,6 +104,11 @@ pub struct DistillCli {
     /// refused before anything is loaded.
     #[arg(long, value_name = "SIZE")]
     memory_budget: Option<String>,
+    /// Host memory the run may use (default: what the host reports
+    /// available). Lean mode picks 8-bit AdamW moments when f32 ones would
+    /// not fit; a plan over it is refused before anything is loaded.
+    #[arg(long, value_name = "SIZE")]
+    host_memory_budget: Option<String>,
     /// Lean mode: bf16 compute weights on the GPU, f32 master weights and
     /// AdamW on the host, each layer's gradients off the GPU as backward
     /// produces them (layers recomputed). Chosen by itself when exact
@@ -157,6 +162,7 @@ impl DistillCli {
             plan,
             json,
             memory_budget,
+            host_memory_budget,
             lean,
             exact,
             teacher_8bit,
@@ -196,6 +202,7 @@ impl DistillCli {
             save_dtype,
             quiet,
             memory_budget,
+            host_budget: host_memory_budget,
             mode: boomgpu::commands::distill::TrainMode::from_flags(lean || adam_8bit, exact),
             teacher_8bit,
         };

@@ -1358,6 +1358,7 @@ fn distill_args() -> DistillArgs {
         save_dtype: None,
         quiet: true,
         memory_budget: None,
+        host_budget: None,
         mode: Default::default(),
         teacher_8bit: false,
     }

@@ -75,6 +75,13 @@ fn lean_with_8bit_moments_follows_exact() {
     lean_follows_exact("lean8-follows", &["--lean", "--adam-8bit"]);
 }
 
+/// With the teacher's layer matrices in 8-bit blocks as well: the targets
+/// move by about 1e-4, the curve stays within the same bound.
+#[test]
+fn lean_with_an_8bit_teacher_follows_exact() {
+    lean_follows_exact("lean-q8-follows", &["--lean", "--teacher-8bit"]);
+}
+
 /// With gradient accumulation and held-out evaluation between steps: the
 /// update of each step runs beside the next step's first teacher forward,
 /// or at once when an evaluation reads the weights first.

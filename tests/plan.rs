@@ -10,7 +10,12 @@ use common::*;
 use std::path::Path;
 
 fn plan_json(args: &[&str]) -> serde_json::Value {
+    // A fixed host budget, so that plans do not depend on this machine's
+    // memory (unless a test names its own).
     let mut all = vec!["distill", "--plan", "--json"];
+    if !args.contains(&"--host-memory-budget") {
+        all.extend(["--host-memory-budget", "4096GiB"]);
+    }
     all.extend_from_slice(args);
     let out = ok(&boomgpu_run(&all));
     serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
@@ -145,6 +150,62 @@ fn a_tight_budget_releases_pooled_buffers_and_changes_no_number() {
         }
         assert_eq!(losses[0], losses[1], "{family}");
     }
+}
+
+#[test]
+fn the_host_budget_chooses_8bit_moments_and_refuses_what_cannot_fit() {
+    // Qwen3-8B's lean plan holds 16 bytes per student parameter on the
+    // host (80 GiB): under 64 GiB, 8-bit moments are chosen by themselves.
+    let q8 = published("Qwen3-8B-Base");
+    let args = ["--teacher", &q8, "--lean", "--teacher-8bit"];
+    let mut with = args.to_vec();
+    with.extend(["--host-memory-budget", "64GiB"]);
+    let p = plan_json(&with);
+    let host = p["host_peak_bytes"].as_u64().unwrap();
+    assert!(host <= 64 << 30 && p["host_fits"] == true, "{p}");
+    assert!(p["settings"]["optimizer"]
+        .as_str()
+        .unwrap()
+        .contains("8-bit"));
+    assert!(p["notes"][0]
+        .as_str()
+        .unwrap()
+        .contains("8-bit AdamW moments chosen"));
+    let free = plan_json(&args);
+    assert!(free["host_peak_bytes"].as_u64().unwrap() > 64 << 30);
+    assert_eq!(free["notes"].as_array().unwrap().len(), 0);
+    // The GPU side does not change.
+    assert_eq!(p["gpu_peak_bytes"], free["gpu_peak_bytes"]);
+    let mut tight = args.to_vec();
+    tight.extend(["--host-memory-budget", "32GiB"]);
+    assert_eq!(plan_json(&tight)["host_fits"], false);
+
+    // A run over its host budget is refused before anything is loaded.
+    let dir = tmpdir("plan-host");
+    let teacher = fixture("qwen3");
+    let text = fixture_path("text.txt");
+    let out = dir.join("out");
+    let r = boomgpu_run(&[
+        "distill",
+        "--teacher",
+        teacher.to_str().unwrap(),
+        "--data",
+        text.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--seq-len",
+        "32",
+        "--lean",
+        "--host-memory-budget",
+        "100KiB",
+    ]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success(), "{err}");
+    assert!(
+        err.contains("over the host budget") && err.contains("even with 8-bit AdamW moments"),
+        "{err}"
+    );
+    assert!(!out.exists(), "nothing was written");
 }
 
 /// The five published teachers' config.json files (facts, as test data).

@@ -41,6 +41,9 @@ pub struct DistillArgs {
     /// GPU memory the run may use (`--memory-budget`: `24GiB`, `900MiB`,
     /// bytes); None: the adapter's memory less a margin, where known.
     pub memory_budget: Option<String>,
+    /// Host memory the run may use (`--host-memory-budget`); None: what
+    /// the host has available now, where known.
+    pub host_budget: Option<String>,
     pub mode: TrainMode,
     /// The teacher's layer matrices in 8-bit blocks on the GPU.
     pub teacher_8bit: bool,
@@ -132,18 +135,29 @@ impl DistillArgs {
 impl DistillArgs {
     /// `--memory-budget` in bytes.
     pub fn budget_bytes(&self) -> Result<Option<u64>> {
-        self.memory_budget
-            .as_deref()
-            .map(|s| {
-                crate::gpu::device::parse_bytes(s).ok_or_else(|| {
-                    Error::Invalid(format!(
-                        "--memory-budget {s}: expected a size such as 24GiB, 900MiB or a number \
-                         of bytes (at least 1KiB)"
-                    ))
-                })
-            })
-            .transpose()
+        size_flag("--memory-budget", self.memory_budget.as_deref())
     }
+
+    /// `--host-memory-budget` in bytes, else the host's available memory.
+    pub fn host_budget_bytes(&self) -> Result<Option<u64>> {
+        Ok(
+            size_flag("--host-memory-budget", self.host_budget.as_deref())?
+                .or_else(crate::gpu::device::host_available_bytes),
+        )
+    }
+}
+
+fn size_flag(flag: &str, value: Option<&str>) -> Result<Option<u64>> {
+    value
+        .map(|s| {
+            crate::gpu::device::parse_bytes(s).ok_or_else(|| {
+                Error::Invalid(format!(
+                    "{flag} {s}: expected a size such as 24GiB, 900MiB or a number of bytes \
+                     (at least 1KiB)"
+                ))
+            })
+        })
+        .transpose()
 }
 
 /// The dtype the teacher's weights are stored in (that of its embedding,
@@ -373,11 +387,41 @@ fn choose_plan(
     let budget = budget_for(&first, a.budget_bytes()?);
     let first = within_budget(gpu_opts, first, budget)?;
     if mode != TrainMode::Auto || first.fits(budget) != Some(false) {
+        let first = fit_host(gpu_opts, a, first, budget)?;
         return Ok((first, budget, None));
     }
     spec.lean = true;
     let lean_plan = plan_within(gpu_opts, &spec, budget)?;
+    let lean_plan = fit_host(gpu_opts, a, lean_plan, budget)?;
     Ok((lean_plan, budget, Some(first)))
+}
+
+/// The plan with its host budget; a lean plan whose f32 moments would not
+/// fit the host is planned again with 8-bit moments (unless they were
+/// asked for already), and says so.
+fn fit_host(
+    gpu_opts: &GpuOptions,
+    a: &DistillArgs,
+    mut plan: MemoryPlan,
+    budget: Option<u64>,
+) -> Result<MemoryPlan> {
+    let host = a.host_budget_bytes()?;
+    if let Some(h) =
+        host.filter(|&h| plan.spec.lean && !plan.spec.opts.adam_8bit && plan.host_peak_bytes > h)
+    {
+        let f32_peak = plan.host_peak_bytes;
+        let mut spec = plan.spec.clone();
+        spec.opts.adam_8bit = true;
+        plan = plan_within(gpu_opts, &spec, budget)?;
+        plan.notes.push(format!(
+            "8-bit AdamW moments chosen: f32 moments would take {} of host memory, over the \
+             host budget of {}",
+            crate::gpu::format_bytes(f32_peak),
+            crate::gpu::format_bytes(h)
+        ));
+    }
+    plan.host_budget = host;
+    Ok(plan)
 }
 
 /// What the exact plan would have needed, when lean mode replaced it.
@@ -447,6 +491,25 @@ pub fn run(gpu_opts: &GpuOptions, a: &DistillArgs) -> Result<String> {
         let tip = suggestion(gpu_opts, &mplan.spec, b)?;
         return Err(over_budget(&mplan, b, &tip));
     }
+    if let (Some(false), Some(h)) = (mplan.host_fits(), mplan.host_budget) {
+        return Err(Error::Invalid(format!(
+            "the planned host memory peak is {} ({} bytes), over the host budget of {} ({} \
+             bytes){}. Nothing was loaded. Pass --host-memory-budget if more is free than the \
+             host reports available",
+            crate::gpu::format_bytes(mplan.host_peak_bytes),
+            mplan.host_peak_bytes,
+            crate::gpu::format_bytes(h),
+            h,
+            if mplan.spec.lean && mplan.spec.opts.adam_8bit {
+                " even with 8-bit AdamW moments"
+            } else {
+                ""
+            }
+        )));
+    }
+    // The plan may have chosen 8-bit moments for the host's sake.
+    let mut opts = a.opts.clone();
+    opts.adam_8bit = mplan.spec.opts.adam_8bit;
     let gpu = open_gpu(gpu_opts)?;
     gpu.alloc.set_budget(budget);
     std::fs::create_dir_all(&out_dir).map_err(|e| Error::io(&out_dir, e))?;
@@ -548,7 +611,7 @@ pub fn run(gpu_opts: &GpuOptions, a: &DistillArgs) -> Result<String> {
             student,
             pairs,
             &corpus,
-            a.opts.clone(),
+            opts.clone(),
             |p| import_values(names_cfg, p, &ckpt, layer_map),
         )?
     } else {
@@ -558,7 +621,7 @@ pub fn run(gpu_opts: &GpuOptions, a: &DistillArgs) -> Result<String> {
             student,
             pairs,
             &corpus,
-            a.opts.clone(),
+            opts.clone(),
         )?
     };
     let sc = StudentConfig::from_plan(&plan);

@@ -447,8 +447,18 @@ pub fn device_memory_bytes(adapter: &wgpu::Adapter) -> Option<u64> {
 
 /// The host's physical memory (Linux: MemTotal of /proc/meminfo).
 pub fn host_memory_bytes() -> Option<u64> {
+    meminfo("MemTotal:")
+}
+
+/// What a new program may take of the host's memory without swapping
+/// (Linux: MemAvailable of /proc/meminfo).
+pub fn host_available_bytes() -> Option<u64> {
+    meminfo("MemAvailable:")
+}
+
+fn meminfo(key: &str) -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let line = text.lines().find(|l| l.starts_with(key))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
 }

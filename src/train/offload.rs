@@ -8,9 +8,10 @@
 //! fixed chunks' f64 partials in order. So a lean run resumed from a
 //! checkpoint ends bit-identical to an uninterrupted one on any machine.
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu};
 use crate::ops::adamw::{cpu, AdamW};
+use crate::train::loss::GradSink;
 use crate::train::student::StudentParams;
 
 /// Elements per unit of work.
@@ -430,6 +431,154 @@ impl HostState {
         }
         Ok(())
     }
+}
+
+/// Lean mode's update of one step: AdamW of every parameter with the
+/// clip factor, then the masters written into the GPU's copy.
+pub(crate) struct PendingUpdate {
+    pub cfgs: Vec<AdamW>,
+    pub step: u64,
+    pub clip: f32,
+}
+
+impl PendingUpdate {
+    pub fn run(self, h: &mut HostState, gpu: &Gpu, params: &StudentParams) -> Result<()> {
+        h.adamw(&self.cfgs, self.step, self.clip);
+        h.zero_grads();
+        h.upload(gpu, params)
+    }
+}
+
+/// The host's state during a micro-batch: still being updated by the
+/// last step's AdamW on other threads, or ready for gradients.
+pub(crate) enum HostSlot<'scope> {
+    Updating(std::thread::ScopedJoinHandle<'scope, Result<HostState>>),
+    Ready(HostState),
+    /// Only while being taken out.
+    Taken,
+}
+
+/// The embedding's blocks among the lean parameters: first row and
+/// parameter index, in order.
+pub(crate) fn embed_blocks(params: &StudentParams) -> Result<Vec<(usize, usize)>> {
+    let mut embed = Vec::new();
+    for &i in &params.table_params {
+        let name = &params.params[i].name;
+        let first = match name.split_once('@') {
+            None if name == "embed" => 0,
+            Some(("embed", r)) => r
+                .parse()
+                .map_err(|e| Error::Invalid(format!("parameter {name}: {e}")))?,
+            _ => continue,
+        };
+        embed.push((first, i));
+    }
+    embed.sort_unstable();
+    Ok(embed)
+}
+
+/// Lean mode's gradients leaving the GPU into the host's sums.
+pub(crate) struct HostSink<'s, 'scope> {
+    pub gpu: &'s Gpu,
+    pub params: &'s StudentParams,
+    pub slot: HostSlot<'scope>,
+    /// The embedding's blocks: first row and parameter index, in order.
+    pub embed: Vec<(usize, usize)>,
+}
+
+impl HostSink<'_, '_> {
+    /// The host's state, once the update running on it is done.
+    fn host(&mut self) -> Result<&mut HostState> {
+        if let HostSlot::Updating(_) = self.slot {
+            let HostSlot::Updating(job) = std::mem::replace(&mut self.slot, HostSlot::Taken) else {
+                unreachable!("matched above")
+            };
+            let h = job
+                .join()
+                .map_err(|_| Error::Invalid("the host's AdamW update panicked".into()))??;
+            self.slot = HostSlot::Ready(h);
+        }
+        match &mut self.slot {
+            HostSlot::Ready(h) => Ok(h),
+            _ => Err(Error::Invalid(
+                "the host's state was lost to a failed update".into(),
+            )),
+        }
+    }
+
+    pub fn into_host(mut self) -> Result<HostState> {
+        self.host()?;
+        match std::mem::replace(&mut self.slot, HostSlot::Taken) {
+            HostSlot::Ready(h) => Ok(h),
+            _ => unreachable!("host() made it ready"),
+        }
+    }
+}
+
+impl GradSink for HostSink<'_, '_> {
+    fn student_turn(&mut self, _rec: &mut crate::gpu::Recorder) -> Result<()> {
+        self.host().map(|_| ())
+    }
+
+    fn layer_done(&mut self, rec: &mut crate::gpu::Recorder, layer: usize) -> Result<()> {
+        let Some(own) = self.params.layer_params.get(layer) else {
+            return Ok(());
+        };
+        for &i in own {
+            let g = read_grad(self.gpu, &self.params.params[i].grad)?;
+            self.host()?.add_grad(i, &g);
+        }
+        for s in &self.params.slots {
+            rec.clear(s);
+        }
+        Ok(())
+    }
+
+    fn param_done(&mut self, _rec: &mut crate::gpu::Recorder, param: usize) -> Result<()> {
+        let g = read_grad(self.gpu, &self.params.params[param].grad)?;
+        self.host()?.add_grad(param, &g);
+        Ok(())
+    }
+
+    fn embedding_rows(&mut self, ids: &[u32], d: &[f32]) -> Result<()> {
+        if self.gpu.is_dry() {
+            return Ok(());
+        }
+        let hidden = d.len() / ids.len().max(1);
+        if hidden * ids.len() != d.len() || self.embed.is_empty() {
+            return Err(Error::Shape(format!(
+                "embedding gradient: {} values for {} tokens",
+                d.len(),
+                ids.len()
+            )));
+        }
+        let (last, li) = *self.embed.last().expect("checked above");
+        let vocab = last + self.params.params[li].value.dim(0);
+        // Tokens in order: the sums do not depend on threads.
+        for (k, &id) in ids.iter().enumerate() {
+            let id = id as usize;
+            if id >= vocab {
+                return Err(Error::Invalid(format!(
+                    "token id {id} is outside the vocabulary of {vocab}"
+                )));
+            }
+            let b = self.embed.partition_point(|&(first, _)| first <= id) - 1;
+            let (first, i) = self.embed[b];
+            let row = &d[k * hidden..(k + 1) * hidden];
+            self.host()?.add_grad_at(i, (id - first) * hidden, row);
+        }
+        Ok(())
+    }
+}
+
+/// A gradient's values on the host; on a dry-run GPU only the readback is
+/// made (its zeros are never converted, so they cost no host memory).
+pub(crate) fn read_grad(gpu: &Gpu, t: &crate::gpu::Tensor) -> Result<Vec<f32>> {
+    if gpu.is_dry() {
+        gpu.read_bytes(t)?;
+        return Ok(Vec::new());
+    }
+    gpu.read_f32(t)
 }
 
 #[cfg(test)]

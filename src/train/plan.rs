@@ -147,6 +147,10 @@ pub struct MemoryPlan {
     pub gpu_parts: Vec<u64>,
     pub host_peak_bytes: u64,
     pub host_parts: Vec<(&'static str, u64)>,
+    /// The host memory the run may use, where known (set by the caller).
+    pub host_budget: Option<u64>,
+    /// Choices made for the plan's sake, printed with it.
+    pub notes: Vec<String>,
     pub teacher_params: u64,
     pub student_params: u64,
 }
@@ -262,6 +266,8 @@ fn rehearse_under(
         gpu_parts: gpu_parts(&stats.at_peak, stats.peak_device_bytes),
         host_peak_bytes: host_parts.iter().map(|p| p.1).sum(),
         host_parts,
+        host_budget: None,
+        notes: Vec::new(),
         teacher_params,
         student_params,
     })
@@ -297,6 +303,11 @@ impl MemoryPlan {
         budget.map(|b| self.gpu_peak_bytes <= b)
     }
 
+    /// Whether the host's part fits its budget, where one is known.
+    pub fn host_fits(&self) -> Option<bool> {
+        self.host_budget.map(|b| self.host_peak_bytes <= b)
+    }
+
     pub fn to_json(&self, budget: Option<u64>) -> Value {
         let parts: serde_json::Map<String, Value> = GPU_PARTS
             .iter()
@@ -318,6 +329,9 @@ impl MemoryPlan {
             "host_peak_bytes": self.host_peak_bytes,
             "budget_bytes": budget,
             "fits": self.fits(budget),
+            "host_budget_bytes": self.host_budget,
+            "host_fits": self.host_fits(),
+            "notes": self.notes,
             "settings": self.spec.settings(),
             "parts": parts,
             "host_parts": host,
@@ -387,6 +401,18 @@ impl MemoryPlan {
                 format_bytes(self.gpu_peak_bytes - b)
             )),
             None => out.push_str("  no GPU budget known: pass --memory-budget to check one\n"),
+        }
+        match self.host_budget {
+            Some(b) if self.host_peak_bytes > b => out.push_str(&format!(
+                "  does NOT fit the host budget of {} (over by {})\n",
+                format_bytes(b),
+                format_bytes(self.host_peak_bytes - b)
+            )),
+            Some(b) => out.push_str(&format!("  fits the host budget of {}\n", format_bytes(b))),
+            None => {}
+        }
+        for n in &self.notes {
+            out.push_str(&format!("  {n}\n"));
         }
         out
     }
