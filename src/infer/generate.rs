@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use super::kv::KvCache;
 use crate::error::{Error, Result};
-use crate::gpu::Gpu;
+use crate::gpu::{Gpu, Recorder, Tensor};
 use crate::model::decoder::Decoder;
 use crate::model::tokenizer::Tokenizer;
 use crate::ops::sample::{self, SampleParams};
@@ -224,24 +224,33 @@ pub fn step(
     u: u32,
 ) -> Result<u32> {
     let mut rec = gpu.recorder();
-    let logits = model.forward_cached(&mut rec, ids, cache, false)?;
+    let tok = record_step(&mut rec, model, cache, ids, params, seen, u)?;
+    rec.submit()?;
+    Ok(gpu.read_u32(&tok)?[0])
+}
+
+/// `step` recorded into `rec` without submitting: the u32 tensor the
+/// chosen id will be in once `rec` has run (several sequences' steps can
+/// share one submission).
+pub fn record_step(
+    rec: &mut Recorder,
+    model: &Decoder,
+    cache: &mut KvCache,
+    ids: &[u32],
+    params: &SampleParams,
+    seen: &[u32],
+    u: u32,
+) -> Result<Tensor> {
+    let logits = model.forward_cached(rec, ids, cache, false)?;
     let vocab = logits.numel();
     let seen_t = if params.has_penalty() && !seen.is_empty() {
-        Some(gpu.upload_u32("sample.seen", &[seen.len()], seen)?)
+        Some(rec.gpu().upload_u32("sample.seen", &[seen.len()], seen)?)
     } else {
         None
     };
-    let tok = sample::sample(
-        &mut rec,
-        &logits.reshape(&[vocab])?,
-        params,
-        seen_t.as_ref(),
-        u,
-    )?;
-    sample::guard_finite(&mut rec, &logits.reshape(&[vocab])?, &tok)?;
-    drop(logits);
-    rec.submit()?;
-    Ok(gpu.read_u32(&tok)?[0])
+    let tok = sample::sample(rec, &logits.reshape(&[vocab])?, params, seen_t.as_ref(), u)?;
+    sample::guard_finite(rec, &logits.reshape(&[vocab])?, &tok)?;
+    Ok(tok)
 }
 
 /// The error for a step whose logits are not finite: generation stops
@@ -274,6 +283,8 @@ pub struct Decoding<'t> {
     next: Option<u32>,
     stop: Option<StopReason>,
     stats: GenStats,
+    /// When the prompt pass was recorded (until its id is accepted).
+    t_prefill: Option<Instant>,
     t_decode: Option<Instant>,
 }
 
@@ -320,6 +331,7 @@ impl<'t> Decoding<'t> {
                 reused_tokens: reuse,
                 ..Default::default()
             },
+            t_prefill: None,
             t_decode: None,
         })
     }
@@ -347,51 +359,77 @@ impl<'t> Decoding<'t> {
         interrupt: Option<&AtomicBool>,
         on_text: &mut dyn FnMut(&str),
     ) -> Result<Option<StopReason>> {
-        if self.stop.is_some() {
+        let Some(ids) = self.next_input(cache, interrupt, on_text)? else {
             return Ok(self.stop);
+        };
+        let mut rec = gpu.recorder();
+        let tok = self.record(&mut rec, model, cache, &ids, rng)?;
+        rec.submit()?;
+        self.accept(gpu.read_u32(&tok)?[0])?;
+        Ok(None)
+    }
+
+    /// Whether the next step is the prompt pass.
+    pub fn at_prompt(&self) -> bool {
+        self.next.is_none() && self.stop.is_none() && self.t_decode.is_none()
+    }
+
+    /// Host work before a step: the last chosen id taken into the answer
+    /// (its text to `on_text`), then the ids the next step feeds, or None
+    /// once the generation has stopped (`stopped` says why).
+    pub fn next_input(
+        &mut self,
+        cache: &KvCache,
+        interrupt: Option<&AtomicBool>,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<Option<Vec<u32>>> {
+        if self.stop.is_some() {
+            return Ok(None);
         }
         let Some(next) = self.next.take() else {
-            // The prompt pass.
-            let t0 = Instant::now();
-            let next = step(
-                gpu,
-                model,
-                cache,
-                &self.prompt[self.reuse..],
-                &self.opts.sampling,
-                &self.seen,
-                rng.next_u32(),
-            )?;
+            return Ok(Some(self.prompt[self.reuse..].to_vec()));
+        };
+        let stop = self.take(next, cache, interrupt, on_text)?;
+        if stop.is_some() {
+            self.stop = stop;
+            return Ok(None);
+        }
+        Ok(Some(vec![next]))
+    }
+
+    /// Record the step that feeds `ids` (from `next_input`) into `rec`;
+    /// the u32 tensor its chosen id will be in. `accept` it once `rec` ran.
+    pub fn record(
+        &mut self,
+        rec: &mut Recorder,
+        model: &Decoder,
+        cache: &mut KvCache,
+        ids: &[u32],
+        rng: &mut HostRng,
+    ) -> Result<Tensor> {
+        if self.t_decode.is_none() {
+            self.t_prefill = Some(Instant::now());
+        }
+        let (params, seen) = (&self.opts.sampling, &self.seen);
+        record_step(rec, model, cache, ids, params, seen, rng.next_u32())
+    }
+
+    /// The id a recorded step chose (read back after it ran).
+    pub fn accept(&mut self, next: u32) -> Result<()> {
+        if let Some(t0) = self.t_prefill.take() {
             if next == sample::NOT_FINITE {
                 return Err(not_finite(1, self.prompt.len() - self.reuse));
             }
             self.stats.prefill_secs = t0.elapsed().as_secs_f64();
             self.t_decode = Some(Instant::now());
-            self.next = Some(next);
-            return Ok(None);
-        };
-        let stop = self.take(next, cache, interrupt, on_text)?;
-        if stop.is_some() {
-            self.stop = stop;
-            return Ok(stop);
-        }
-        let next = step(
-            gpu,
-            model,
-            cache,
-            &[next],
-            &self.opts.sampling,
-            &self.seen,
-            rng.next_u32(),
-        )?;
-        if next == sample::NOT_FINITE {
+        } else if next == sample::NOT_FINITE {
             return Err(not_finite(
                 self.ids.len() + 1,
                 self.prompt.len() - self.reuse,
             ));
         }
         self.next = Some(next);
-        Ok(None)
+        Ok(())
     }
 
     /// Take the chosen id into the answer; `Some` when the answer ends.

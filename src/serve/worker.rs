@@ -1,9 +1,10 @@
 //! The GPU side of `boomgpu serve`: one thread owns the GPU, every size of
 //! the family (zero-copy patches of one teacher and one student) and the
 //! tokenizer. Requests arrive as [`Job`]s on a channel; the scheduler keeps
-//! up to `max_batch` of them running and advances each by one GPU step in
-//! turn (prompt pass, then one token), so short answers are not held
-//! behind long ones. Each job reports through its own event channel; a job
+//! up to `max_batch` of them running and advances them all by one GPU step
+//! a round (prompt pass, then one token), so short answers are not held
+//! behind long ones: a prompt pass is a submission of its own, the decode
+//! steps of every other running job share one submission and one read. Each job reports through its own event channel; a job
 //! whose client went away is dropped with its KV cache at the next turn.
 
 use std::collections::VecDeque;
@@ -295,21 +296,80 @@ impl Models {
         Ok(lp)
     }
 
-    /// One GPU step of `a`: `Ok(true)` when the job has ended, an error
-    /// for the client when the step failed.
-    fn advance(&self, a: &mut Active) -> Result<bool, ApiError> {
-        let events = a.job.events.clone();
-        let mut on_text = |t: &str| {
-            let _ = events.send(Event::Text(t.to_string()));
-        };
-        let dec = &self.decoders[a.job.size];
-        let r = a
-            .decoding
-            .advance(&self.gpu, dec, &mut a.cache, &mut a.rng, None, &mut on_text);
-        match r {
-            Err(e) => Err(ApiError::server(e.to_string())),
-            Ok(stop) => Ok(stop.is_some()),
+    /// One round of GPU work for every active job: `Ok(true)` for a job
+    /// that has ended, an error for its client when its step failed. A
+    /// job's prompt pass runs in a submission of its own; the decode steps
+    /// of all the others (one token each) are recorded into one
+    /// submission, and their chosen ids come back in one read.
+    fn advance_all(&self, active: &mut [Active]) -> Vec<Result<bool, ApiError>> {
+        let n = active.len();
+        let mut out: Vec<Option<Result<bool, ApiError>>> = (0..n).map(|_| None).collect();
+        let gpu = &self.gpu;
+        let server = |e: crate::Error| ApiError::server(e.to_string());
+        let mut rec = gpu.recorder();
+        // (job, its step's chosen-id tensor)
+        let mut batch = Vec::new();
+        for (i, a) in active.iter_mut().enumerate() {
+            let events = a.job.events.clone();
+            let mut on_text = |t: &str| {
+                let _ = events.send(Event::Text(t.to_string()));
+            };
+            let dec = &self.decoders[a.job.size];
+            if a.decoding.at_prompt() {
+                let r = a
+                    .decoding
+                    .advance(gpu, dec, &mut a.cache, &mut a.rng, None, &mut on_text);
+                out[i] = Some(r.map(|s| s.is_some()).map_err(server));
+                continue;
+            }
+            let ids = match a.decoding.next_input(&a.cache, None, &mut on_text) {
+                Ok(Some(ids)) => ids,
+                Ok(None) => {
+                    out[i] = Some(Ok(true));
+                    continue;
+                }
+                Err(e) => {
+                    out[i] = Some(Err(server(e)));
+                    continue;
+                }
+            };
+            match a
+                .decoding
+                .record(&mut rec, dec, &mut a.cache, &ids, &mut a.rng)
+            {
+                Ok(tok) => batch.push((i, tok)),
+                Err(e) => out[i] = Some(Err(server(e))),
+            }
         }
+        if !batch.is_empty() {
+            let ids = (|| -> crate::Result<Vec<u32>> {
+                let all = crate::gpu::Tensor::empty(
+                    gpu,
+                    "serve.next_ids",
+                    &[batch.len()],
+                    crate::gpu::DType::U32,
+                )?;
+                for (slot, (_, tok)) in batch.iter().enumerate() {
+                    rec.copy(tok, 0, &all, slot as u64 * 4, 4)?;
+                }
+                rec.submit()?;
+                gpu.read_u32(&all)
+            })();
+            for (slot, (i, _)) in batch.iter().enumerate() {
+                let r = match &ids {
+                    Ok(ids) => active[*i]
+                        .decoding
+                        .accept(ids[slot])
+                        .map(|_| false)
+                        .map_err(server),
+                    Err(e) => Err(ApiError::server(e.to_string())),
+                };
+                out[*i] = Some(r);
+            }
+        }
+        out.into_iter()
+            .map(|r| r.expect("every job has its outcome"))
+            .collect()
     }
 
     /// Report a finished job and log it.
@@ -435,10 +495,10 @@ pub fn run(models: Models, jobs: Receiver<Job>, max_batch: usize, pending: Arc<A
         let before = active.len();
         active.retain(|a| !a.job.events.is_closed());
         done(before - active.len());
-        let mut i = 0;
-        while i < active.len() {
-            match models.advance(&mut active[i]) {
-                Ok(false) => i += 1,
+        let outcomes = models.advance_all(&mut active);
+        for (i, r) in outcomes.into_iter().enumerate().rev() {
+            match r {
+                Ok(false) => {}
                 Ok(true) => {
                     let a = active.remove(i);
                     done(1);
