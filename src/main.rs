@@ -317,6 +317,10 @@ struct ChatCmd {
     /// Answer this once and exit; the answer alone goes to stdout.
     #[arg(long)]
     prompt: Option<String>,
+    /// With --prompt: one JSON object on stdout instead (the answer, its
+    /// speed, and submissions, dispatches and bytes per decoded token).
+    #[arg(long, requires = "prompt")]
+    json: bool,
     /// Most tokens per answer (default 512).
     #[arg(long)]
     max_tokens: Option<usize>,
@@ -397,6 +401,7 @@ impl ChatCmd {
             order: self.order.choice()?,
             prune: self.models.prune.params(),
             prompt: self.prompt,
+            json: self.json,
             max_tokens: self.max_tokens,
             temperature: self.temperature,
             top_k: self.top_k,

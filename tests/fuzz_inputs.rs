@@ -1371,6 +1371,7 @@ fn chat_args() -> ChatArgs {
         order: Default::default(),
         prune: None,
         prompt: Some("x".into()),
+        json: false,
         max_tokens: None,
         temperature: None,
         top_k: None,

@@ -700,6 +700,62 @@ fn chat_prompt_prints_the_answer_alone() {
     assert!(stderr.contains("24 tokens"), "{stderr}");
 }
 
+/// `chat --prompt … --json`: the same greedy answer as transformers',
+/// and one submission and one 4-byte token id read back per decoded token.
+#[test]
+fn chat_json_counts_one_submission_per_decoded_token() {
+    let r = refs();
+    for family in ["llama-tied", "qwen3", "neox"] {
+        let case = &r["models"][family][0];
+        let (_, tok) = load(family);
+        let dir = fixture(family);
+        let out = run_with_stdin(
+            &[
+                "chat",
+                "--model",
+                dir.to_str().unwrap(),
+                "--prompt",
+                case["prompt"].as_str().unwrap(),
+                "--max-tokens",
+                "24",
+                "--temperature",
+                "0",
+                "--json",
+            ],
+            "",
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let ids = ids_of(&case["ids"]);
+        assert_eq!(ids_of(&v["token_ids"]), ids, "{family}");
+        if family == "llama-tied" {
+            // (The byte-level vocabularies end mid-character here.)
+            assert_eq!(v["text"], tok.decode(&ids, true).unwrap().as_str());
+        }
+        assert_eq!(v["generated_tokens"], 24, "{family}");
+        // 24 tokens: the prompt pass chose the first, 23 steps the rest.
+        assert_eq!(v["decode_steps"], 23, "{family}");
+        assert_eq!(
+            v["submissions_per_token"].as_f64(),
+            Some(1.0),
+            "{family}: {v}"
+        );
+        assert_eq!(
+            v["readback_bytes_per_token"].as_f64(),
+            Some(4.0),
+            "{family}: {v}"
+        );
+        let layers = read_json(&dir.join("config.json"))["num_hidden_layers"]
+            .as_f64()
+            .unwrap();
+        let d = v["dispatches_per_token"].as_f64().unwrap();
+        assert!(d >= layers && d < 40.0 * layers, "{family}: {d} dispatches");
+        assert!(v["weight_bytes_per_token"].as_u64().unwrap() > 0);
+        assert!(v["peak_bytes"].as_u64().unwrap() > 0);
+    }
+}
+
 #[test]
 fn chat_interactive_through_stdin() {
     // A copy of the qwen3 fixture with a chat template.

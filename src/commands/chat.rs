@@ -35,6 +35,8 @@ pub struct ChatArgs {
     pub order: super::order::OrderChoice,
     pub prune: Option<crate::boomerang::PruneParams>,
     pub prompt: Option<String>,
+    /// With `prompt`: one JSON object instead of the answer.
+    pub json: bool,
     pub max_tokens: Option<usize>,
     pub temperature: Option<f32>,
     pub top_k: Option<usize>,
@@ -232,6 +234,11 @@ pub fn run(opts: &GpuOptions, a: &ChatArgs) -> Result<()> {
         }
     );
     let stdout = std::io::stdout();
+    if let (Some(prompt), true) = (&a.prompt, a.json) {
+        let g = session.ask(prompt, None, &mut |_| {})?;
+        println!("{}", answer_json(&gpu, session.model(), &g));
+        return Ok(());
+    }
     if let Some(prompt) = &a.prompt {
         let mut out = stdout.lock();
         let g = session.ask(prompt, None, &mut |piece| {
@@ -245,6 +252,52 @@ pub fn run(opts: &GpuOptions, a: &ChatArgs) -> Result<()> {
     interactive(&mut session)
 }
 
+/// `chat --prompt … --json`: the answer and what producing it took. The
+/// per-token figures are over the decode steps (after the prompt pass);
+/// weight bytes per token are every weight a step reads (the head and
+/// the layers; one row of an untied embedding, left out).
+fn answer_json(
+    gpu: &crate::gpu::Gpu,
+    model: &crate::model::decoder::Decoder,
+    g: &crate::infer::Generation,
+) -> Value {
+    let st = &g.stats;
+    let steps = st.decode_steps as f64;
+    let per = |x: u64| (st.decode_steps > 0).then(|| x as f64 / steps);
+    let used = st.counters_at_decode.map(|c| gpu.counters().since(&c));
+    let weights = model.weight_bytes()
+        - if model.head_is_embed() {
+            0
+        } else {
+            model.embed.byte_len()
+        };
+    serde_json::json!({
+        "text": g.text,
+        "token_ids": g.ids,
+        "prompt_tokens": st.prompt_tokens,
+        "generated_tokens": g.ids.len(),
+        "stop": stop_name(g.stop),
+        "prefill_tokens_per_s": st.prefill_tokens_per_sec(),
+        "decode_tokens_per_s": st.decode_tokens_per_sec(),
+        "decode_steps": st.decode_steps,
+        "submissions_per_token": used.and_then(|c| per(c.submissions)),
+        "dispatches_per_token": used.and_then(|c| per(c.dispatches)),
+        "readback_bytes_per_token": used.and_then(|c| per(c.readback_bytes)),
+        "weight_bytes_per_token": weights,
+        "peak_bytes": gpu.memory().peak_device_bytes,
+    })
+}
+
+fn stop_name(stop: StopReason) -> &'static str {
+    match stop {
+        StopReason::Eos => "end of text",
+        StopReason::StopString => "stop string",
+        StopReason::MaxTokens => "--max-tokens",
+        StopReason::ContextFull => "context full",
+        StopReason::Interrupted => "interrupted",
+    }
+}
+
 fn report(st: &crate::infer::GenStats, stop: StopReason) {
     eprintln!(
         "[{} tokens, {:.1} tokens/s; prompt {} tokens at {:.1} tokens/s; stopped: {}]",
@@ -252,13 +305,7 @@ fn report(st: &crate::infer::GenStats, stop: StopReason) {
         st.decode_tokens_per_sec(),
         st.prompt_tokens,
         st.prefill_tokens_per_sec(),
-        match stop {
-            StopReason::Eos => "end of text",
-            StopReason::StopString => "stop string",
-            StopReason::MaxTokens => "--max-tokens",
-            StopReason::ContextFull => "context full",
-            StopReason::Interrupted => "interrupted",
-        }
+        stop_name(stop)
     );
 }
 

@@ -38,8 +38,35 @@ pub struct Gpu {
     /// Outcome of the cooperative matmul's one-time check against the
     /// portable path (`ops::matmul::coop_ready`).
     pub(crate) coop_matmul_ok: std::sync::OnceLock<bool>,
+    /// Submissions, dispatches and bytes read back since the GPU was
+    /// opened (counted in dry runs too).
+    pub(crate) counters: Mutex<Counters>,
     errors: Arc<device::ErrorSink>,
     _instance: wgpu::Instance,
+}
+
+/// What the program has asked of the GPU since it was opened: the
+/// structure of a decode step (submissions, dispatches and bytes read back
+/// per token) is counted, not timed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Command buffers submitted to the queue.
+    pub submissions: u64,
+    /// Compute dispatches in them.
+    pub dispatches: u64,
+    /// Bytes copied back to the host.
+    pub readback_bytes: u64,
+}
+
+impl Counters {
+    /// `self − earlier`, field by field.
+    pub fn since(&self, earlier: &Counters) -> Counters {
+        Counters {
+            submissions: self.submissions - earlier.submissions,
+            dispatches: self.dispatches - earlier.dispatches,
+            readback_bytes: self.readback_bytes - earlier.readback_bytes,
+        }
+    }
 }
 
 impl Gpu {
@@ -91,6 +118,7 @@ impl Gpu {
             kernels: kernel::KernelCache::default(),
             bind_groups: Mutex::new(HashMap::new()),
             coop_matmul_ok: std::sync::OnceLock::new(),
+            counters: Mutex::new(Counters::default()),
             errors,
             _instance: instance,
         })
@@ -104,6 +132,18 @@ impl Gpu {
             device::backend_name(self.info.backend),
             device::device_type_name(self.info.device_type)
         )
+    }
+
+    /// The counters so far.
+    pub fn counters(&self) -> Counters {
+        *self.counters.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn count(&self, submissions: u64, dispatches: u64, readback_bytes: u64) {
+        let mut c = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+        c.submissions += submissions;
+        c.dispatches += dispatches;
+        c.readback_bytes += readback_bytes;
     }
 
     pub fn memory(&self) -> MemoryStats {

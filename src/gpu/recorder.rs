@@ -302,6 +302,7 @@ impl<'g> Recorder<'g> {
             .iter()
             .filter(|c| matches!(c, Cmd::Dispatch { .. }))
             .count();
+        gpu.count(1, n_dispatch as u64, 0);
         if gpu.is_dry() {
             // Count what a real submission holds; run nothing.
             let timing = if self.timed {
@@ -443,6 +444,34 @@ impl<'g> Recorder<'g> {
     pub fn run(self) -> Result<()> {
         self.submit()?.wait()
     }
+
+    /// Submit with a copy of `t` into host-visible memory as the last
+    /// command, wait, and return `t`'s bytes: one submission where
+    /// `submit` and `Gpu::read_bytes` take two (a decode step reads its
+    /// token id so). Tensors over the readback chunk are read apart.
+    pub fn submit_read(mut self, t: &Tensor) -> Result<Vec<u8>> {
+        let gpu = self.gpu;
+        let len = t.byte_len();
+        let padded = len.div_ceil(4) * 4;
+        if len == 0 || padded > super::tensor::READBACK_CHUNK {
+            self.run()?;
+            return gpu.read_bytes(t);
+        }
+        let rb = Arc::new(gpu.alloc.alloc("readback", padded, BufferKind::Readback)?);
+        self.cmds.push(Cmd::Copy {
+            src: t.buffer().clone(),
+            src_offset: t.byte_offset(),
+            dst: rb.clone(),
+            dst_offset: 0,
+            size: padded,
+        });
+        self.submit()?;
+        gpu.count(0, 0, len);
+        if gpu.is_dry() {
+            return Ok(vec![0; len as usize]);
+        }
+        super::tensor::map_read(gpu, &rb, len)
+    }
 }
 
 impl Submitted<'_> {
@@ -475,6 +504,7 @@ impl Submitted<'_> {
             .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
         enc.copy_buffer_to_buffer(t.raw(), 0, rb.raw(), 0, 16);
         gpu.queue.submit(Some(enc.finish()));
+        gpu.count(1, 0, 16);
         let bytes = super::tensor::map_read(gpu, &rb, 16)?;
         let ts: &[u64] = bytemuck::cast_slice(&bytes);
         let ticks = ts[1].saturating_sub(ts[0]);

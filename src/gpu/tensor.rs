@@ -341,6 +341,7 @@ impl Gpu {
             enc.copy_buffer_to_buffer(t.buf.raw(), at, rb.raw(), 0, copy);
             self.queue.submit(Some(enc.finish()));
             let want = copy.min(len - out.len() as u64);
+            self.count(1, 0, want);
             out.extend_from_slice(&map_read(self, &rb, want)?);
             at += copy;
         }

@@ -58,6 +58,12 @@ pub struct GenStats {
     pub prefill_secs: f64,
     /// Wall time of the remaining steps.
     pub decode_secs: f64,
+    /// GPU steps after the prompt pass.
+    pub decode_steps: usize,
+    /// The GPU's counters when the first of them was recorded: what the
+    /// decode steps asked of the GPU is `gpu.counters().since(…)` once
+    /// the generation is done.
+    pub counters_at_decode: Option<crate::gpu::Counters>,
 }
 
 impl GenStats {
@@ -225,8 +231,13 @@ pub fn step(
 ) -> Result<u32> {
     let mut rec = gpu.recorder();
     let tok = record_step(&mut rec, model, cache, ids, params, seen, u)?;
-    rec.submit()?;
-    Ok(gpu.read_u32(&tok)?[0])
+    read_id(rec, &tok)
+}
+
+/// Submit `rec` and read the chosen id in `tok`: one submission, 4 bytes.
+fn read_id(rec: Recorder, tok: &Tensor) -> Result<u32> {
+    let bytes = rec.submit_read(tok)?;
+    Ok(bytemuck::pod_read_unaligned(&bytes[..4]))
 }
 
 /// `step` recorded into `rec` without submitting: the u32 tensor the
@@ -364,8 +375,7 @@ impl<'t> Decoding<'t> {
         };
         let mut rec = gpu.recorder();
         let tok = self.record(&mut rec, model, cache, &ids, rng)?;
-        rec.submit()?;
-        self.accept(gpu.read_u32(&tok)?[0])?;
+        self.accept(read_id(rec, &tok)?)?;
         Ok(None)
     }
 
@@ -409,6 +419,11 @@ impl<'t> Decoding<'t> {
     ) -> Result<Tensor> {
         if self.t_decode.is_none() {
             self.t_prefill = Some(Instant::now());
+        } else {
+            if self.stats.decode_steps == 0 {
+                self.stats.counters_at_decode = Some(rec.gpu().counters());
+            }
+            self.stats.decode_steps += 1;
         }
         let (params, seen) = (&self.opts.sampling, &self.seen);
         record_step(rec, model, cache, ids, params, seen, rng.next_u32())

@@ -352,8 +352,7 @@ impl Models {
                 for (slot, (_, tok)) in batch.iter().enumerate() {
                     rec.copy(tok, 0, &all, slot as u64 * 4, 4)?;
                 }
-                rec.submit()?;
-                gpu.read_u32(&all)
+                Ok(bytemuck::pod_collect_to_vec(&rec.submit_read(&all)?))
             })();
             for (slot, (i, _)) in batch.iter().enumerate() {
                 let r = match &ids {
