@@ -672,27 +672,31 @@ fn run_with_stdin(args: &[&str], stdin: &str) -> std::process::Output {
     child.wait_with_output().unwrap()
 }
 
+/// `chat --prompt PROMPT` on a fixture: 24 greedy tokens, and `extra`.
+fn greedy_answer(family: &str, prompt: &str, extra: &[&str]) -> std::process::Output {
+    let dir = fixture(family);
+    let mut args = vec![
+        "chat",
+        "--model",
+        dir.to_str().unwrap(),
+        "--prompt",
+        prompt,
+        "--max-tokens",
+        "24",
+        "--temperature",
+        "0",
+    ];
+    args.extend_from_slice(extra);
+    run_with_stdin(&args, "")
+}
+
 #[test]
 fn chat_prompt_prints_the_answer_alone() {
     let r = refs();
     let case = &r["models"]["llama-tied"][0];
     let (_, tok) = load("llama-tied");
     let want = tok.decode(&ids_of(&case["ids"]), true).unwrap();
-    let dir = fixture("llama-tied");
-    let out = run_with_stdin(
-        &[
-            "chat",
-            "--model",
-            dir.to_str().unwrap(),
-            "--prompt",
-            case["prompt"].as_str().unwrap(),
-            "--max-tokens",
-            "24",
-            "--temperature",
-            "0",
-        ],
-        "",
-    );
+    let out = greedy_answer("llama-tied", case["prompt"].as_str().unwrap(), &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{want}\n"));
@@ -709,21 +713,7 @@ fn chat_json_counts_one_submission_per_decoded_token() {
         let case = &r["models"][family][0];
         let (_, tok) = load(family);
         let dir = fixture(family);
-        let out = run_with_stdin(
-            &[
-                "chat",
-                "--model",
-                dir.to_str().unwrap(),
-                "--prompt",
-                case["prompt"].as_str().unwrap(),
-                "--max-tokens",
-                "24",
-                "--temperature",
-                "0",
-                "--json",
-            ],
-            "",
-        );
+        let out = greedy_answer(family, case["prompt"].as_str().unwrap(), &["--json"]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{stderr}");
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

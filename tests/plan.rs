@@ -185,20 +185,14 @@ fn the_host_budget_chooses_8bit_moments_and_refuses_what_cannot_fit() {
     let teacher = fixture("qwen3");
     let text = fixture_path("text.txt");
     let out = dir.join("out");
-    let r = boomgpu_run(&[
-        "distill",
-        "--teacher",
-        teacher.to_str().unwrap(),
-        "--data",
-        text.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
+    let budget = [
         "--seq-len",
         "32",
         "--lean",
         "--host-memory-budget",
         "100KiB",
-    ]);
+    ];
+    let r = distill(&teacher, &text, &out, &budget);
     let err = String::from_utf8_lossy(&r.stderr);
     assert!(!r.status.success(), "{err}");
     assert!(
@@ -206,6 +200,21 @@ fn the_host_budget_chooses_8bit_moments_and_refuses_what_cannot_fit() {
         "{err}"
     );
     assert!(!out.exists(), "nothing was written");
+}
+
+/// `boomgpu distill --teacher T --data D --out O` and `extra`, run.
+fn distill(teacher: &Path, data: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec![
+        "distill",
+        "--teacher",
+        teacher.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    boomgpu_run(&args)
 }
 
 /// The five published teachers' config.json files (facts, as test data).
@@ -358,19 +367,12 @@ fn a_budget_below_the_plan_is_refused_before_anything_is_loaded() {
     let out = dir.join("out");
     let teacher = fixture("qwen3");
     let text = fixture_path("text.txt");
-    let e = err(&boomgpu_run(&[
-        "distill",
-        "--teacher",
-        teacher.to_str().unwrap(),
-        "--data",
-        text.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--seq-len",
-        "64",
-        "--memory-budget",
-        "1MiB",
-    ]));
+    let e = err(&distill(
+        &teacher,
+        &text,
+        &out,
+        &["--seq-len", "64", "--memory-budget", "1MiB"],
+    ));
     for want in [
         "planned GPU peak",
         "budget of 1.00 MiB",
@@ -384,22 +386,16 @@ fn a_budget_below_the_plan_is_refused_before_anything_is_loaded() {
     let p = plan_json(&["--teacher", teacher.to_str().unwrap(), "--seq-len", "32"]);
     let peak = p["gpu_peak_bytes"].as_u64().unwrap();
     let budget = format!("{}", peak + 4096);
-    let stdout = ok(&boomgpu_run(&[
-        "distill",
+    let extra = [
         "--quiet",
         "--steps",
         "1",
-        "--teacher",
-        teacher.to_str().unwrap(),
-        "--data",
-        text.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
         "--seq-len",
         "32",
         "--memory-budget",
         &budget,
-    ]));
+    ];
+    let stdout = ok(&distill(&teacher, &text, &out, &extra));
     assert!(peaks_of(&stdout).0 <= peak + 4096);
     // Flag errors name the flag.
     let e = err(&boomgpu_run(&[
@@ -411,16 +407,7 @@ fn a_budget_below_the_plan_is_refused_before_anything_is_loaded() {
         "lots",
     ]));
     assert!(e.contains("--memory-budget lots"), "{e}");
-    let e = err(&boomgpu_run(&[
-        "distill",
-        "--json",
-        "--teacher",
-        teacher.to_str().unwrap(),
-        "--data",
-        text.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]));
+    let e = err(&distill(&teacher, &text, &out, &["--json"]));
     assert!(e.contains("--plan"), "{e}");
     let e = err(&boomgpu_run(&[
         "distill",

@@ -88,11 +88,13 @@ fn bench(b: &Bench) -> Result<()> {
         let t0 = Instant::now();
         let mut t = step(gpu, &dec, &mut cache, &prompt, p, &[], 3)?;
         let prefill = t0.elapsed().as_secs_f64();
-        let t1 = Instant::now();
+        let (t1, c1) = (Instant::now(), gpu.counters());
         for i in 0..new_tokens - 1 {
             t = step(gpu, &dec, &mut cache, &[t], p, &[], i as u32)?;
         }
         let decode = t1.elapsed().as_secs_f64() / (new_tokens - 1) as f64;
+        let used = gpu.counters().since(&c1);
+        let per = |x: u64| x as f64 / (new_tokens - 1) as f64;
         println!(
             "{:<44} {:>10} {:>11}",
             format!("decode prefill {prompt_len} tokens ({label})"),
@@ -104,6 +106,14 @@ fn bench(b: &Bench) -> Result<()> {
             &format!("decode {new_tokens} tokens, batch 1 ({label})"),
             decode,
             bytes_per_token,
+        );
+        println!(
+            "{:<44} {:.1} submissions, {:.1} dispatches ({:.1} per layer), {:.0} bytes read back",
+            "  per decoded token:",
+            per(used.submissions),
+            per(used.dispatches),
+            per(used.dispatches) / cfg.num_layers as f64,
+            per(used.readback_bytes)
         );
     }
     Ok(())
