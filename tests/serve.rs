@@ -320,6 +320,40 @@ fn streaming_concurrency_and_departures() {
         })
         .collect();
     assert_eq!(deltas, msg);
+    // Chat logprobs: one entry per answer token; greedy picks the most
+    // likely, so each chosen logprob is the top of its list.
+    let mut lc = chat.clone();
+    lc["logprobs"] = json!(true);
+    lc["top_logprobs"] = json!(3);
+    let (code, v) = srv.post("/v1/chat/completions", &lc);
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["choices"][0]["message"]["content"], msg.as_str());
+    let content = v["choices"][0]["logprobs"]["content"].as_array().unwrap();
+    assert_eq!(
+        content.len() as u64,
+        v["usage"]["completion_tokens"].as_u64().unwrap()
+    );
+    for e in content {
+        let lp = e["logprob"].as_f64().unwrap();
+        let top = e["top_logprobs"].as_array().unwrap();
+        assert_eq!(top.len(), 3, "{e}");
+        let best = top[0]["logprob"].as_f64().unwrap();
+        assert!(lp <= 0.0 && (lp - best).abs() <= 1e-5, "{e}");
+        assert_eq!(top[0]["token"], e["token"], "{e}");
+        let bytes: Vec<u8> = e["bytes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b.as_u64().unwrap() as u8)
+            .collect();
+        assert_eq!(bytes, e["token"].as_str().unwrap().as_bytes());
+    }
+    // Without stream only; top_logprobs needs logprobs.
+    lc["stream"] = json!(true);
+    assert_eq!(srv.post("/v1/chat/completions", &lc).0, 400);
+    let mut bad = chat.clone();
+    bad["top_logprobs"] = json!(2);
+    assert_eq!(srv.post("/v1/chat/completions", &bad).0, 400);
     // Eight clients at once each get the answer they get alone.
     let handles: Vec<_> = (0..8)
         .map(|_| {

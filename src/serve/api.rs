@@ -155,6 +155,9 @@ pub struct ChatRequest {
     pub model: String,
     pub messages: Vec<Message>,
     pub sampling: Sampling,
+    /// `logprobs: true` with `top_logprobs: N` (0 without it): the answer's
+    /// tokens' log-probabilities and the N most likely at each.
+    pub logprobs: Option<usize>,
 }
 
 /// The most `logprobs` a request may ask for (OpenAI's limit).
@@ -415,16 +418,46 @@ impl ChatRequest {
             let role = if role == "developer" { "system" } else { role };
             messages.push(Message::new(role, &content));
         }
-        if let Some(true) = o.get("logprobs").and_then(Value::as_bool) {
+        let wanted = match o.get("logprobs") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    "logprobs",
+                    "'logprobs' must be true or false",
+                ))
+            }
+        };
+        let top = match o.get("top_logprobs") {
+            None | Some(Value::Null) => None,
+            Some(v) => match v.as_u64() {
+                Some(n) if n as usize <= MAX_LOGPROBS => Some(n as usize),
+                _ => {
+                    return Err(ApiError::invalid(
+                        "top_logprobs",
+                        format!("'top_logprobs' must be an integer from 0 to {MAX_LOGPROBS}"),
+                    ))
+                }
+            },
+        };
+        if top.is_some() && !wanted {
+            return Err(ApiError::invalid(
+                "top_logprobs",
+                "'top_logprobs' needs 'logprobs': true",
+            ));
+        }
+        let sampling = sampling(o, &["max_tokens", "max_completion_tokens"])?;
+        if wanted && sampling.stream {
             return Err(ApiError::invalid(
                 "logprobs",
-                "chat logprobs are not served; use /v1/completions with logprobs",
+                "chat logprobs are served without 'stream' (they are computed when the answer is done)",
             ));
         }
         Ok(ChatRequest {
             model: model_of(o)?,
             messages,
-            sampling: sampling(o, &["max_tokens", "max_completion_tokens"])?,
+            sampling,
+            logprobs: wanted.then(|| top.unwrap_or(0)),
         })
     }
 }

@@ -373,7 +373,7 @@ async fn chat(
         seed: r.sampling.seed,
         stop: r.sampling.stop.clone(),
         ignore_eos: r.sampling.ignore_eos,
-        logprobs: None,
+        logprobs: r.logprobs,
         echo: false,
         events,
         queued_at: Instant::now(),
@@ -418,7 +418,8 @@ async fn chat(
     Ok(Json(json!({
         "id": id, "object": "chat.completion", "created": created, "model": model,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": f.text},
-                     "logprobs": null, "finish_reason": f.finish_reason}],
+                     "logprobs": f.logprobs.as_ref().map_or(Value::Null, |l| l.to_chat_json()),
+                     "finish_reason": f.finish_reason}],
         "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": f.completion_tokens,
                   "total_tokens": prompt_tokens + f.completion_tokens},
     }))

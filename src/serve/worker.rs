@@ -83,7 +83,7 @@ pub struct Job {
     pub stop: Vec<String>,
     /// Generate past end-of-text.
     pub ignore_eos: bool,
-    /// `logprobs: N` (completions).
+    /// `logprobs: N` (completions; chat's `top_logprobs` with `logprobs`).
     pub logprobs: Option<usize>,
     pub echo: bool,
     pub events: UnboundedSender<Event>,
@@ -121,6 +121,26 @@ impl Logprobs {
             "top_logprobs": top,
             "text_offset": self.text_offset,
         })
+    }
+
+    /// The chat completions form: `{"content": [{token, logprob, bytes,
+    /// top_logprobs: [{token, logprob, bytes}]}]}` for the answer's tokens.
+    pub fn to_chat_json(&self) -> serde_json::Value {
+        let entry = |t: &str, lp: f64| json!({"token": t, "logprob": lp, "bytes": t.as_bytes()});
+        let content: Vec<serde_json::Value> = self
+            .tokens
+            .iter()
+            .zip(&self.token_logprobs)
+            .zip(&self.top_logprobs)
+            .map(|((t, lp), top)| {
+                let mut e = entry(t, lp.unwrap_or(0.0));
+                let top: Vec<serde_json::Value> =
+                    top.iter().flatten().map(|(t, lp)| entry(t, *lp)).collect();
+                e["top_logprobs"] = json!(top);
+                e
+            })
+            .collect();
+        json!({ "content": content })
     }
 }
 
