@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Check a running `boomgpu serve` with the tools people point at it
 (fixture-time; `cargo test` does not need it):
-  1. the official `openai` client: chat, streaming chat, completions with
-     echo and logprobs;
+  1. the official `openai` client: chat, streaming chat, chat logprobs,
+     completions with echo and logprobs;
   2. lm-evaluation-harness `local-completions` against the server and its
      `hf` backend on the same model, on a small multiple-choice task defined
      here (no hub datasets): per-choice loglikelihoods must agree within
@@ -49,12 +49,22 @@ def check_openai(url, model):
         for ch in c.chat.completions.create(model=model, messages=msgs, max_tokens=16, temperature=0, stream=True)
     )
     assert streamed == text, (streamed, text)
+    # Chat logprobs through the client's own types: one per answer token,
+    # the greedy choice first among the top ones.
+    lc = c.chat.completions.create(model=model, messages=msgs, max_tokens=16, temperature=0,
+                                   logprobs=True, top_logprobs=2)
+    content = lc.choices[0].logprobs.content
+    assert lc.choices[0].message.content == text
+    assert len(content) == lc.usage.completion_tokens, (len(content), lc.usage)
+    for e in content:
+        assert e.logprob <= 0 and abs(e.logprob - e.top_logprobs[0].logprob) < 1e-5, e
+    chat_lp = sum(e.logprob for e in content)
     r = c.completions.create(model=model, prompt="The capital of France is", max_tokens=3, temperature=0,
                              logprobs=2, echo=True)
     lp = r.choices[0].logprobs
     assert lp.token_logprobs[0] is None and len(lp.tokens) == len(lp.text_offset) == len(lp.top_logprobs)
-    print(f"openai: {len(ids)} models; chat {text!r} (streamed the same); completion {r.choices[0].text!r} "
-          f"with {len(lp.tokens)} token logprobs")
+    print(f"openai: {len(ids)} models; chat {text!r} (streamed the same; {len(content)} token logprobs, "
+          f"sum {chat_lp:.4f}); completion {r.choices[0].text!r} with {len(lp.tokens)} token logprobs")
 
 
 def lm_eval(work, model_args, backend, out):
