@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{DType, Recorder, Tensor};
 use crate::model::decoder::Decoder;
 use crate::model::exec::ParamGrads;
-use crate::model::head::{chunk_logits, chunk_rows, rows_of, LOGITS_CHUNK_BYTES};
+use crate::model::head::{chunk_logits, chunk_rows, rows_of, rows_per_chunk};
 use crate::ops::distill_loss::{self, ColBlock, DistillLoss, LossRows, ROW_STATS};
 use crate::ops::matmul::{matmul_region, matmul_row_blocks_dx, Gemm, Region};
 
@@ -170,7 +170,7 @@ fn head_blocks_lean(
         let tw = head_rows(rec, teacher, start, rows)?;
         // Token rows per pass: the block's logits of both models bounded
         // like a logits chunk.
-        let per = (LOGITS_CHUNK_BYTES.min(limit) / (rows as u64 * 4).max(1)).max(1) as usize;
+        let per = rows_per_chunk(limit, rows);
         for r0 in (0..n).step_by(per) {
             let m = per.min(n - r0);
             let xs = rows_of(rec, x.s_normed, r0, m)?;

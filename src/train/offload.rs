@@ -458,23 +458,23 @@ pub(crate) enum HostSlot<'scope> {
     Taken,
 }
 
-/// The embedding's blocks among the lean parameters: first row and
-/// parameter index, in order.
-pub(crate) fn embed_blocks(params: &StudentParams) -> Result<Vec<(usize, usize)>> {
-    let mut embed = Vec::new();
-    for &i in &params.table_params {
-        let name = &params.params[i].name;
-        let first = match name.split_once('@') {
-            None if name == "embed" => 0,
-            Some(("embed", r)) => r
-                .parse()
-                .map_err(|e| Error::Invalid(format!("parameter {name}: {e}")))?,
-            _ => continue,
-        };
-        embed.push((first, i));
-    }
-    embed.sort_unstable();
-    Ok(embed)
+/// The embedding's blocks: first row and parameter index, in row order.
+pub(crate) fn embed_blocks(
+    student: &crate::model::decoder::Decoder,
+    params: &StudentParams,
+) -> Result<Vec<(usize, usize)>> {
+    student
+        .embed
+        .iter()
+        .map(|(first, t)| {
+            let i = params.param_of(t).ok_or_else(|| {
+                Error::Invalid(format!(
+                    "embedding block at row {first} is not a student parameter"
+                ))
+            })?;
+            Ok((first, i))
+        })
+        .collect()
 }
 
 /// Lean mode's gradients leaving the GPU into the host's sums.
@@ -489,15 +489,13 @@ pub(crate) struct HostSink<'s, 'scope> {
 impl HostSink<'_, '_> {
     /// The host's state, once the update running on it is done.
     fn host(&mut self) -> Result<&mut HostState> {
-        if let HostSlot::Updating(_) = self.slot {
-            let HostSlot::Updating(job) = std::mem::replace(&mut self.slot, HostSlot::Taken) else {
-                unreachable!("matched above")
-            };
-            let h = job
-                .join()
-                .map_err(|_| Error::Invalid("the host's AdamW update panicked".into()))??;
-            self.slot = HostSlot::Ready(h);
-        }
+        self.slot = match std::mem::replace(&mut self.slot, HostSlot::Taken) {
+            HostSlot::Updating(job) => HostSlot::Ready(
+                job.join()
+                    .map_err(|_| Error::Invalid("the host's AdamW update panicked".into()))??,
+            ),
+            other => other,
+        };
         match &mut self.slot {
             HostSlot::Ready(h) => Ok(h),
             _ => Err(Error::Invalid(
@@ -540,7 +538,8 @@ impl GradSink for HostSink<'_, '_> {
         Ok(())
     }
 
-    fn embedding_rows(&mut self, ids: &[u32], d: &[f32]) -> Result<()> {
+    fn embedding_rows(&mut self, ids: &[u32], d: &crate::gpu::Tensor) -> Result<()> {
+        let d = read_grad(self.gpu, d)?;
         if self.gpu.is_dry() {
             return Ok(());
         }

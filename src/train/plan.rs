@@ -17,6 +17,7 @@ use super::offload::MOMENT_BLOCK;
 use super::run::{DistillOptions, Trainer};
 use super::student::group_shape;
 use crate::error::{format_bytes, Error, Result};
+use crate::gpu::alloc::BUDGET_LIMIT;
 use crate::gpu::{DType, Gpu, GpuOptions, MemoryTag, TaggedBytes};
 use crate::model::decoder::Decoder;
 use crate::model::ModelConfig;
@@ -190,9 +191,6 @@ pub fn within_budget(
         Err(e) => Err(e),
     }
 }
-
-/// What `Error::OverLimit` names when an allocation crossed the budget.
-const BUDGET_LIMIT: &str = crate::gpu::alloc::BUDGET_LIMIT;
 
 fn rehearse_under(
     gpu_opts: &GpuOptions,

@@ -442,7 +442,7 @@ impl<'a> Trainer<'a> {
             return run(None);
         };
         let (gpu, params) = (self.gpu, &self.params);
-        let embed = embed_blocks(params)?;
+        let embed = embed_blocks(&self.student, params)?;
         let (parts, back) = std::thread::scope(|s| {
             let slot = match pending {
                 Some(p) => HostSlot::Updating(s.spawn(move || {
