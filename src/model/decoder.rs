@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use super::config::{Family, ModelConfig};
 use super::exec::{Attend, Eager, Exec};
 use super::layers::{self, LayerCtx};
-use super::weights::Checkpoint;
+use super::weights::{encode_f32, Checkpoint};
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu, Recorder, RowBlocks, Tensor};
 use crate::ops::attention::AttnConfig;
@@ -704,33 +704,26 @@ impl Decoder {
                 .collect();
             vals
         };
-        // Values in a float dtype, as stored.
-        let bytes = |vals: Vec<f32>, dtype: DType| -> Vec<u8> {
-            match dtype {
-                DType::BF16 => {
-                    let h: Vec<half::bf16> =
-                        vals.iter().map(|&v| half::bf16::from_f32(v)).collect();
-                    bytemuck::cast_slice(&h).to_vec()
-                }
-                DType::F16 => {
-                    let h: Vec<half::f16> = vals.iter().map(|&v| half::f16::from_f32(v)).collect();
-                    bytemuck::cast_slice(&h).to_vec()
-                }
-                _ => bytemuck::cast_slice(&vals).to_vec(),
-            }
-        };
         let make = |name: &str, shape: &[usize], norm: bool| -> Result<Tensor> {
             let d = layout.vectors;
             match seed {
                 None => Tensor::empty(gpu, name, shape, d),
-                Some(_) => gpu.upload_bytes(name, shape, d, &bytes(values(shape, norm), d)),
+                Some(_) => {
+                    gpu.upload_bytes(name, shape, d, &encode_f32(name, &values(shape, norm), d)?)
+                }
             }
         };
         let make_matrix = |name: &str, shape: &[usize]| -> Result<RowBlocks> {
             let d = layout.matrices;
             match seed {
                 None => RowBlocks::empty_blocked_as(gpu, name, shape, d, layout.blocks_of),
-                Some(_) => RowBlocks::upload(gpu, name, shape, d, &bytes(values(shape, false), d)),
+                Some(_) => RowBlocks::upload(
+                    gpu,
+                    name,
+                    shape,
+                    d,
+                    &encode_f32(name, &values(shape, false), d)?,
+                ),
             }
         };
         let vocab = [cfg.vocab_size, cfg.hidden_size];

@@ -387,6 +387,27 @@ pub fn write_safetensors(
     })
 }
 
+/// `v` as little-endian bytes of `dtype` (f32, or rounded to nearest-even
+/// bf16 / f16; f16 refuses values beyond its range, naming tensor `name`).
+pub fn encode_f32(name: &str, v: &[f32], dtype: DType) -> Result<Vec<u8>> {
+    Ok(match dtype {
+        DType::BF16 => {
+            let h: Vec<half::bf16> = v.iter().map(|&x| half::bf16::from_f32(x)).collect();
+            bytemuck::cast_slice(&h).to_vec()
+        }
+        DType::F16 => {
+            if let Some(x) = v.iter().find(|x| x.abs() > 65504.0) {
+                return Err(Error::Invalid(format!(
+                    "tensor '{name}' holds {x}, beyond the range of f16; save in bf16 or f32"
+                )));
+            }
+            let h: Vec<half::f16> = v.iter().map(|&x| half::f16::from_f32(x)).collect();
+            bytemuck::cast_slice(&h).to_vec()
+        }
+        _ => bytemuck::cast_slice(v).to_vec(),
+    })
+}
+
 /// Write a safetensors file one tensor at a time: `tensors` gives each
 /// tensor's name, dtype and shape up front (the header), `bytes(i)` its
 /// data when it is written, so at most one tensor's bytes are in memory.

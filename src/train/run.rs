@@ -16,7 +16,7 @@ use super::student::{export_plan, group_shape, group_values, StudentParams};
 use crate::error::{Error, Result};
 use crate::gpu::{DType, Gpu};
 use crate::model::decoder::Decoder;
-use crate::model::weights::{write_safetensors_streamed, Checkpoint};
+use crate::model::weights::{encode_f32, write_safetensors_streamed, Checkpoint};
 use crate::model::ModelConfig;
 use crate::ops::adamw::{adamw_step, AdamW, GradNorm};
 
@@ -510,7 +510,7 @@ impl<'a> Trainer<'a> {
                 }
                 None => e.values(&self.params, &mut |p| self.gpu.read_f32(&p.value))?,
             };
-            encode(&e.name, &v, dtype).map(std::borrow::Cow::Owned)
+            encode_f32(&e.name, &v, dtype).map(std::borrow::Cow::Owned)
         })
     }
 
@@ -674,27 +674,6 @@ impl<'a> Trainer<'a> {
         }
         Ok(())
     }
-}
-
-/// `v` as little-endian bytes of `dtype` (f32, or rounded to nearest-even
-/// bf16 / f16; f16 refuses values beyond its range).
-fn encode(name: &str, v: &[f32], dtype: DType) -> Result<Vec<u8>> {
-    Ok(match dtype {
-        DType::BF16 => {
-            let h: Vec<half::bf16> = v.iter().map(|&x| half::bf16::from_f32(x)).collect();
-            bytemuck::cast_slice(&h).to_vec()
-        }
-        DType::F16 => {
-            if let Some(x) = v.iter().find(|x| x.abs() > 65504.0) {
-                return Err(Error::Invalid(format!(
-                    "tensor '{name}' holds {x}, beyond the range of f16; save in bf16 or f32"
-                )));
-            }
-            let h: Vec<half::f16> = v.iter().map(|&x| half::f16::from_f32(x)).collect();
-            bytemuck::cast_slice(&h).to_vec()
-        }
-        _ => bytemuck::cast_slice(v).to_vec(),
-    })
 }
 
 /// Files of a Hugging Face folder other than weights and config, copied
