@@ -8,13 +8,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use common::*;
 use serde_json::{json, Value};
 
 /// A copy of a fixture student whose student_config.json stores `order`.
-fn student_with_order(name: &str, tag: &str, order: Option<Value>) -> PathBuf {
+fn student_with_order(name: &str, tag: &str, order: Option<Value>) -> Scratch {
     let src = fixture(&format!("{name}-distilled"));
     let dst = tmpdir(&format!("order-{name}-{tag}"));
     for e in std::fs::read_dir(&src).unwrap() {

@@ -6,7 +6,6 @@ mod common;
 use common::*;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use boomgpu::gpu::DType;
 use boomgpu::model::weights::{write_safetensors, Checkpoint};
@@ -16,12 +15,12 @@ use boomgpu::model::ModelConfig;
 type Tensors = BTreeMap<String, (DType, Vec<usize>, Vec<u8>)>;
 
 /// A fresh scratch folder for this file's tests.
-fn scratch(name: &str) -> PathBuf {
+fn scratch(name: &str) -> Scratch {
     tmpdir(&format!("weights-{name}"))
 }
 
 /// The qwen3 fixture split into two shards with an index, as the hub does.
-fn sharded(name: &str) -> (PathBuf, ModelConfig) {
+fn sharded(name: &str) -> (Scratch, ModelConfig) {
     let src = fixture("qwen3");
     let cfg = ModelConfig::from_file(&src.join("config.json")).unwrap();
     let ck = Checkpoint::open(&src).unwrap();

@@ -41,12 +41,41 @@ pub fn fixture(name: &str) -> PathBuf {
     fixture_path("models").join(name)
 }
 
-/// A fresh, empty scratch folder `boomgpu-<tag>-<pid>` in the temp dir.
-pub fn tmpdir(tag: &str) -> PathBuf {
+/// A scratch folder that is removed when it goes out of scope, also when
+/// the test panics: model-sized files must not pile up on a shared disk.
+/// `BOOMGPU_KEEP_SCRATCH=1` keeps it for a post-mortem.
+pub struct Scratch(PathBuf);
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for Scratch {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if std::env::var_os("BOOMGPU_KEEP_SCRATCH").is_none() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        } else if std::thread::panicking() {
+            eprintln!("scratch kept: {}", self.0.display());
+        }
+    }
+}
+
+/// A fresh, empty scratch folder `boomgpu-<tag>-<pid>` in the temp dir,
+/// removed when the returned guard drops.
+pub fn tmpdir(tag: &str) -> Scratch {
     let d = std::env::temp_dir().join(format!("boomgpu-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
-    d
+    Scratch(d)
 }
 
 /// The `boomgpu` binary of this build.
