@@ -23,11 +23,11 @@ cargo build --all-targets --locked
 cargo test --locked -- --test-threads="${BOOMGPU_TEST_THREADS:-2}"
 # Every split path on the tiny fixtures: a 16 KiB binding limit stores
 # their vocabulary tables in blocks of rows and cuts logits into chunks;
-# the distillation, model and patching suites must still match PyTorch,
+# the distillation, model, patching and encoder suites must still match PyTorch,
 # and lean mode must still follow exact mode.
 # The 151,936-token Qwen3 likewise at 1 MiB.
 BOOMGPU_MAX_BINDING=16KiB cargo test --locked --test distill --test models --test patched \
-    -- --test-threads="${BOOMGPU_TEST_THREADS:-2}"
+    --test encoder -- --test-threads="${BOOMGPU_TEST_THREADS:-2}"
 # Lean mode with every matrix in blocks: its gradient slots and 16-bit
 # copies follow the blocks (the published-config plans are left out: at
 # 16 KiB they would be millions of blocks).

@@ -371,3 +371,69 @@ fn backward_matches_cpu() {
     let d = data(&mut rng, &c, None);
     check_backward("chunk cache", &c, &d, &mut rng);
 }
+
+/// Softmax attention over every unmasked key of a sequence, written out
+/// here without the library's causal rule: what an encoder computes.
+fn dense_bidirectional(c: &AttnConfig, d: &Data) -> Vec<f32> {
+    let (s, h, hd) = (c.q_len, c.q_heads, c.head_dim);
+    let mut out = vec![0.0f32; c.batch * s * h * hd];
+    for b in 0..c.batch {
+        for i in 0..s {
+            for head in 0..h {
+                let q = &d.q[((b * s + i) * h + head) * hd..][..hd];
+                let keys: Vec<usize> = (0..s)
+                    .filter(|&j| d.mask.as_ref().is_none_or(|m| m[b * s + j] != 0))
+                    .collect();
+                let logits: Vec<f64> = keys
+                    .iter()
+                    .map(|&j| {
+                        let k = &d.k[((b * s + j) * h + head) * hd..][..hd];
+                        q.iter().zip(k).map(|(x, y)| (x * y) as f64).sum::<f64>() * c.scale as f64
+                    })
+                    .collect();
+                let top = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let w: Vec<f64> = logits.iter().map(|l| (l - top).exp()).collect();
+                let z: f64 = w.iter().sum();
+                let o = &mut out[((b * s + i) * h + head) * hd..][..hd];
+                for (&j, wj) in keys.iter().zip(&w) {
+                    let v = &d.v[((b * s + j) * h + head) * hd..][..hd];
+                    for (x, y) in o.iter_mut().zip(v) {
+                        *x += (wj / z * *y as f64) as f32;
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn bidirectional_with_padding_sees_every_kept_key() {
+    let mut rng = Rng::new(17);
+    // Two texts of 11 positions, the second padded at the end (as a
+    // tokenizer pads a batch), heads of 8 as the encoder fixtures use.
+    let c = AttnConfig::bidirectional(2, 11, 4, 8);
+    let mut mask = vec![1; 11];
+    mask.extend([1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0]);
+    let d = data(&mut rng, &c, Some(mask));
+    check_forward("bidirectional, padded", &c, &d);
+    let (out, _) = gpu_forward(&c, &d);
+    assert_close(
+        "bidirectional vs dense softmax",
+        &out,
+        &dense_bidirectional(&c, &d),
+        2e-5,
+        1e-4,
+    );
+    // Longer than one key block, no mask.
+    let c = AttnConfig::bidirectional(1, 70, 2, 16);
+    let d = data(&mut rng, &c, None);
+    let (out, _) = gpu_forward(&c, &d);
+    assert_close(
+        "bidirectional, 70 keys",
+        &out,
+        &dense_bidirectional(&c, &d),
+        2e-5,
+        1e-4,
+    );
+}

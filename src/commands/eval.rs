@@ -121,6 +121,15 @@ pub fn run(opts: &GpuOptions, a: &EvalArgs) -> Result<String> {
                 .into(),
         ));
     }
+    let encoder = match &a.target {
+        Target::Model(r) => super::encoder::is_encoder(r).unwrap_or(false),
+        Target::Pair {
+            teacher, student, ..
+        } => super::encoder::pair_is_encoder(teacher, student)?,
+    };
+    if encoder {
+        return super::encoder::eval(opts, a);
+    }
     let gpu = open_gpu(opts)?;
     match &a.target {
         Target::Model(reference) => {
@@ -342,6 +351,42 @@ fn curve(
             &format!("k={k}: ppl {:.3}", rows.last().expect("row").ppl.perplexity),
         );
     }
+    let intro = format!(
+        "{}: {} tokens, windows of up to {seq_len}, {dir}-k patching",
+        a.data.display(),
+        ids.len()
+    );
+    let shape = Report {
+        intro,
+        dir,
+        metric: "perplexity",
+        column: "perplexity",
+        key: "perplexity",
+        before: before.is_some(),
+        auto: auto.map(|o| o.keys(&pair.plan)),
+    };
+    report(a, &rows, &shape)
+}
+
+/// How a curve is reported: its first line, the patch direction, the
+/// score's name in text and in CSV/JSON keys, and its extra curves.
+pub(super) struct Report {
+    pub intro: String,
+    pub dir: crate::boomerang::Direction,
+    pub metric: &'static str,
+    /// The metric's table heading (at most 11 characters).
+    pub column: &'static str,
+    pub key: &'static str,
+    pub before: bool,
+    /// The chosen order's student layers, in turn (`--order auto`).
+    pub auto: Option<Vec<usize>>,
+}
+
+/// Write the curve's CSV and SVG and return its table (or JSON).
+pub(super) fn report(a: &EvalArgs, rows: &[CurveRow], shape: &Report) -> Result<String> {
+    let dir = shape.dir;
+    let before = shape.before.then_some(());
+    let auto = shape.auto.as_ref();
     let stem = a
         .data
         .file_stem()
@@ -356,18 +401,19 @@ fn curve(
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("{stem}.sizes.svg")));
     let opt = |p: &Option<Perplexity>| p.as_ref().map(|p| p.perplexity.to_string());
-    let mut csv = String::from("label,k,layers,params,weight_bytes,perplexity,nll,predicted");
+    let key = shape.key;
+    let mut csv = format!("label,k,layers,params,weight_bytes,{key},nll,predicted");
     if a.baseline {
-        csv.push_str(",naive_perplexity");
+        csv.push_str(&format!(",naive_{key}"));
     }
     if before.is_some() {
-        csv.push_str(",before_perplexity");
+        csv.push_str(&format!(",before_{key}"));
     }
     if auto.is_some() {
-        csv.push_str(",auto_layers,auto_params,auto_perplexity");
+        csv.push_str(&format!(",auto_layers,auto_params,auto_{key}"));
     }
     csv.push('\n');
-    for r in &rows {
+    for r in rows {
         csv.push_str(&format!(
             "{},{},{},{},{},{},{},{}",
             r.label,
@@ -430,10 +476,12 @@ fn curve(
             r.before.as_ref().map(|p| (r.params, p.perplexity))
         }));
     }
+    let mut title = shape.metric.to_string();
+    title[..1].make_ascii_uppercase();
     let svg = curve_svg(
-        &format!("Perplexity of every size ({dir}-k patching)"),
+        &format!("{title} of every size ({dir}-k patching)"),
         "parameters (millions)",
-        "perplexity",
+        shape.metric,
         &curves,
     )?;
     std::fs::write(&svg_path, svg).map_err(|e| Error::io(&svg_path, e))?;
@@ -442,16 +490,20 @@ fn curve(
             .iter()
             .map(|r| {
                 let mut j = json_line(&r.ppl, r.layers, r.params);
+                if key != "perplexity" {
+                    j[key] = j["perplexity"].take();
+                    j.as_object_mut().map(|o| o.remove("perplexity"));
+                }
                 j["label"] = json!(r.label);
                 j["k"] = json!(r.k);
                 if let Some(p) = &r.naive {
-                    j["naive_perplexity"] = json!(p.perplexity);
+                    j[format!("naive_{key}")] = json!(p.perplexity);
                 }
                 if let Some(p) = &r.before {
-                    j["before_perplexity"] = json!(p.perplexity);
+                    j[format!("before_{key}")] = json!(p.perplexity);
                 }
                 if let Some(x) = &r.auto {
-                    j["auto_perplexity"] = json!(x.ppl.perplexity);
+                    j[format!("auto_{key}")] = json!(x.ppl.perplexity);
                     j["auto_layers"] = json!(x.layers);
                     j["auto_params"] = json!(x.params);
                 }
@@ -461,15 +513,8 @@ fn curve(
         return Ok(serde_json::Value::Array(v).to_string() + "\n");
     }
     let mut out = format!(
-        "{}: {} tokens, windows of up to {seq_len}, {dir}-k patching\n{:<10} {:>3} {:>7} {:>12} {:>11} {:>11}",
-        a.data.display(),
-        ids.len(),
-        "size",
-        "k",
-        "layers",
-        "params",
-        "weights",
-        "perplexity"
+        "{}\n{:<10} {:>3} {:>7} {:>12} {:>11} {:>11}",
+        shape.intro, "size", "k", "layers", "params", "weights", shape.column
     );
     if a.baseline {
         out.push_str(&format!(" {:>11}", "naive"));
@@ -481,7 +526,7 @@ fn curve(
         out.push_str(&format!(" {:>11}", "auto order"));
     }
     out.push('\n');
-    for r in &rows {
+    for r in rows {
         out.push_str(&format!(
             "{:<10} {:>3} {:>7} {:>11.2}M {:>11} {:>11.4}",
             r.label,
@@ -508,7 +553,7 @@ fn curve(
         }
         out.push('\n');
     }
-    if let Some(o) = auto {
+    if let Some(keys) = auto {
         let better = rows
             .iter()
             .filter_map(|r| Some((r.ppl.perplexity, r.auto.as_ref()?.ppl.perplexity)))
@@ -520,10 +565,7 @@ fn curve(
         out.push_str(&format!(
             "auto order (student layers {:?} in turn): lower perplexity than {dir}-k at {} \
              sizes, higher at {}, equal at {}\n",
-            o.keys(&pair.plan),
-            better.0,
-            better.1,
-            better.2
+            keys, better.0, better.1, better.2
         ));
     }
     out.push_str(&format!(

@@ -4,6 +4,8 @@ pub mod chat;
 pub mod common;
 pub mod devices;
 pub mod distill;
+pub mod encoder;
+pub mod encoder_patch;
 pub mod eval;
 pub mod fit;
 pub mod import_gguf;

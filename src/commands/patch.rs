@@ -301,6 +301,9 @@ fn resolve_order(pair: &Pair, opts: &PatchOptions) -> Result<PatchOrder> {
 /// Export size `k` of `order` (or, with `k = None` and a chosen order,
 /// the student carrying it). Returns the summary to print.
 pub fn run(opts: &PatchOptions) -> Result<String> {
+    if super::encoder::pair_is_encoder(&opts.teacher, &opts.student)? {
+        return super::encoder_patch::run(opts);
+    }
     let pair = Pair::open(&opts.teacher, &opts.student, opts.params)?;
     let order = resolve_order(&pair, opts)?;
     let k = match (opts.k, &opts.fit) {

@@ -86,7 +86,7 @@ fn show(v: &Value) -> String {
     }
 }
 
-fn wrong(key: &str, v: &Value, expected: &str) -> Error {
+pub(super) fn wrong(key: &str, v: &Value, expected: &str) -> Error {
     Error::Invalid(format!("'{key}' is {}, expected {expected}", show(v)))
 }
 
@@ -103,7 +103,7 @@ fn opt_uint(v: &Value, key: &str) -> Result<Option<u64>> {
 }
 
 /// An optional integer in `[lo, hi]`.
-fn opt_in(v: &Value, key: &str, lo: usize, hi: usize) -> Result<Option<usize>> {
+pub(super) fn opt_in(v: &Value, key: &str, lo: usize, hi: usize) -> Result<Option<usize>> {
     match opt_uint(v, key)? {
         None => Ok(None),
         Some(x) if (lo as u64..=hi as u64).contains(&x) => Ok(Some(x as usize)),
@@ -116,7 +116,7 @@ fn opt_in(v: &Value, key: &str, lo: usize, hi: usize) -> Result<Option<usize>> {
 }
 
 /// A required integer in `[lo, hi]`.
-fn need_in(v: &Value, key: &str, lo: usize, hi: usize) -> Result<usize> {
+pub(super) fn need_in(v: &Value, key: &str, lo: usize, hi: usize) -> Result<usize> {
     opt_in(v, key, lo, hi)?.ok_or_else(|| {
         Error::Invalid(format!(
             "'{key}' is missing, expected an integer from {lo} to {hi}"
@@ -135,7 +135,7 @@ fn opt_f64(v: &Value, key: &str) -> Result<Option<f64>> {
 }
 
 /// An optional number with `ok(x)`; `expected` says what is allowed.
-fn opt_f64_where(
+pub(super) fn opt_f64_where(
     v: &Value,
     key: &str,
     ok: impl Fn(f64) -> bool,
@@ -147,7 +147,7 @@ fn opt_f64_where(
     }
 }
 
-fn opt_bool(v: &Value, key: &str) -> Result<Option<bool>> {
+pub(super) fn opt_bool(v: &Value, key: &str) -> Result<Option<bool>> {
     match v.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Bool(b)) => Ok(Some(*b)),
@@ -155,7 +155,7 @@ fn opt_bool(v: &Value, key: &str) -> Result<Option<bool>> {
     }
 }
 
-fn opt_str<'a>(v: &'a Value, key: &str) -> Result<Option<&'a str>> {
+pub(super) fn opt_str<'a>(v: &'a Value, key: &str) -> Result<Option<&'a str>> {
     match v.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
@@ -165,7 +165,7 @@ fn opt_str<'a>(v: &'a Value, key: &str) -> Result<Option<&'a str>> {
 
 /// A positive number that stays finite (and non-zero) in f32, where the
 /// GPU uses it.
-fn positive_f32(x: f64) -> bool {
+pub(super) fn positive_f32(x: f64) -> bool {
     x > 0.0 && x.is_finite() && (x as f32).is_finite() && (x as f32) > 0.0
 }
 
@@ -207,10 +207,19 @@ impl ModelConfig {
             "qwen3" => Family::Qwen3,
             "llama" => Family::Llama,
             "gpt_neox" => Family::GptNeox,
+            other if super::encoder_config::is_encoder_type(other) => {
+                return Err(Error::Invalid(format!(
+                    "'{other}' is an encoder (a masked language model): eval and patch take \
+                     encoder pairs; this command needs a decoder ({})",
+                    SUPPORTED.join(", ")
+                )))
+            }
             other => {
                 return Err(Error::Invalid(format!(
-                    "unsupported model_type '{other}'; boomgpu supports: {}",
-                    SUPPORTED.join(", ")
+                    "unsupported model_type '{other}'; boomgpu supports: {} (decoders) and {} \
+                     (encoders, in eval and patch)",
+                    SUPPORTED.join(", "),
+                    super::encoder_config::ENCODER_TYPES.join(", ")
                 )))
             }
         };

@@ -3,10 +3,13 @@
 
 pub mod config;
 pub mod decoder;
+pub mod encoder;
+pub mod encoder_config;
 pub mod exec;
 pub mod gguf;
 pub mod head;
 pub mod layers;
+pub mod pseudo;
 pub mod score;
 pub mod source;
 pub mod tokenizer;

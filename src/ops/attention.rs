@@ -111,6 +111,13 @@ impl AttnConfig {
             kv_splits: 0,
         }
     }
+    /// Every query of a text sees every key of it (an encoder): the
+    /// queries sit at the last position, so the causal limit never cuts.
+    /// Padding is left out by the mask alone.
+    pub fn bidirectional(batch: usize, len: usize, heads: usize, head_dim: usize) -> Self {
+        AttnConfig::new(batch, len, len, heads, heads, head_dim)
+            .with_q_offset(len.saturating_sub(1))
+    }
     with_setters! {
         with_q_offset => q_offset: usize,
         with_scale => scale: f32,
