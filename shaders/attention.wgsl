@@ -67,6 +67,12 @@ struct Params {
 @group(0) @binding(14) var<storage, read_write> dq: array<vec4<f32>>;
 @group(0) @binding(15) var<storage, read_write> dk: array<vec4<f32>>;
 @group(0) @binding(16) var<storage, read_write> dv: array<vec4<f32>>;
+// K and V as f16 (a 16-bit KV cache), four values per element: read by the
+// forward when KV_HALF is set (the same buffers are bound as k and v then).
+@group(0) @binding(17) var<storage, read> k16: array<vec2<u32>>;
+@group(0) @binding(18) var<storage, read> v16: array<vec2<u32>>;
+
+override KV_HALF: bool = false;
 
 //#include _common
 
@@ -154,7 +160,15 @@ fn load_kv_tile(from_v: bool, base: u32, b: u32, kvh: u32, k0: u32, kend: u32, t
         var val = vec4<f32>(0.0);
         if key < kend {
             let src = kv_index(b, key, kvh) + jc.y;
-            if from_v {
+            if KV_HALF {
+                var h: vec2<u32>;
+                if from_v {
+                    h = v16[src];
+                } else {
+                    h = k16[src];
+                }
+                val = vec4<f32>(unpack2x16float(h.x), unpack2x16float(h.y));
+            } else if from_v {
                 val = v[src];
             } else {
                 val = k[src];

@@ -10,8 +10,8 @@
 
 struct Params {
     n: u32,      // elements
-    _p0: u32,
-    _p1: u32,
+    src_off: u32, // kv_to_f16: first element read (even)
+    dst_off: u32, // kv_to_f16: first word written
     _p2: u32,
 }
 
@@ -21,41 +21,12 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> dst_f32: array<f32>;
 @group(0) @binding(4) var<storage, read_write> dst_u32: array<u32>;
 
+@group(0) @binding(5) var<storage, read> src2_f32: array<f32>;
+@group(0) @binding(6) var<storage, read_write> dst2_u32: array<u32>;
+
 //#include _common
 
-// f32 -> IEEE binary16 bits, as half's f32_to_f16_fallback.
-fn f32_to_f16_bits(v: f32) -> u32 {
-    let x = bitcast<u32>(v);
-    let sign = (x >> 16u) & 0x8000u;
-    let e = (x >> 23u) & 0xffu;
-    let man = x & 0x7fffffu;
-    if e == 0xffu {
-        // inf, or NaN with the quiet bit set and the top mantissa bits kept
-        return sign | 0x7c00u | select(0u, 0x200u, man != 0u) | (man >> 13u);
-    }
-    let he = i32(e) - 127 + 15;
-    if he >= 0x1f {
-        return sign | 0x7c00u;
-    }
-    if he <= 0 {
-        if 14 - he > 24 {
-            return sign;
-        }
-        let m = man | 0x800000u;
-        let sh = u32(14 - he);
-        var hm = m >> sh;
-        let round_bit = 1u << (sh - 1u);
-        if (m & round_bit) != 0u && (m & (3u * round_bit - 1u)) != 0u {
-            hm += 1u;
-        }
-        return sign | hm;
-    }
-    let bits = sign | (u32(he) << 10u) | (man >> 13u);
-    if (man & 0x1000u) != 0u && (man & 0x2fffu) != 0u {
-        return bits + 1u;
-    }
-    return bits;
-}
+//#include _f16
 
 fn pair_f32(w: u32) -> vec2<f32> {
     let i = 2u * w;
@@ -110,4 +81,18 @@ fn f16_to_f32(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
         return;
     }
     store_pair(w, unpack2x16float(src_u32[w]));
+}
+
+// New rows of a 16-bit KV cache: elements [src_off, src_off + n) of the
+// f32 keys (src_f32) and values (src2_f32) to f16 words from dst_off of
+// the cache blocks (dst_u32, dst2_u32). n and src_off are even.
+@compute @workgroup_size(256)
+fn kv_to_f16(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let w = folded_index(gid, nwg, 256u);
+    if 2u * w >= p.n {
+        return;
+    }
+    let i = p.src_off + 2u * w;
+    dst_u32[p.dst_off + w] = f32_to_f16_bits(src_f32[i]) | (f32_to_f16_bits(src_f32[i + 1u]) << 16u);
+    dst2_u32[p.dst_off + w] = f32_to_f16_bits(src2_f32[i]) | (f32_to_f16_bits(src2_f32[i + 1u]) << 16u);
 }

@@ -271,6 +271,17 @@ struct ServeCmd {
     /// Log one JSON object per request instead of a line of text.
     #[arg(long)]
     json_log: bool,
+    /// dtype of the requests' KV caches: f16 (half the memory and reads) or f32.
+    #[arg(long, default_value = "f16", value_parser = ["f16", "f32"])]
+    kv_dtype: String,
+}
+
+/// The `--kv-dtype` value (checked by clap).
+fn kv_dtype(s: &str) -> boomgpu::gpu::DType {
+    match s {
+        "f32" => boomgpu::gpu::DType::F32,
+        _ => boomgpu::gpu::DType::F16,
+    }
 }
 
 impl ServeCmd {
@@ -299,6 +310,7 @@ impl ServeCmd {
             max_batch: self.max_batch,
             max_queue: self.max_queue,
             json_log: self.json_log,
+            kv_dtype: kv_dtype(&self.kv_dtype),
         })
     }
 }
@@ -345,6 +357,9 @@ struct ChatCmd {
     /// Context length in tokens (default min(4096, max_position_embeddings)).
     #[arg(long)]
     max_context: Option<usize>,
+    /// dtype of the KV cache: f16 (half the memory and reads) or f32.
+    #[arg(long, default_value = "f16", value_parser = ["f16", "f32"])]
+    kv_dtype: String,
     /// Stop the answer at this string (repeatable; not printed).
     #[arg(long)]
     stop: Vec<String>,
@@ -411,6 +426,7 @@ impl ChatCmd {
             seed: self.seed,
             max_context: self.max_context,
             stop: self.stop,
+            kv_dtype: kv_dtype(&self.kv_dtype),
         })
     }
 }

@@ -1381,6 +1381,7 @@ fn chat_args() -> ChatArgs {
         seed: None,
         max_context: None,
         stop: vec![],
+        kv_dtype: boomgpu::gpu::DType::F16,
     }
 }
 

@@ -8,6 +8,7 @@ mod common;
 use std::io::Write;
 use std::process::Stdio;
 
+use boomgpu::gpu::DType;
 use boomgpu::infer::chat::{ChatTemplate, Message};
 use boomgpu::infer::generate::TextStream;
 use boomgpu::infer::{generate, GenOptions, HostRng, KvCache, Session, StopReason};
@@ -121,10 +122,15 @@ fn kv_cache_decoding_equals_recomputing() {
         ("neox", Some(true)),
         ("llama-tied", Some(false)),
     ]);
-    for (name, gemv) in runs {
+    // Each model with an f32 cache (the reference: the same values as
+    // recomputing) and an f16 one (K and V rounded to f16).
+    let runs = runs
+        .into_iter()
+        .flat_map(|r| [(r, DType::F32, 2e-4f32), (r, DType::F16, 3e-3)]);
+    for ((name, gemv), kv_dtype, tol) in runs {
         let (dec, tok) = load(name);
-        let dec = dec.with_decode_gemv(gemv);
-        let name = format!("{name} (gemv {gemv:?})");
+        let dec = dec.with_decode_gemv(gemv).with_kv_dtype(kv_dtype).unwrap();
+        let name = format!("{name} (gemv {gemv:?}, {} KV)", kv_dtype.name());
         let vocab = dec.cfg.vocab_size;
         let ids = tok
             .encode(
@@ -138,7 +144,9 @@ fn kv_cache_decoding_equals_recomputing() {
         let scale = full.iter().fold(0f32, |m, v| m.max(v.abs()));
         // Chunks of 4 rows: the cache grows (and copies) several times.
         let kv = dec.cfg.num_kv_heads * dec.cfg.head_dim;
-        let mut cache = KvCache::new(g, dec.layers.len(), kv, 64, 4).unwrap();
+        let cache = KvCache::for_decoder(g, &dec, 64).unwrap();
+        assert_eq!(cache.dtype(), kv_dtype);
+        let mut cache = KvCache::new(g, dec.layers.len(), kv, (64, 4), kv_dtype).unwrap();
         // Prefill 5, a chunk of 3 (gemv path), a chunk of 5 (matmul path), then one by one.
         let mut at = 0;
         for n in [5usize, 3, 5, 1] {
@@ -152,7 +160,7 @@ fn kv_cache_decoding_equals_recomputing() {
                 &format!("{name}: rows {at}..{}", at + n),
                 &got,
                 &full[at * vocab..(at + n) * vocab],
-                2e-4 * scale,
+                tol * scale,
                 0.0,
             );
             at += n;
@@ -172,7 +180,7 @@ fn kv_cache_decoding_equals_recomputing() {
             &format!("{name}: last row"),
             &g.read_f32(&logits).unwrap(),
             &full[13 * vocab..],
-            2e-4 * scale,
+            tol * scale,
             0.0,
         );
     }
@@ -184,7 +192,10 @@ fn kv_cache_decoding_equals_recomputing() {
 #[test]
 fn kv_cache_in_blocks_equals_recomputing() {
     let g = gpu();
-    for name in MODELS {
+    for (name, kv_dtype, tol) in MODELS
+        .iter()
+        .flat_map(|&m| [(m, DType::F32, 2e-4f32), (m, DType::F16, 3e-3)])
+    {
         let (dec, tok) = load(name);
         let vocab = dec.cfg.vocab_size;
         let ids = tok
@@ -197,7 +208,7 @@ fn kv_cache_in_blocks_equals_recomputing() {
         let full = full_logits(&dec, ids);
         let scale = full.iter().fold(0f32, |m, v| m.max(v.abs()));
         let kv = dec.cfg.num_kv_heads * dec.cfg.head_dim;
-        let mut cache = KvCache::in_blocks(g, dec.layers.len(), kv, 64, 4, 5).unwrap();
+        let mut cache = KvCache::in_blocks(g, dec.layers.len(), kv, (64, 4, 5), kv_dtype).unwrap();
         let mut at = 0;
         for n in [6usize, 1, 4, 1, 1, 1] {
             let n = n.min(ids.len() - at);
@@ -211,13 +222,14 @@ fn kv_cache_in_blocks_equals_recomputing() {
             rec.run().unwrap();
             assert_close(
                 &format!(
-                    "{name}: rows {at}..{} over {} blocks",
+                    "{name} ({} KV): rows {at}..{} over {} blocks",
+                    kv_dtype.name(),
                     at + n,
                     cache.blocks()
                 ),
                 &g.read_f32(&logits).unwrap(),
                 &full[at * vocab..(at + n) * vocab],
-                2e-4 * scale,
+                tol * scale,
                 0.0,
             );
             at += n;
@@ -225,7 +237,7 @@ fn kv_cache_in_blocks_equals_recomputing() {
         assert!(cache.blocks() >= 3, "{name}: {} blocks", cache.blocks());
         assert_eq!(
             cache.bytes(),
-            (2 * dec.layers.len() * cache.capacity() * kv * 4) as u64
+            (2 * dec.layers.len() * cache.capacity() * kv * kv_dtype.size()) as u64
         );
     }
 }

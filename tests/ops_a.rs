@@ -882,3 +882,171 @@ fn cast_matches_half_bit_for_bit() {
         Err(Error::Shape(_))
     ));
 }
+
+/// New rows of a 16-bit KV cache: rows 1..4 of k and v land at row 2 of
+/// blocks that already hold rows, rounded as `half` rounds, nothing else
+/// touched.
+#[test]
+fn kv_rows_to_f16_writes_rounded_rows_in_place() {
+    let g = gpu();
+    let mut rng = Rng::new(72);
+    let cols = 6;
+    let vals = cast_inputs(&mut rng);
+    let (k, v): (Vec<f32>, Vec<f32>) =
+        (vals[..5 * cols].to_vec(), vals[40..40 + 5 * cols].to_vec());
+    let old: Vec<half::f16> = (0..7 * cols)
+        .map(|i| half::f16::from_f32(i as f32))
+        .collect();
+    let (tk, tv) = (up(&k, &[5, cols]), up(&v, &[5, cols]));
+    let kc = g.upload_f16("kc", &[7, cols], &old).unwrap();
+    let vc = g.upload_f16("vc", &[7, cols], &old).unwrap();
+    let mut rec = g.recorder();
+    cast::kv_rows_to_f16(&mut rec, (&tk, &tv), 1, (&kc, &vc), 2, 3, cols).unwrap();
+    rec.run().unwrap();
+    for (src, dst) in [(&k, &kc), (&v, &vc)] {
+        let got: Vec<u16> = bytemuck::pod_collect_to_vec(&g.read_bytes(dst).unwrap());
+        let mut want: Vec<u16> = old.iter().map(|h| h.to_bits()).collect();
+        for (i, x) in cast::cpu::to_f16(&src[cols..4 * cols]).iter().enumerate() {
+            want[2 * cols + i] = x.to_bits();
+        }
+        assert_eq!(got, want);
+    }
+    // Out of the blocks, an odd width, or an f32 destination: refused.
+    let mut rec = g.recorder();
+    assert!(cast::kv_rows_to_f16(&mut rec, (&tk, &tv), 1, (&kc, &vc), 5, 3, cols).is_err());
+    assert!(cast::kv_rows_to_f16(&mut rec, (&tk, &tv), 3, (&kc, &vc), 0, 3, cols).is_err());
+    let f = up(
+        &old.iter().map(|h| h.to_f32()).collect::<Vec<_>>(),
+        &[7, cols],
+    );
+    assert!(cast::kv_rows_to_f16(&mut rec, (&tk, &tv), 0, (&f, &vc), 0, 1, cols).is_err());
+}
+
+/// The fused cached-pass rotation: q rotated in place, k rotated into the
+/// cache rows and v copied beside it, in f32 and f16 caches, full and
+/// partial rotary, rows taken from an offset and written at another; the
+/// rows around them untouched.
+#[test]
+fn rope_kv_matches_rope_then_write() {
+    let g = gpu();
+    let mut rng = Rng::new(37);
+    let max_pos = 50;
+    // (tokens, q heads, kv heads, head_dim, rot)
+    for (tokens, qh, kvh, hd, rot) in [(5, 4, 2, 16, 16), (3, 2, 2, 24, 8), (2, 8, 1, 8, 8)] {
+        let tables =
+            rope::RopeTables::new(g, rot, 10000.0, rope::RopeScaling::Default, max_pos).unwrap();
+        assert!(rope::rope_kv_fits(hd, &tables));
+        let (c, s) = rope::rope_tables(
+            &rope::inv_freq(rot, 10000.0, rope::RopeScaling::Default),
+            max_pos,
+            1.0,
+        );
+        let pos: Vec<u32> = (0..tokens as u32).map(|t| 7 + 3 * t).collect();
+        let (src, n, dst) = (1, tokens - 1, 2);
+        let q = rng.vec(tokens * qh * hd, 2.0);
+        let k = rng.vec(tokens * kvh * hd, 2.0);
+        let v = rng.vec(tokens * kvh * hd, 2.0);
+        let want_q = {
+            let mut w = q.clone();
+            let rows = &q[src * qh * hd..];
+            let r = rope::cpu::rope(rows, &pos[src..], &c, &s, rot / 2, hd, 1.0);
+            w[src * qh * hd..].copy_from_slice(&r);
+            w
+        };
+        let kw = kvh * hd;
+        let want_k = rope::cpu::rope(&k[src * kw..], &pos[src..], &c, &s, rot / 2, hd, 1.0);
+        let want_v = &v[src * kw..];
+        let what = format!("rope_kv t{tokens} {qh}+{kvh} heads d{hd} r{rot}");
+        let tpos = g.upload_u32("pos", &[tokens], &pos).unwrap();
+        let (tk, tv) = (up(&k, &[tokens, kw]), up(&v, &[tokens, kw]));
+        let rows = dst + n + 1;
+        // f32 cache: exactly what rope and a copy give, up to f32 rounding.
+        let tq = up(&q, &[tokens, qh * hd]);
+        let (kc, vc) = (
+            up(&vec![9.0; rows * kw], &[rows, kw]),
+            up(&vec![9.0; rows * kw], &[rows, kw]),
+        );
+        let mut rec = g.recorder();
+        rope::rope_kv(
+            &mut rec,
+            (&tq, &tk, &tv),
+            (&tpos, &tables, hd),
+            (qh, kvh),
+            (src, n, dst),
+            (&kc, &vc),
+        )
+        .unwrap();
+        rec.run().unwrap();
+        assert_close(&format!("{what} q"), &read(&tq), &want_q, 1e-6, 1e-5);
+        let (gk, gv) = (read(&kc), read(&vc));
+        assert_close(
+            &format!("{what} k"),
+            &gk[dst * kw..(dst + n) * kw],
+            &want_k,
+            1e-6,
+            1e-5,
+        );
+        assert_eq!(&gv[dst * kw..(dst + n) * kw], want_v, "{what} v");
+        for x in [&gk, &gv] {
+            assert!(x[..dst * kw]
+                .iter()
+                .chain(&x[(dst + n) * kw..])
+                .all(|&y| y == 9.0));
+        }
+        // f16 cache: the f32 results rounded as half rounds them.
+        let tq = up(&q, &[tokens, qh * hd]);
+        let nine = vec![half::f16::from_f32(9.0); rows * kw];
+        let kc = g.upload_f16("kc", &[rows, kw], &nine).unwrap();
+        let vc = g.upload_f16("vc", &[rows, kw], &nine).unwrap();
+        let mut rec = g.recorder();
+        rope::rope_kv(
+            &mut rec,
+            (&tq, &tk, &tv),
+            (&tpos, &tables, hd),
+            (qh, kvh),
+            (src, n, dst),
+            (&kc, &vc),
+        )
+        .unwrap();
+        rec.run().unwrap();
+        let f16s = |t| -> Vec<f32> {
+            let h: Vec<half::f16> = bytemuck::pod_collect_to_vec(&g.read_bytes(t).unwrap());
+            h.iter().map(|x| x.to_f32()).collect()
+        };
+        let (gk, gv) = (f16s(&kc), f16s(&vc));
+        let round = |x: &[f32]| -> Vec<f32> {
+            x.iter().map(|&y| half::f16::from_f32(y).to_f32()).collect()
+        };
+        // One f16 step of the value: rotation in f32 vs the f64 reference.
+        assert_close(
+            &format!("{what} k f16"),
+            &gk[dst * kw..(dst + n) * kw],
+            &round(&want_k),
+            1e-3,
+            1e-3,
+        );
+        assert_eq!(
+            &gv[dst * kw..(dst + n) * kw],
+            &round(want_v)[..],
+            "{what} v f16"
+        );
+        assert!(gk[..dst * kw].iter().all(|&y| y == 9.0));
+    }
+    // An odd number of rotation pairs cannot be fused, and is refused.
+    let tables = rope::RopeTables::new(g, 6, 10000.0, rope::RopeScaling::Default, 8).unwrap();
+    assert!(!rope::rope_kv_fits(8, &tables));
+    let (t, p) = (
+        up(&[0.0; 8], &[1, 8]),
+        g.upload_u32("p", &[1], &[0]).unwrap(),
+    );
+    let mut rec = g.recorder();
+    assert!(rope::rope_kv(
+        &mut rec,
+        (&t, &t, &t),
+        (&p, &tables, 8),
+        (1, 1),
+        (0, 1, 0),
+        (&t, &t)
+    )
+    .is_err());
+}

@@ -437,3 +437,93 @@ fn bidirectional_with_padding_sees_every_kept_key() {
         1e-4,
     );
 }
+
+/// K and V rounded to f16 as a 16-bit KV cache holds them.
+fn rounded(x: &[f32]) -> (Vec<f32>, Vec<half::f16>) {
+    let h: Vec<half::f16> = x.iter().map(|&v| half::f16::from_f32(v)).collect();
+    (h.iter().map(|v| v.to_f32()).collect(), h)
+}
+
+/// The forward reading K and V as f16 (a 16-bit KV cache): the CPU
+/// reference on the rounded values, for prefill, a decode step with key
+/// splits, GQA and a mask, whole and in blocks.
+#[test]
+fn forward_with_f16_keys_and_values() {
+    let g = gpu();
+    let mut rng = Rng::new(29);
+    let cases = [
+        ("prefill", AttnConfig::new(1, 21, 21, 4, 2, 16), None),
+        (
+            "decode, 4 splits",
+            AttnConfig::new(1, 1, 300, 8, 2, 32).with_kv_splits(4),
+            None,
+        ),
+        (
+            "masked batch",
+            AttnConfig::new(2, 9, 9, 2, 1, 8),
+            Some(holes(&mut rng, 2, 9, 3)),
+        ),
+    ];
+    for (what, c, mask) in cases {
+        let mut d = data(&mut rng, &c, mask);
+        let (k, kh) = rounded(&d.k);
+        let (v, vh) = rounded(&d.v);
+        d.k = k;
+        d.v = v;
+        let (want, _) = cpu::forward(&c, &d.q, &d.k, &d.v, d.mask.as_deref());
+        let t = upload(&c, &d);
+        let k16 = g.upload_f16("k16", &[kh.len()], &kh).unwrap();
+        let v16 = g.upload_f16("v16", &[vh.len()], &vh).unwrap();
+        let half = AttnInputs {
+            k: &k16,
+            v: &v16,
+            ..inputs(&t)
+        };
+        let mut rec = g.recorder();
+        let (out, _) = attention::attention(&mut rec, &c, &half).unwrap();
+        rec.run().unwrap();
+        assert_close(what, &g.read_f32(&out).unwrap(), &want, 2e-5, 1e-4);
+        // K in f16 with V in f32 is refused.
+        let mixed = AttnInputs {
+            k: &k16,
+            ..inputs(&t)
+        };
+        let mut rec = g.recorder();
+        assert!(
+            attention::attention(&mut rec, &c, &mixed).is_err(),
+            "{what}"
+        );
+    }
+    // A decode step over a cache in two f16 blocks of 160 rows.
+    let c = AttnConfig::new(1, 1, 300, 4, 2, 16);
+    let d = data(&mut rng, &c, None);
+    let (k, kh) = rounded(&d.k);
+    let (v, vh) = rounded(&d.v);
+    let (want, _) = cpu::forward(&c, &d.q, &k, &v, None);
+    let q = g.upload_f32("q", &[d.q.len()], &d.q).unwrap();
+    let row = c.kv_heads * c.head_dim;
+    let block = |x: &[half::f16], b: usize| {
+        let mut part = x[b * 160 * row..(300.min((b + 1) * 160)) * row].to_vec();
+        part.resize(160 * row, half::f16::ZERO);
+        g.upload_f16("blk", &[160, row], &part).unwrap()
+    };
+    let (k0, k1, v0, v1) = (block(&kh, 0), block(&kh, 1), block(&vh, 0), block(&vh, 1));
+    let blocks = [
+        attention::KvBlock {
+            k: &k0,
+            v: &v0,
+            start: 0,
+            rows: 160,
+        },
+        attention::KvBlock {
+            k: &k1,
+            v: &v1,
+            start: 160,
+            rows: 160,
+        },
+    ];
+    let mut rec = g.recorder();
+    let out = attention::attention_blocks(&mut rec, &c, &q, &blocks).unwrap();
+    rec.run().unwrap();
+    assert_close("f16 blocks", &g.read_f32(&out).unwrap(), &want, 2e-5, 1e-4);
+}

@@ -292,8 +292,9 @@ fn fit_chooses_the_largest_size_that_fits() {
     ])))
     .unwrap();
     let cfg = read_json(&fixture("qwen3").join("config.json"));
+    // K and V of a position, f16 (the KV cache chat and serve keep).
     let kv_row =
-        2 * cfg["num_key_value_heads"].as_u64().unwrap() * cfg["head_dim"].as_u64().unwrap() * 4;
+        2 * cfg["num_key_value_heads"].as_u64().unwrap() * cfg["head_dim"].as_u64().unwrap() * 2;
     let ctx = 64;
     let need: Vec<u64> = plan["last"]
         .as_array()

@@ -65,9 +65,8 @@ fn bench(b: &Bench) -> Result<()> {
     // Per decode step every weight is read once (the tied embedding as
     // the head; one embedding row besides).
     let bytes_per_token = dec.weight_bytes() as f64;
-    let kv = cfg.num_kv_heads * cfg.head_dim;
     let ctx = prompt_len + new_tokens + 8;
-    let mut cache = KvCache::new(gpu, cfg.num_layers, kv, ctx, 512)?;
+    let mut cache = KvCache::for_decoder(gpu, &dec, ctx)?;
     let prompt: Vec<u32> = (0..prompt_len as u32)
         .map(|i| (i * 7919 + 13) % cfg.vocab_size as u32)
         .collect();

@@ -46,6 +46,8 @@ pub struct ChatArgs {
     pub seed: Option<u64>,
     pub max_context: Option<usize>,
     pub stop: Vec<String>,
+    /// dtype of the KV cache (f16 or f32).
+    pub kv_dtype: crate::gpu::DType,
 }
 
 impl ChatArgs {
@@ -220,7 +222,8 @@ pub fn run(opts: &GpuOptions, a: &ChatArgs) -> Result<()> {
         stop: a.stop.clone(),
         eos_ids,
     };
-    let mut session = Session::new(&gpu, m.decoder, tok, max_ctx, gen, a.seed)?;
+    let model = m.decoder.with_kv_dtype(a.kv_dtype)?;
+    let mut session = Session::new(&gpu, model, tok, max_ctx, gen, a.seed)?;
     if let Some(r) = resizer {
         session.set_resizer(r);
     }

@@ -28,10 +28,11 @@ pub struct Fit {
     pub report: String,
 }
 
-/// KV cache bytes of `layers` layers at `ctx` positions (f32 K and V).
+/// KV cache bytes of `layers` layers at `ctx` positions, K and V in f16
+/// (the cache chat and serve keep unless `--kv-dtype f32`).
 pub fn kv_bytes(pair: &Pair, layers: usize, ctx: usize) -> u64 {
     let c = &pair.teacher_cfg;
-    (layers * 2 * ctx * c.num_kv_heads * c.head_dim * 4) as u64
+    (layers * 2 * ctx * c.num_kv_heads * c.head_dim * crate::gpu::DType::F16.size()) as u64
 }
 
 fn label(r: &Row) -> String {

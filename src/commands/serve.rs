@@ -44,6 +44,8 @@ pub struct ServeArgs {
     /// Requests queued or running before 429.
     pub max_queue: usize,
     pub json_log: bool,
+    /// dtype of every request's KV cache (f16 or f32).
+    pub kv_dtype: crate::gpu::DType,
 }
 
 /// The name sizes are called by: the teacher folder's name, lower case.
@@ -144,6 +146,10 @@ fn load(gpu_opts: &GpuOptions, a: &ServeArgs) -> Result<Models> {
             (decoders, sizes, tok, pair.teacher.cfg)
         }
     };
+    let decoders = decoders
+        .into_iter()
+        .map(|d| d.with_kv_dtype(a.kv_dtype))
+        .collect::<Result<Vec<_>>>()?;
     let max_pos = cfg.max_position_embeddings;
     let ctx = a.ctx.unwrap_or_else(|| super::fit::default_ctx(max_pos));
     if ctx == 0 || ctx > max_pos {

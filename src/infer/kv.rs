@@ -1,6 +1,7 @@
 //! The key/value cache of one sequence on the GPU: per layer, K and V as
-//! f32 rows `[positions, kv_heads·head_dim]` (after rope), read in place by
-//! attention. Each is stored in blocks of rows, every block one buffer
+//! rows `[positions, kv_heads·head_dim]` (after rope) of f16 (the default:
+//! half the memory and reads) or f32, read in place by attention; new
+//! rows are rounded to f16 as they are written. Each is stored in blocks of rows, every block one buffer
 //! within the adapter's binding limit: one block unless the context is
 //! long (at 128 MiB, 32,768 positions of 8 KV heads of 128), several
 //! beyond, which attention reads block by block (`attention_blocks`).
@@ -20,8 +21,8 @@ use crate::model::decoder::{Decoder, KvStore};
 pub const DEFAULT_CHUNK: usize = 512;
 
 pub struct KvCache {
-    /// Per layer, the blocks of K (`[rows, kv_dim]` f32; block `b` holds
-    /// positions `b·block_rows ..`).
+    /// Per layer, the blocks of K (`[rows, kv_dim]` of `dtype`; block `b`
+    /// holds positions `b·block_rows ..`).
     pub k: Vec<Vec<Tensor>>,
     pub v: Vec<Vec<Tensor>>,
     /// Rows allocated per layer.
@@ -34,6 +35,8 @@ pub struct KvCache {
     block_rows: usize,
     /// Token ids of the filled rows, in order (`len()` rows are valid).
     tokens: Vec<u32>,
+    /// f16 or f32.
+    dtype: DType,
 }
 
 impl KvCache {
@@ -44,12 +47,13 @@ impl KvCache {
         gpu: &Gpu,
         layers: usize,
         kv_dim: usize,
-        max_ctx: usize,
-        chunk: usize,
+        (max_ctx, chunk): (usize, usize),
+        dtype: DType,
     ) -> Result<KvCache> {
         // A position's keys are one row: refused when one is over the limit.
-        let block_rows = RowBlocks::rows_per_block(gpu, "kv.k0", kv_dim as u64 * 4)?;
-        KvCache::in_blocks(gpu, layers, kv_dim, max_ctx, chunk, block_rows)
+        let row = (kv_dim * dtype.size()) as u64;
+        let block_rows = RowBlocks::rows_per_block(gpu, "kv.k0", row)?;
+        KvCache::in_blocks(gpu, layers, kv_dim, (max_ctx, chunk, block_rows), dtype)
     }
 
     /// As [`KvCache::new`] with blocks of `block_rows` rows (tests use
@@ -58,10 +62,20 @@ impl KvCache {
         gpu: &Gpu,
         layers: usize,
         kv_dim: usize,
-        max_ctx: usize,
-        chunk: usize,
-        block_rows: usize,
+        (max_ctx, chunk, block_rows): (usize, usize, usize),
+        dtype: DType,
     ) -> Result<KvCache> {
+        if !matches!(dtype, DType::F16 | DType::F32) {
+            return Err(Error::Invalid(format!(
+                "a KV cache holds f16 or f32, not {}",
+                dtype.name()
+            )));
+        }
+        if dtype == DType::F16 && !kv_dim.is_multiple_of(2) {
+            return Err(Error::Invalid(format!(
+                "an f16 KV cache needs an even width, not {kv_dim}"
+            )));
+        }
         if max_ctx == 0 || kv_dim == 0 || block_rows == 0 {
             return Err(Error::Invalid(format!(
                 "KV cache needs a context, a width and blocks above 0 (got {max_ctx}, {kv_dim} and {block_rows})"
@@ -76,6 +90,7 @@ impl KvCache {
             chunk: chunk.max(1),
             block_rows,
             tokens: Vec::new(),
+            dtype,
         };
         let first = c.chunk.min(max_ctx);
         let mut rec = gpu.recorder();
@@ -84,16 +99,22 @@ impl KvCache {
         Ok(c)
     }
 
-    /// A cache shaped for `dec` (its layer count and kv width).
+    /// A cache shaped for `dec` (its layer count and kv width), in its KV
+    /// dtype (`Decoder::kv_dtype`).
     pub fn for_decoder(gpu: &Gpu, dec: &Decoder, max_ctx: usize) -> Result<KvCache> {
         let c = &dec.cfg;
         KvCache::new(
             gpu,
             dec.layers.len(),
             c.num_kv_heads * c.head_dim,
-            max_ctx,
-            DEFAULT_CHUNK,
+            (max_ctx, DEFAULT_CHUNK),
+            dec.kv_dtype(),
         )
+    }
+
+    /// f16 or f32.
+    pub fn dtype(&self) -> DType {
+        self.dtype
     }
 
     /// Filled rows.
@@ -194,11 +215,11 @@ impl KvCache {
                 continue;
             }
             // Filled rows of this block, to keep.
-            let keep = (filled.saturating_sub(b * r).min(have) * kv_dim * 4) as u64;
+            let keep = (filled.saturating_sub(b * r).min(have) * kv_dim * self.dtype.size()) as u64;
             for l in 0..self.k.len() {
                 for (which, list) in [("k", &mut self.k[l]), ("v", &mut self.v[l])] {
                     let name = format!("kv.{which}{l}");
-                    let t = Tensor::empty(gpu, &name, &[want, kv_dim], DType::F32)?;
+                    let t = Tensor::empty(gpu, &name, &[want, kv_dim], self.dtype)?;
                     if b < list.len() {
                         if keep > 0 {
                             rec.copy(&list[b], 0, &t, 0, keep)?;

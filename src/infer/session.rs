@@ -110,6 +110,7 @@ impl<'g> Session<'g> {
     /// Swap in `model` (another size of the same family): the conversation
     /// stays, the cache starts over for the new model.
     pub fn set_model(&mut self, model: Decoder) -> Result<()> {
+        let model = model.with_kv_dtype(self.model.kv_dtype())?;
         self.cache = KvCache::for_decoder(self.gpu, &model, self.max_ctx)?;
         self.model = model;
         self.gpu.trim();

@@ -86,6 +86,9 @@ pub struct Decoder {
     /// or None = on GPUs, off on CPU adapters (where matmul is as fast for
     /// large layers and much faster for tiny ones).
     decode_gemv: Option<bool>,
+    /// The KV caches made for this model hold K and V in this dtype: f16
+    /// (half the memory and the reads of f32) unless f32 is asked for.
+    kv_dtype: DType,
 }
 
 /// What a forward pass returns: tensors, or tape variables when recorded
@@ -280,6 +283,7 @@ impl Decoder {
         Decoder {
             rope: base.rope.clone(),
             decode_gemv: base.decode_gemv,
+            kv_dtype: base.kv_dtype,
             ..Decoder::from_parts(&base.cfg, embed, layers, final_norm, head)
         }
     }
@@ -289,6 +293,23 @@ impl Decoder {
     pub fn with_decode_gemv(mut self, on: Option<bool>) -> Decoder {
         self.decode_gemv = on;
         self
+    }
+
+    /// KV caches of this model in `dtype` (f16 or f32).
+    pub fn with_kv_dtype(mut self, dtype: DType) -> Result<Decoder> {
+        if !matches!(dtype, DType::F16 | DType::F32) {
+            return Err(Error::Invalid(format!(
+                "a KV cache holds f16 or f32, not {}",
+                dtype.name()
+            )));
+        }
+        self.kv_dtype = dtype;
+        Ok(self)
+    }
+
+    /// The dtype of the KV caches made for this model.
+    pub fn kv_dtype(&self) -> DType {
+        self.kv_dtype
     }
 
     /// Whether `rows` rows of a cached pass take gemv.
@@ -625,6 +646,7 @@ impl Decoder {
             head,
             rope: Arc::new(Mutex::new(None)),
             decode_gemv: None,
+            kv_dtype: DType::F16,
         }
     }
 

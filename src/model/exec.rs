@@ -22,7 +22,7 @@ use crate::ops::attention::{self, AttnConfig};
 use crate::ops::matmul::Region;
 use crate::ops::rope::RopeTables;
 use crate::ops::{
-    bias_add, elementwise, embedding, gelu, gemv, layernorm, matmul, rmsnorm, rope, swiglu,
+    bias_add, cast, elementwise, embedding, gelu, gemv, layernorm, matmul, rmsnorm, rope, swiglu,
 };
 
 /// Where a layer's attention reads keys and values.
@@ -78,6 +78,21 @@ pub trait Exec {
     ) -> Result<Self::V>;
     fn attention(&mut self, q: &Self::V, k: &Self::V, v: &Self::V, src: &Attend)
         -> Result<Self::V>;
+    /// Rotary embedding of `q` and `k` (both consumed), then attention as
+    /// `src` says. An eager run over a KV cache rotates q in place and k
+    /// into its cache rows (with v) in one launch.
+    fn rope_attention(
+        &mut self,
+        q: Self::V,
+        k: Self::V,
+        v: &Self::V,
+        (positions, tables, head_dim): (&Tensor, &RopeTables, usize),
+        src: &Attend,
+    ) -> Result<Self::V> {
+        let q = self.rope(q, positions, tables, head_dim)?;
+        let k = self.rope(k, positions, tables, head_dim)?;
+        self.attention(&q, &k, v, src)
+    }
     /// silu(g) ⊙ u.
     fn swiglu(&mut self, g: &Self::V, u: &Self::V) -> Result<Self::V>;
     fn gelu(&mut self, x: &Self::V) -> Result<Self::V>;
@@ -101,6 +116,40 @@ impl<'r, 'g> Eager<'r, 'g> {
     }
     pub fn rec(&mut self) -> &mut Recorder<'g> {
         self.rec
+    }
+
+    /// Attention of `q` over a KV cache of `cols` columns in blocks of
+    /// `block_rows` rows (the first `cfg.kv_len` rows filled).
+    fn attend_cache(
+        &mut self,
+        q: &Tensor,
+        cfg: AttnConfig,
+        (kc, vc): (&[Tensor], &[Tensor]),
+        block_rows: usize,
+        cols: usize,
+    ) -> Result<Tensor> {
+        if let ([kb], [vb]) = (kc, vc) {
+            let cfg = cfg.with_kv_cache(kb.numel() / cols.max(1));
+            let inputs = attention::AttnInputs {
+                q,
+                k: kb,
+                v: vb,
+                mask: None,
+            };
+            return Ok(attention::attention(self.rec, &cfg, &inputs)?.0);
+        }
+        let blocks: Vec<attention::KvBlock> = kc
+            .iter()
+            .zip(vc)
+            .enumerate()
+            .map(|(b, (k, v))| attention::KvBlock {
+                k,
+                v,
+                start: b * block_rows,
+                rows: k.numel() / cols.max(1),
+            })
+            .collect();
+        attention::attention_blocks(self.rec, &cfg, q, &blocks)
     }
 }
 
@@ -176,43 +225,82 @@ impl Exec for Eager<'_, '_> {
                 block_rows,
                 past,
             } => {
-                // The new rows into the blocks they fall in.
+                // The new rows into the blocks they fall in: copied to an
+                // f32 cache, rounded by one launch into an f16 one.
                 let n = cfg.q_len;
-                let row = (k.numel() / n.max(1) * 4) as u64;
+                let cols = k.numel() / n.max(1);
+                let row = (cols * 4) as u64;
                 for (b, (kb, vb)) in kc.iter().zip(vc).enumerate() {
                     let start = b * block_rows;
                     let (lo, hi) = (past.max(start), (past + n).min(start + block_rows));
-                    if lo < hi {
+                    if lo >= hi {
+                        continue;
+                    }
+                    if kb.dtype() == DType::F16 {
+                        cast::kv_rows_to_f16(
+                            self.rec,
+                            (k, v),
+                            lo - past,
+                            (kb, vb),
+                            lo - start,
+                            hi - lo,
+                            cols,
+                        )?;
+                    } else {
                         let (src, dst) = ((lo - past) as u64 * row, (lo - start) as u64 * row);
                         let len = (hi - lo) as u64 * row;
                         self.rec.copy(k, src, kb, dst, len)?;
                         self.rec.copy(v, src, vb, dst, len)?;
                     }
                 }
-                if let ([kb], [vb]) = (kc, vc) {
-                    let cfg = cfg.with_kv_cache(kb.numel() * 4 / row as usize);
-                    let inputs = attention::AttnInputs {
-                        q,
-                        k: kb,
-                        v: vb,
-                        mask: None,
-                    };
-                    return Ok(attention::attention(self.rec, &cfg, &inputs)?.0);
-                }
-                let blocks: Vec<attention::KvBlock> = kc
-                    .iter()
-                    .zip(vc)
-                    .enumerate()
-                    .map(|(b, (k, v))| attention::KvBlock {
-                        k,
-                        v,
-                        start: b * block_rows,
-                        rows: k.numel() * 4 / row as usize,
-                    })
-                    .collect();
-                attention::attention_blocks(self.rec, &cfg, q, &blocks)
+                self.attend_cache(q, cfg, (kc, vc), block_rows, cols)
             }
         }
+    }
+    fn rope_attention(
+        &mut self,
+        q: Tensor,
+        k: Tensor,
+        v: &Tensor,
+        (positions, tables, head_dim): (&Tensor, &RopeTables, usize),
+        src: &Attend,
+    ) -> Result<Tensor> {
+        let fused = match *src {
+            Attend::Cached {
+                cfg,
+                k: kc,
+                v: vc,
+                block_rows,
+                past,
+            } if rope::rope_kv_fits(head_dim, tables) => Some((cfg, kc, vc, block_rows, past)),
+            _ => None,
+        };
+        let Some((cfg, kc, vc, block_rows, past)) = fused else {
+            let q = self.rope(q, positions, tables, head_dim)?;
+            let k = self.rope(k, positions, tables, head_dim)?;
+            return self.attention(&q, &k, v, src);
+        };
+        // Rotate q in place, and k into the cache rows beside v, block by
+        // block: one launch where rope, rope and the KV write took three.
+        let n = cfg.q_len;
+        let heads = (cfg.q_heads, cfg.kv_heads);
+        for (b, (kb, vb)) in kc.iter().zip(vc).enumerate() {
+            let start = b * block_rows;
+            let (lo, hi) = (past.max(start), (past + n).min(start + block_rows));
+            if lo < hi {
+                let rows = (lo - past, hi - lo, lo - start);
+                rope::rope_kv(
+                    self.rec,
+                    (&q, &k, v),
+                    (positions, tables, head_dim),
+                    heads,
+                    rows,
+                    (kb, vb),
+                )?;
+            }
+        }
+        let cols = cfg.kv_heads * head_dim;
+        self.attend_cache(&q, cfg, (kc, vc), block_rows, cols)
     }
     fn swiglu(&mut self, g: &Tensor, u: &Tensor) -> Result<Tensor> {
         swiglu::swiglu(self.rec, g, u)

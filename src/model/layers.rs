@@ -71,9 +71,7 @@ pub fn layer_forward<E: Exec>(
                 let kn = w.get(e, "self_attn.k_norm.weight")?;
                 k = e.rmsnorm(&k, &kn, eps)?;
             }
-            let q = e.rope(q, ctx.positions, ctx.tables, d)?;
-            let k = e.rope(k, ctx.positions, ctx.tables, d)?;
-            let a = e.attention(&q, &k, &v, ctx.attend)?;
+            let a = e.rope_attention(q, k, &v, (ctx.positions, ctx.tables, d), ctx.attend)?;
             let o = w.linear(e, &a, "self_attn.o_proj")?;
             let x2 = e.residual_add(o, x)?;
             let n2 = w.get(e, "post_attention_layernorm.weight")?;
@@ -91,9 +89,7 @@ pub fn layer_forward<E: Exec>(
             let q = w.linear(e, &h, "attention.q")?;
             let k = w.linear(e, &h, "attention.k")?;
             let v = w.linear(e, &h, "attention.v")?;
-            let q = e.rope(q, ctx.positions, ctx.tables, d)?;
-            let k = e.rope(k, ctx.positions, ctx.tables, d)?;
-            let a = e.attention(&q, &k, &v, ctx.attend)?;
+            let a = e.rope_attention(q, k, &v, (ctx.positions, ctx.tables, d), ctx.attend)?;
             let o = w.linear(e, &a, "attention.dense")?;
             // Parallel residual: x + attn(ln1(x)) + mlp(ln2(x)); otherwise
             // the MLP reads x + attn(ln1(x)).

@@ -264,12 +264,35 @@ fn exact(what: &str, t: &Tensor, shape: &[usize]) -> Result<()> {
     Ok(())
 }
 
+/// K and V of the forward: both f32, or both f16 (a 16-bit KV cache).
+fn need_kv(what: &str, k: &Tensor, v: &Tensor, elems: usize) -> Result<()> {
+    let dtype = match k.dtype() {
+        DType::F16 => DType::F16,
+        _ => DType::F32,
+    };
+    need(&format!("k{what}"), k, dtype, elems)?;
+    need(&format!("v{what}"), v, dtype, elems)
+}
+
+/// The forward's override for K and V stored as f16.
+fn kv_constants(k: &Tensor) -> Vec<(&'static str, f64)> {
+    match k.dtype() {
+        DType::F16 => vec![("KV_HALF", 1.0)],
+        _ => Vec::new(),
+    }
+}
+
 /// Checks the inputs; returns the mask's row stride (0 without a mask).
-fn check_inputs(cfg: &AttnConfig, x: &AttnInputs) -> Result<u32> {
+/// K and V may be f16 in the forward (`half_kv`).
+fn check_inputs_kv(cfg: &AttnConfig, x: &AttnInputs, half_kv: bool) -> Result<u32> {
     cfg.validate()?;
     need("q", x.q, DType::F32, cfg.q_elems())?;
-    need("k", x.k, DType::F32, cfg.kv_elems())?;
-    need("v", x.v, DType::F32, cfg.kv_elems())?;
+    if half_kv {
+        need_kv("", x.k, x.v, cfg.kv_elems())?;
+    } else {
+        need("k", x.k, DType::F32, cfg.kv_elems())?;
+        need("v", x.v, DType::F32, cfg.kv_elems())?;
+    }
     match x.mask {
         None => Ok(0),
         Some(m) => {
@@ -355,7 +378,7 @@ fn max_partials(rec: &Recorder, cfg: &AttnConfig) -> usize {
 
 /// Forward: `(out [B*Tq, Hq*D], lse [B, Hq, Tq])`.
 pub fn attention(rec: &mut Recorder, cfg: &AttnConfig, x: &AttnInputs) -> Result<(Tensor, Tensor)> {
-    let mask_stride = check_inputs(cfg, x)?;
+    let mask_stride = check_inputs_kv(cfg, x, true)?;
     let gpu = rec.gpu();
     let out = Tensor::empty(gpu, "attention.out", &cfg.out_shape(), DType::F32)?;
     let lse = Tensor::empty(gpu, "attention.lse", &cfg.lse_shape(), DType::F32)?;
@@ -384,14 +407,18 @@ pub fn attention(rec: &mut Recorder, cfg: &AttnConfig, x: &AttnInputs) -> Result
         ))
     };
     let (o_dst, lse_dst) = partials.as_ref().map_or((&out, &lse), |(o, l)| (o, l));
-    launch::dispatch(
+    launch::dispatch_with(
         rec,
-        SHADER,
-        "attn_fwd",
+        (SHADER, "attn_fwd"),
+        &kv_constants(x.k),
         &[
             ("q", x.q),
             ("k", x.k),
             ("v", x.v),
+            ("k16", x.k),
+            ("v16", x.v),
+            ("k16", x.k),
+            ("v16", x.v),
             ("mask", mask),
             ("out", o_dst),
             ("lse", lse_dst),
@@ -470,8 +497,7 @@ pub fn attention_blocks(
             kv_batch_stride: blk.rows,
             ..*cfg
         };
-        need("k block", blk.k, DType::F32, bcfg.kv_elems())?;
-        need("v block", blk.v, DType::F32, bcfg.kv_elems())?;
+        need_kv(" block", blk.k, blk.v, bcfg.kv_elems())?;
         let splits = choose_splits(&bcfg).min(per_block);
         let split_len = bcfg.kv_len.div_ceil(splits).div_ceil(BK) * BK;
         plan.push((blk, end, bcfg.kv_len.div_ceil(split_len), split_len));
@@ -500,14 +526,16 @@ pub fn attention_blocks(
         p.k_base = blk.start as u32;
         p.k_end = end as u32;
         p.split_base = slot as u32;
-        launch::dispatch(
+        launch::dispatch_with(
             rec,
-            SHADER,
-            "attn_fwd",
+            (SHADER, "attn_fwd"),
+            &kv_constants(blk.k),
             &[
                 ("q", q),
                 ("k", blk.k),
                 ("v", blk.v),
+                ("k16", blk.k),
+                ("v16", blk.v),
                 ("mask", q),
                 ("out", &o_part),
                 ("lse", &lse_part),
@@ -545,7 +573,7 @@ pub fn attention_backward(
     lse: &Tensor,
     d_out: &Tensor,
 ) -> Result<(Tensor, Tensor, Tensor)> {
-    let mask_stride = check_inputs(cfg, x)?;
+    let mask_stride = check_inputs_kv(cfg, x, false)?;
     exact("out", out, &cfg.out_shape())?;
     exact("d_out", d_out, &cfg.out_shape())?;
     exact("lse", lse, &cfg.lse_shape())?;
@@ -575,6 +603,8 @@ pub fn attention_backward(
         ("q", x.q),
         ("k", x.k),
         ("v", x.v),
+        ("k16", x.k),
+        ("v16", x.v),
         ("mask", mask),
         ("d_out", d_out),
         ("stats_in", &stats),

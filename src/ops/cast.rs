@@ -52,6 +52,55 @@ pub fn cast(rec: &mut Recorder, x: &Tensor, to: DType) -> Result<Tensor> {
     Ok(out)
 }
 
+/// Rows of new keys and values into a 16-bit KV cache: `rows` rows of
+/// `cols` from row `src_row` of the f32 `k` and `v` to row `dst_row` of
+/// the f16 blocks `k_dst` and `v_dst`, rounded as [`cast`] rounds. One
+/// launch for both.
+#[allow(clippy::too_many_arguments)]
+pub fn kv_rows_to_f16(
+    rec: &mut Recorder,
+    (k, v): (&Tensor, &Tensor),
+    src_row: usize,
+    (k_dst, v_dst): (&Tensor, &Tensor),
+    dst_row: usize,
+    rows: usize,
+    cols: usize,
+) -> Result<()> {
+    let n = rows * cols;
+    let ok = k.dtype() == DType::F32
+        && v.dtype() == DType::F32
+        && k_dst.dtype() == DType::F16
+        && v_dst.dtype() == DType::F16
+        && cols.is_multiple_of(2)
+        && k.numel() >= (src_row + rows) * cols
+        && v.numel() >= (src_row + rows) * cols
+        && k_dst.numel() >= (dst_row + rows) * cols
+        && v_dst.numel() >= (dst_row + rows) * cols;
+    if !ok || k_dst.numel() >= u32::MAX as usize || k.numel() >= u32::MAX as usize {
+        shape_bail!(
+            "kv_rows_to_f16: {rows} rows of {cols} from row {src_row} of {k:?} / {v:?} to row \
+             {dst_row} of {k_dst:?} / {v_dst:?}"
+        );
+    }
+    let p = Params {
+        n: n as u32,
+        _pad: [(src_row * cols) as u32, (dst_row * cols / 2) as u32, 0],
+    };
+    launch::per_item(
+        rec,
+        "cast",
+        "kv_to_f16",
+        &[
+            ("src_f32", k),
+            ("src2_f32", v),
+            ("dst_u32", k_dst),
+            ("dst2_u32", v_dst),
+        ],
+        &p,
+        n / 2,
+    )
+}
+
 pub mod cpu {
     pub fn to_bf16(x: &[f32]) -> Vec<half::bf16> {
         x.iter().map(|&v| half::bf16::from_f32(v)).collect()

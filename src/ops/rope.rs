@@ -343,6 +343,106 @@ pub fn rope_backward_inplace(
     in_place(rec, dy, positions, cos, sin, head_dim, -1.0)
 }
 
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct KvParams {
+    total: u32,
+    q_heads: u32,
+    kv_heads: u32,
+    head_dim: u32,
+    rot_half: u32,
+    max_pos: u32,
+    src_row: u32,
+    dst_row: u32,
+}
+
+/// Whether [`rope_kv`] takes this rotation: it moves four elements per
+/// invocation, two adjacent rotation pairs, so rot/2 must be even and
+/// head_dim a multiple of 4.
+pub fn rope_kv_fits(head_dim: usize, tables: &RopeTables) -> bool {
+    let rot_half = tables.rot_dim / 2;
+    head_dim.is_multiple_of(4)
+        && rot_half.is_multiple_of(2)
+        && rot_half > 0
+        && 2 * rot_half <= head_dim
+}
+
+/// A cached pass's rotation and KV write in one launch: rows
+/// `[src_row, src_row + tokens)` of `q` (`[.., q_heads·head_dim]`) are
+/// rotated in place; the same rows of `k` are rotated into rows
+/// `[dst_row, ..)` of `k_cache` and those of `v` copied into `v_cache`
+/// (both f32, or both f16 rounded as `half` rounds). The rows' positions
+/// are `positions[src_row..]`.
+pub fn rope_kv(
+    rec: &mut Recorder,
+    (q, k, v): (&Tensor, &Tensor, &Tensor),
+    (positions, tables, head_dim): (&Tensor, &RopeTables, usize),
+    (q_heads, kv_heads): (usize, usize),
+    (src_row, tokens, dst_row): (usize, usize, usize),
+    (k_cache, v_cache): (&Tensor, &Tensor),
+) -> Result<()> {
+    let (cos, sin) = (&tables.cos, &tables.sin);
+    let rot_half = tables.rot_dim / 2;
+    let (qw, kvw) = (q_heads * head_dim, kv_heads * head_dim);
+    let end = src_row + tokens;
+    let f32s = [q, k, v, cos, sin].iter().all(|t| t.dtype() == DType::F32);
+    let cache_dtype = k_cache.dtype();
+    let ok = rope_kv_fits(head_dim, tables)
+        && f32s
+        && matches!(cache_dtype, DType::F32 | DType::F16)
+        && v_cache.dtype() == cache_dtype
+        && positions.dtype() == DType::U32
+        && positions.numel() >= end
+        && cos.numel() == tables.max_pos * rot_half
+        && sin.numel() == cos.numel()
+        && q.numel() >= end * qw
+        && k.numel() >= end * kvw
+        && v.numel() >= end * kvw
+        && k_cache.numel() >= (dst_row + tokens) * kvw
+        && v_cache.numel() >= (dst_row + tokens) * kvw;
+    if !ok || tokens == 0 || k_cache.numel() >= u32::MAX as usize {
+        shape_bail!(
+            "rope_kv: {tokens} rows from {src_row} of q {q:?}, k {k:?}, v {v:?} ({q_heads} + \
+             {kv_heads} heads of {head_dim}, rot {}) into row {dst_row} of {k_cache:?} / {v_cache:?}",
+            tables.rot_dim
+        );
+    }
+    let total = tokens * (q_heads + kv_heads) * head_dim / 4;
+    if total > u32::MAX as usize {
+        shape_bail!("rope_kv: {total} invocations are too many for one launch");
+    }
+    let p = KvParams {
+        total: total as u32,
+        q_heads: q_heads as u32,
+        kv_heads: kv_heads as u32,
+        head_dim: head_dim as u32,
+        rot_half: rot_half as u32,
+        max_pos: tables.max_pos as u32,
+        src_row: src_row as u32,
+        dst_row: dst_row as u32,
+    };
+    let f16 = (cache_dtype == DType::F16) as u32 as f64;
+    launch::per_item_with(
+        rec,
+        ("rope_kv", "rope_kv"),
+        &[("KV_F16", f16)],
+        &[
+            ("positions", positions),
+            ("cos_t", cos),
+            ("sin_t", sin),
+            ("q", q),
+            ("k", k),
+            ("v", v),
+            ("k_cache", k_cache),
+            ("v_cache", v_cache),
+            ("k_cache16", k_cache),
+            ("v_cache16", v_cache),
+        ],
+        &p,
+        total,
+    )
+}
+
 pub mod cpu {
     /// Rotation of x `[tokens, heads·head_dim]` by angle·sign (sign = −1
     /// gives the backward); tables `[max_pos, rot/2]`. f64 arithmetic.
