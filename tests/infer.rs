@@ -751,8 +751,22 @@ fn chat_json_counts_one_submission_per_decoded_token() {
         let layers = read_json(&dir.join("config.json"))["num_hidden_layers"]
             .as_f64()
             .unwrap();
+        // Launches per layer of a decode step: Llama 12 (norm, q, k, v,
+        // rope + KV write, attention, o + residual, norm, gate, up, SwiGLU,
+        // down + residual); Qwen3 2 more (q and k norms); GPT-NeoX 21 (a
+        // launch per bias, residuals apart, rotation and KV write apart:
+        // its fixture rotates 1 pair per head). 5 more per token: the
+        // embedding, final norm, head and sampling.
+        let per_layer = match family {
+            "llama-tied" => 12.0,
+            "qwen3" => 14.0,
+            _ => 21.0,
+        };
         let d = v["dispatches_per_token"].as_f64().unwrap();
-        assert!(d >= layers && d < 40.0 * layers, "{family}: {d} dispatches");
+        assert!(
+            d >= layers && d <= per_layer * layers + 5.0,
+            "{family}: {d} dispatches for {layers} layers"
+        );
         assert!(v["weight_bytes_per_token"].as_u64().unwrap() > 0);
         assert!(v["peak_bytes"].as_u64().unwrap() > 0);
     }

@@ -554,6 +554,9 @@ impl Decoder {
         let positions = gpu.upload_u32("decode.positions", &[n], &pos)?;
         let mut e = Eager::new(rec);
         e.gemv = self.gemv_rows(gpu, n);
+        // Each layer's input is read by that layer alone (no hidden states
+        // are kept): projections add into the residual stream in place.
+        e.residual_in_place = true;
         let mut x = self.embed_forward(&mut e, &tids)?;
         let block_rows = cache.block_rows();
         for (l, layer) in self.layers.iter().enumerate() {

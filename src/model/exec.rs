@@ -99,6 +99,13 @@ pub trait Exec {
     /// fresh + other, where `fresh` is a temporary the caller made and
     /// gives up (an eager run adds into it in place).
     fn residual_add(&mut self, fresh: Self::V, other: &Self::V) -> Result<Self::V>;
+    /// `x·wᵀ + resid` (no bias): a projection added to the residual stream.
+    /// A cached pass (`Eager::residual_in_place`) accumulates into `resid`
+    /// itself, in the product's own launch.
+    fn linear_residual(&mut self, x: &Self::V, w: &Self::V, resid: &Self::V) -> Result<Self::V> {
+        let y = self.linear(x, w, None)?;
+        self.residual_add(y, resid)
+    }
     /// Submit what is recorded, so that temporaries return to the pool.
     fn flush(&mut self) -> Result<()>;
 }
@@ -108,11 +115,19 @@ pub struct Eager<'r, 'g> {
     rec: &'r mut Recorder<'g>,
     /// Linear layers take the gemv kernel (decode steps of a few rows).
     pub gemv: bool,
+    /// `linear_residual` adds into the residual stream it is given: only
+    /// where nothing reads a layer's input after the layer (cached passes,
+    /// which keep no hidden states).
+    pub residual_in_place: bool,
 }
 
 impl<'r, 'g> Eager<'r, 'g> {
     pub fn new(rec: &'r mut Recorder<'g>) -> Self {
-        Eager { rec, gemv: false }
+        Eager {
+            rec,
+            gemv: false,
+            residual_in_place: false,
+        }
     }
     pub fn rec(&mut self) -> &mut Recorder<'g> {
         self.rec
@@ -307,6 +322,19 @@ impl Exec for Eager<'_, '_> {
     }
     fn gelu(&mut self, x: &Tensor) -> Result<Tensor> {
         gelu::gelu(self.rec, x)
+    }
+    fn linear_residual(&mut self, x: &Tensor, w: &Tensor, resid: &Tensor) -> Result<Tensor> {
+        if !self.residual_in_place {
+            let y = self.linear(x, w, None)?;
+            return self.residual_add(y, resid);
+        }
+        if self.gemv {
+            gemv::gemv_into(self.rec, x, w, resid, 1.0, 1.0)?;
+        } else {
+            let g = matmul::Gemm::new(false, true).accumulate();
+            matmul::matmul_into(self.rec, x, w, resid, g)?;
+        }
+        Ok(resid.clone())
     }
     fn residual_add(&mut self, fresh: Tensor, other: &Tensor) -> Result<Tensor> {
         elementwise::add_inplace(self.rec, &fresh, 1.0, other)?;

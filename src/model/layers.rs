@@ -45,6 +45,29 @@ impl Weights<'_> {
         let w = self.get(e, &name)?;
         e.linear(x, &w, b.as_ref())
     }
+    /// `resid + x·wᵀ (+ b)`: one launch where the executor can (a whole
+    /// weight, no bias), else the product and an add.
+    fn linear_residual<E: Exec>(
+        &self,
+        e: &mut E,
+        x: &E::V,
+        prefix: &str,
+        resid: &E::V,
+    ) -> Result<E::V> {
+        let name = format!("{prefix}.weight");
+        let whole = self.layer.tensors.get(&name);
+        let bias = self.layer.tensors.contains_key(&format!("{prefix}.bias"));
+        match whole {
+            Some(t) if !bias => {
+                let w = e.weight(t)?;
+                e.linear_residual(x, &w, resid)
+            }
+            _ => {
+                let y = self.linear(e, x, prefix)?;
+                e.residual_add(y, resid)
+            }
+        }
+    }
 }
 
 /// One decoder layer: x `[tokens, hidden]` → the new residual stream.
@@ -72,15 +95,13 @@ pub fn layer_forward<E: Exec>(
                 k = e.rmsnorm(&k, &kn, eps)?;
             }
             let a = e.rope_attention(q, k, &v, (ctx.positions, ctx.tables, d), ctx.attend)?;
-            let o = w.linear(e, &a, "self_attn.o_proj")?;
-            let x2 = e.residual_add(o, x)?;
+            let x2 = w.linear_residual(e, &a, "self_attn.o_proj", x)?;
             let n2 = w.get(e, "post_attention_layernorm.weight")?;
             let h2 = e.rmsnorm(&x2, &n2, eps)?;
             let g = w.linear(e, &h2, "mlp.gate_proj")?;
             let u = w.linear(e, &h2, "mlp.up_proj")?;
             let m = e.swiglu(&g, &u)?;
-            let down = w.linear(e, &m, "mlp.down_proj")?;
-            e.residual_add(down, &x2)
+            w.linear_residual(e, &m, "mlp.down_proj", &x2)
         }
         Family::GptNeox => {
             let n1 = w.get(e, "input_layernorm.weight")?;
