@@ -756,15 +756,21 @@ fn chat_json_counts_one_submission_per_decoded_token() {
         // down + residual); Qwen3 2 more (q and k norms); GPT-NeoX 21 (a
         // launch per bias, residuals apart, rotation and KV write apart:
         // its fixture rotates 1 pair per head). 5 more per token: the
-        // embedding, final norm, head and sampling.
+        // embedding, final norm, head and sampling; a few more when the
+        // test command lowers the binding limit and the vocabulary tables
+        // are in blocks (a product per block of the head).
         let per_layer = match family {
             "llama-tied" => 12.0,
             "qwen3" => 14.0,
             _ => 21.0,
         };
+        let head = match std::env::var_os("BOOMGPU_MAX_BINDING") {
+            Some(_) => 5.0 + 8.0,
+            None => 5.0,
+        };
         let d = v["dispatches_per_token"].as_f64().unwrap();
         assert!(
-            d >= layers && d <= per_layer * layers + 5.0,
+            d >= layers && d <= per_layer * layers + head,
             "{family}: {d} dispatches for {layers} layers"
         );
         assert!(v["weight_bytes_per_token"].as_u64().unwrap() > 0);

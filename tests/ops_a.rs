@@ -966,17 +966,13 @@ fn rope_kv_matches_rope_then_write() {
             up(&vec![9.0; rows * kw], &[rows, kw]),
             up(&vec![9.0; rows * kw], &[rows, kw]),
         );
-        let mut rec = g.recorder();
-        rope::rope_kv(
-            &mut rec,
-            (&tq, &tk, &tv),
-            (&tpos, &tables, hd),
-            (qh, kvh),
-            (src, n, dst),
-            (&kc, &vc),
-        )
-        .unwrap();
-        rec.run().unwrap();
+        let fused = |tq: &Tensor, kc: &Tensor, vc: &Tensor| {
+            let mut rec = g.recorder();
+            let (qkv, rope) = ((tq, &tk, &tv), (&tpos, &tables, hd));
+            rope::rope_kv(&mut rec, qkv, rope, (qh, kvh), (src, n, dst), (kc, vc)).unwrap();
+            rec.run().unwrap();
+        };
+        fused(&tq, &kc, &vc);
         assert_close(&format!("{what} q"), &read(&tq), &want_q, 1e-6, 1e-5);
         let (gk, gv) = (read(&kc), read(&vc));
         assert_close(
@@ -998,17 +994,7 @@ fn rope_kv_matches_rope_then_write() {
         let nine = vec![half::f16::from_f32(9.0); rows * kw];
         let kc = g.upload_f16("kc", &[rows, kw], &nine).unwrap();
         let vc = g.upload_f16("vc", &[rows, kw], &nine).unwrap();
-        let mut rec = g.recorder();
-        rope::rope_kv(
-            &mut rec,
-            (&tq, &tk, &tv),
-            (&tpos, &tables, hd),
-            (qh, kvh),
-            (src, n, dst),
-            (&kc, &vc),
-        )
-        .unwrap();
-        rec.run().unwrap();
+        fused(&tq, &kc, &vc);
         let f16s = |t| -> Vec<f32> {
             let h: Vec<half::f16> = bytemuck::pod_collect_to_vec(&g.read_bytes(t).unwrap());
             h.iter().map(|x| x.to_f32()).collect()

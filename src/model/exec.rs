@@ -110,6 +110,24 @@ pub trait Exec {
     fn flush(&mut self) -> Result<()>;
 }
 
+/// Where `n` new rows from position `past` go in a KV cache of `blocks`
+/// blocks of `block_rows` rows: per block they touch, (block, first new
+/// row, rows, first row in the block).
+fn new_rows(
+    past: usize,
+    n: usize,
+    block_rows: usize,
+    blocks: usize,
+) -> Vec<(usize, (usize, usize, usize))> {
+    (0..blocks)
+        .filter_map(|b| {
+            let start = b * block_rows;
+            let (lo, hi) = (past.max(start), (past + n).min(start + block_rows));
+            (lo < hi).then(|| (b, (lo - past, hi - lo, lo - start)))
+        })
+        .collect()
+}
+
 /// Ops recorded straight into a recorder, no tape.
 pub struct Eager<'r, 'g> {
     rec: &'r mut Recorder<'g>,
@@ -245,25 +263,14 @@ impl Exec for Eager<'_, '_> {
                 let n = cfg.q_len;
                 let cols = k.numel() / n.max(1);
                 let row = (cols * 4) as u64;
-                for (b, (kb, vb)) in kc.iter().zip(vc).enumerate() {
-                    let start = b * block_rows;
-                    let (lo, hi) = (past.max(start), (past + n).min(start + block_rows));
-                    if lo >= hi {
-                        continue;
-                    }
+                for (b, (src_row, rows, dst_row)) in new_rows(past, n, block_rows, kc.len()) {
+                    let (kb, vb) = (&kc[b], &vc[b]);
                     if kb.dtype() == DType::F16 {
-                        cast::kv_rows_to_f16(
-                            self.rec,
-                            (k, v),
-                            lo - past,
-                            (kb, vb),
-                            lo - start,
-                            hi - lo,
-                            cols,
-                        )?;
+                        let (kv, to) = ((k, v), (kb, vb));
+                        cast::kv_rows_to_f16(self.rec, kv, src_row, to, dst_row, rows, cols)?;
                     } else {
-                        let (src, dst) = ((lo - past) as u64 * row, (lo - start) as u64 * row);
-                        let len = (hi - lo) as u64 * row;
+                        let (src, dst) = (src_row as u64 * row, dst_row as u64 * row);
+                        let len = rows as u64 * row;
                         self.rec.copy(k, src, kb, dst, len)?;
                         self.rec.copy(v, src, vb, dst, len)?;
                     }
@@ -299,20 +306,9 @@ impl Exec for Eager<'_, '_> {
         // block: one launch where rope, rope and the KV write took three.
         let n = cfg.q_len;
         let heads = (cfg.q_heads, cfg.kv_heads);
-        for (b, (kb, vb)) in kc.iter().zip(vc).enumerate() {
-            let start = b * block_rows;
-            let (lo, hi) = (past.max(start), (past + n).min(start + block_rows));
-            if lo < hi {
-                let rows = (lo - past, hi - lo, lo - start);
-                rope::rope_kv(
-                    self.rec,
-                    (&q, &k, v),
-                    (positions, tables, head_dim),
-                    heads,
-                    rows,
-                    (kb, vb),
-                )?;
-            }
+        for (b, rows) in new_rows(past, n, block_rows, kc.len()) {
+            let (qkv, rope) = ((&q, &k, v), (positions, tables, head_dim));
+            rope::rope_kv(self.rec, qkv, rope, heads, rows, (&kc[b], &vc[b]))?;
         }
         let cols = cfg.kv_heads * head_dim;
         self.attend_cache(&q, cfg, (kc, vc), block_rows, cols)
