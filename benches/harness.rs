@@ -16,6 +16,14 @@ const KNOWN_DEVICES: &[(&str, f64, f64, f64)] = &[
     ("RTX 3090", 35.6, 71.0, 936.0),
 ];
 
+/// The memory bandwidth (GB/s) of a device the table knows by name.
+pub fn known_gbps(name: &str) -> Option<f64> {
+    KNOWN_DEVICES
+        .iter()
+        .find(|(n, ..)| name.contains(n))
+        .map(|&(.., g)| g)
+}
+
 pub struct Peak {
     pub f32_tflops: Option<f64>,
     pub tensor_tflops: Option<f64>,
@@ -57,7 +65,7 @@ impl Bench {
         let peak = Peak {
             f32_tflops: parse_flag(&args, "--peak-tflops").or(known.map(|k| k.0)),
             tensor_tflops: parse_flag(&args, "--peak-tensor-tflops").or(known.map(|k| k.1)),
-            gbps: parse_flag(&args, "--peak-gbps").or(known.map(|k| k.2)),
+            gbps: parse_flag(&args, "--peak-gbps").or(known_gbps(&gpu.info.name)),
         };
         let mut skip_next = false;
         let mut filter = None;

@@ -11,8 +11,6 @@ mod harness;
 
 #[path = "kernels/attention.rs"]
 mod attention;
-#[path = "kernels/decode.rs"]
-mod decode;
 #[path = "kernels/elementwise.rs"]
 mod elementwise;
 #[path = "kernels/matmul.rs"]
@@ -36,6 +34,5 @@ fn main() {
     ops_a::run(&mut b);
     attention::run(&mut b);
     ops_c::run(&mut b);
-    decode::run(&mut b);
     b.finish();
 }
