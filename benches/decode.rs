@@ -20,7 +20,7 @@ mod harness;
 
 use std::time::Instant;
 
-use boomgpu::gpu::{format_bytes, DType, Gpu, GpuOptions, Tensor};
+use boomgpu::gpu::{format_bytes, DType, Gpu, Tensor};
 use boomgpu::infer::generate::step;
 use boomgpu::infer::KvCache;
 use boomgpu::model::decoder::Decoder;
@@ -156,19 +156,8 @@ fn bench(gpu: &Gpu, name: &str, tokens: usize, peaks: (Option<f64>, f64)) -> Res
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let flag = |n: &str| {
-        args.iter()
-            .position(|a| a == n)
-            .and_then(|i| args.get(i + 1))
-            .and_then(|v| v.parse::<f64>().ok())
-    };
-    let gpu = match Gpu::open(&GpuOptions::from_env()) {
-        Ok(g) => g,
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::exit(1);
-        }
-    };
+    let flag = |n: &str| harness::parse_flag(&args, n);
+    let gpu = harness::open_gpu_or_exit();
     let cpu = gpu.info.device_type == wgpu::DeviceType::Cpu;
     let names: Vec<&str> = ["tiny", "smollm2", "qwen3-0.6b", "qwen3-4b"]
         .into_iter()

@@ -5,7 +5,10 @@
 //! `cargo bench --bench distill -- [qwen3-4b|qwen3-0.6b|tiny] [--steps N] [--seq N]`
 //! On a CPU adapter only the tiny shape runs unless one is named.
 
-use boomgpu::gpu::{format_bytes, DType, Gpu, GpuOptions};
+#[allow(dead_code)]
+mod harness;
+
+use boomgpu::gpu::{format_bytes, DType};
 use boomgpu::model::decoder::Decoder;
 use boomgpu::model::ModelConfig;
 use boomgpu::train::data::Corpus;
@@ -24,19 +27,8 @@ fn qwen3(hidden: usize, inter: usize, layers: usize, heads: usize, kv: usize) ->
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let flag = |n: &str| {
-        args.iter()
-            .position(|a| a == n)
-            .and_then(|i| args.get(i + 1))
-            .and_then(|v| v.parse::<usize>().ok())
-    };
-    let gpu = match Gpu::open(&GpuOptions::from_env()) {
-        Ok(g) => g,
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::exit(1);
-        }
-    };
+    let flag = |n: &str| harness::parse_flag(&args, n).map(|v| v as usize);
+    let gpu = harness::open_gpu_or_exit();
     let cpu = gpu.info.device_type == wgpu::DeviceType::Cpu;
     println!("device: {}", gpu.describe());
     let named: Vec<&str> = args

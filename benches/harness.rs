@@ -47,7 +47,20 @@ pub struct Bench {
     rows: usize,
 }
 
-fn parse_flag(args: &[String], name: &str) -> Option<f64> {
+/// The GPU a bench runs on; on failure the error is printed and the
+/// process exits.
+pub fn open_gpu_or_exit() -> Gpu {
+    match Gpu::open(&GpuOptions::from_env()) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// The number after `name` among the bench's arguments.
+pub fn parse_flag(args: &[String], name: &str) -> Option<f64> {
     args.iter()
         .position(|a| a == name)
         .and_then(|i| args.get(i + 1))
@@ -57,7 +70,7 @@ fn parse_flag(args: &[String], name: &str) -> Option<f64> {
 impl Bench {
     pub fn from_args() -> Result<Bench> {
         let args: Vec<String> = std::env::args().skip(1).collect();
-        let gpu = Gpu::open(&GpuOptions::from_env())?;
+        let gpu = open_gpu_or_exit();
         let known = KNOWN_DEVICES
             .iter()
             .find(|(n, ..)| gpu.info.name.contains(n))
