@@ -301,6 +301,11 @@ pub fn eval(opts: &GpuOptions, a: &EvalArgs) -> Result<String> {
             order,
             params,
         } => {
+            if a.before.is_some() {
+                return Err(Error::Invalid(
+                    "--before is not available for encoder pairs yet; --baseline is".into(),
+                ));
+            }
             let pair = EncoderPair::open(teacher, student, *params)?;
             if let Some(n) = &pair.note {
                 eprintln!("note: {n}");
@@ -342,11 +347,6 @@ pub fn eval(opts: &GpuOptions, a: &EvalArgs) -> Result<String> {
                 Sizes::All => (0..=p_max).collect(),
                 Sizes::List(ks) => ks.clone(),
             };
-            if a.before.is_some() {
-                return Err(Error::Invalid(
-                    "--before is not available for encoder pairs yet; --baseline is".into(),
-                ));
-            }
             let mut rows = Vec::new();
             let mut bar = Progress::new("sizes", ks.len() + 1, "models");
             let naive = |k: Option<usize>| -> Result<Option<Perplexity>> {
